@@ -1,0 +1,36 @@
+# The two commands of the README are `make demo` and `make test`; both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-unit stack-start stack-stop stack-status bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/courier demo
+
+test: venv
+	$(BIN)/pytest
+
+test-unit: venv
+	$(BIN)/pytest -m "not integration"
+
+stack-start: venv
+	$(BIN)/courier stack start
+
+stack-stop: venv
+	$(BIN)/courier stack stop
+
+stack-status: venv
+	$(BIN)/courier stack status
+
+bench: venv
+	$(BIN)/python -m benchmarks.throughput

@@ -1,0 +1,134 @@
+"""What every destination kind shares: its config base and the ``Destination`` protocol.
+
+A destination kind is one module that defines a config model (a subclass of
+:class:`DestinationConfig` with ``kind: Literal["..."]``) and a class implementing
+:class:`Destination`, plus one line in ``activities.registry``.
+
+Lifecycle of a destination inside a worker process, in order:
+
+1. ``create(config)`` — build it from its validated config (secrets already resolved).
+2. ``await open()`` — once per worker process: connect, create pools, create tables or files.
+3. ``await write(batch)`` — any number of times, concurrently up to ``max_concurrency``;
+   idempotent per ``OutgoingRecord.idempotency_key``; raises ``activities.errors`` types.
+4. ``await close()`` — once, on worker shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from courier.durations import Duration
+from workflows.types import DestinationPolicy, OutgoingRecord, RetrySpec
+
+TASK_QUEUE_PREFIX = "courier-dest-"
+
+
+class RetryConfig(BaseModel):
+    """How a destination's failed exports are retried (Temporal activity retry policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    initial_interval: Duration = Field(
+        default=timedelta(seconds=1), description="Delay before the first retry."
+    )
+    backoff_coefficient: float = Field(
+        default=2.0, ge=1.0, description="Each retry waits this many times longer than the last."
+    )
+    maximum_interval: Duration = Field(
+        default=timedelta(minutes=1), description="Upper bound of the delay between retries."
+    )
+    maximum_attempts: int = Field(
+        default=0,
+        ge=0,
+        description="Attempts before the export fails; 0 retries forever, so a destination "
+        "that is down builds a backlog instead of failing records.",
+    )
+
+
+class TimeoutConfig(BaseModel):
+    """Time limits of one export attempt and of all attempts together."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempt: Duration = Field(
+        default=timedelta(seconds=30), description="Longest one export attempt may run."
+    )
+    total: Duration | None = Field(
+        default=None,
+        description="Longest an export may take over all its retries; unset means no limit.",
+    )
+
+
+class DestinationConfig(BaseModel):
+    """Settings every destination has, whatever its kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        description="Unique name; routes refer to it and its task queue is named after it.",
+    )
+    kind: str = Field(description="Destination kind, e.g. rest, file or postgres.")
+    rate_limit: float | None = Field(
+        default=None,
+        gt=0,
+        description="Records per second across all workers of this destination, enforced by "
+        "the Temporal server on its task queue; unset means unlimited.",
+    )
+    max_concurrency: int = Field(
+        default=16, ge=1, description="Exports one worker process runs at once."
+    )
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+
+    @property
+    def task_queue(self) -> str:
+        """The activity task queue of this destination."""
+        return TASK_QUEUE_PREFIX + self.name
+
+    def policy(self) -> DestinationPolicy:
+        """The secret-free policy that travels in workflow inputs."""
+        return DestinationPolicy(
+            name=self.name,
+            task_queue=self.task_queue,
+            retry=RetrySpec(
+                initial_interval_s=self.retry.initial_interval.total_seconds(),
+                backoff_coefficient=self.retry.backoff_coefficient,
+                maximum_interval_s=self.retry.maximum_interval.total_seconds(),
+                maximum_attempts=self.retry.maximum_attempts,
+            ),
+            start_to_close_s=self.timeouts.attempt.total_seconds(),
+            schedule_to_close_s=(
+                self.timeouts.total.total_seconds() if self.timeouts.total else None
+            ),
+        )
+
+
+@runtime_checkable
+class Destination(Protocol):
+    """A place records are exported to; see the module docstring for the lifecycle."""
+
+    async def open(self) -> None:
+        """Connect and prepare (tables, files); called once per worker process."""
+        ...
+
+    async def write(self, batch: Sequence[OutgoingRecord]) -> str:
+        """Write every record of the batch idempotently; return a short detail for the receipt."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+@dataclass(frozen=True)
+class DestinationKind:
+    """A registry entry: a kind's config model and how to build its destination."""
+
+    config: type[DestinationConfig]
+    create: Callable[..., Destination]

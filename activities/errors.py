@@ -1,0 +1,32 @@
+"""Errors a destination raises; ``activities.export`` maps them to Temporal retry decisions.
+
+::
+
+    ExportError                  root of every export error
+    ├── PermanentExportError     retrying cannot help (4xx outside the retry set, bad payload)
+    └── RetryableExportError     try again later (5xx, 429, timeouts, refused connections)
+
+Any other exception escaping a destination is treated as retryable.
+"""
+
+from __future__ import annotations
+
+
+class ExportError(Exception):
+    """Root of the errors a destination raises."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PermanentExportError(ExportError):
+    """The destination refused the record for good; the workflow fails without retrying."""
+
+
+class RetryableExportError(ExportError):
+    """A transient failure; ``retry_after`` (seconds) overrides the next backoff when set."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after

@@ -1,0 +1,91 @@
+"""Courier's Temporal workers: one destination's activity queue, the workflow queue, or all.
+
+Run ``python worker.py --help`` (or ``courier worker --help``). Several processes serving one
+destination share its task queue, and the Temporal server holds them together to its rate limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.export import ExportActivity
+from activities.registry import create_destination
+from courier.config import CourierConfig
+from workflows.export_record import ExportRecord
+
+log = logging.getLogger("courier.worker")
+
+
+def workflow_worker(client: Client, config: CourierConfig) -> Worker:
+    """The worker that runs ``ExportRecord`` workflows (no activities, eager activities off)."""
+    return Worker(
+        client,
+        task_queue=config.temporal.workflow_task_queue,
+        workflows=[ExportRecord],
+        # Eager activities would run on this worker, bypassing the destination's queue limit.
+        disable_eager_activity_execution=True,
+        max_concurrent_workflow_tasks=200,
+        workflow_task_executor=ThreadPoolExecutor(max_workers=4),
+    )
+
+
+@contextlib.asynccontextmanager
+async def destination_worker(
+    client: Client, config: CourierConfig, name: str
+) -> AsyncIterator[Worker]:
+    """An opened destination and the worker of its task queue; closes the destination after."""
+    dest_config = config.destination(name)
+    destination = create_destination(dest_config)
+    await destination.open()
+    try:
+        yield Worker(
+            client,
+            task_queue=dest_config.task_queue,
+            activities=[ExportActivity(name, destination).export],
+            max_concurrent_activities=dest_config.max_concurrency,
+            max_task_queue_activities_per_second=dest_config.rate_limit,
+        )
+    finally:
+        await destination.close()
+
+
+async def run_workers(
+    client: Client,
+    config: CourierConfig,
+    *,
+    destinations: Sequence[str] = (),
+    workflows: bool = False,
+) -> None:
+    """Run the chosen workers until cancelled, then shut them down gracefully."""
+    if not destinations and not workflows:
+        raise ValueError("choose at least one destination or the workflow worker")
+    async with contextlib.AsyncExitStack() as stack:
+        workers = [
+            await stack.enter_async_context(destination_worker(client, config, name))
+            for name in destinations
+        ]
+        if workflows:
+            workers.append(workflow_worker(client, config))
+        for name in destinations:
+            dest = config.destination(name)
+            limit = f"{dest.rate_limit:g}/s" if dest.rate_limit else "unlimited"
+            log.info(
+                "worker for %s on queue %s: rate %s, concurrency %d",
+                name, dest.task_queue, limit, dest.max_concurrency,
+            )
+        if workflows:
+            log.info("workflow worker on queue %s", config.temporal.workflow_task_queue)
+        await asyncio.gather(*(w.run() for w in workers))
+
+
+if __name__ == "__main__":
+    from courier.cli import app
+
+    app(["worker", *__import__("sys").argv[1:]])

@@ -1,0 +1,89 @@
+"""The ``ExportRecord`` workflow: hand one record to its destination's task queue.
+
+Deterministic: everything it needs (destination policy, retry policy, timeouts) comes from its
+input, so config changes never break running workflows, and it imports nothing with side
+effects.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.types import (
+    DestinationPolicy,
+    ExportBatch,
+    ExportReceipt,
+    ExportRecordInput,
+    ExportResult,
+    OutgoingRecord,
+)
+
+EXPORT_ACTIVITY = "export"
+PERMANENT_ERROR_TYPE = "PermanentExportError"
+UNROUTABLE_ERROR_TYPE = "Unroutable"
+EXPORT_FAILED_ERROR_TYPE = "ExportFailed"
+
+
+def retry_policy(policy: DestinationPolicy) -> RetryPolicy:
+    """The Temporal retry policy of a destination."""
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=policy.retry.initial_interval_s),
+        backoff_coefficient=policy.retry.backoff_coefficient,
+        maximum_interval=timedelta(seconds=policy.retry.maximum_interval_s),
+        maximum_attempts=policy.retry.maximum_attempts,
+        non_retryable_error_types=[PERMANENT_ERROR_TYPE],
+    )
+
+
+@workflow.defn(name="ExportRecord")
+class ExportRecord:
+    """Exports one Kafka record to the destination its key was routed to."""
+
+    @workflow.run
+    async def run(self, input: ExportRecordInput) -> ExportReceipt:
+        """Run the export activity on the destination's queue; fail readably if it cannot."""
+        record = input.record
+        if input.destination is None:
+            raise ApplicationError(
+                input.unroutable_reason or "the record's key has no route",
+                type=UNROUTABLE_ERROR_TYPE,
+                non_retryable=True,
+            )
+        policy = input.destination
+        workflow_id = workflow.info().workflow_id
+        try:
+            result = await workflow.execute_activity(
+                EXPORT_ACTIVITY,
+                ExportBatch(
+                    destination=policy.name,
+                    records=[OutgoingRecord(idempotency_key=workflow_id, record=record)],
+                ),
+                task_queue=policy.task_queue,
+                start_to_close_timeout=timedelta(seconds=policy.start_to_close_s),
+                schedule_to_close_timeout=(
+                    timedelta(seconds=policy.schedule_to_close_s)
+                    if policy.schedule_to_close_s
+                    else None
+                ),
+                retry_policy=retry_policy(policy),
+                result_type=ExportResult,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            reason = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            raise ApplicationError(
+                f"export of {record.topic}/{record.partition}/{record.offset} "
+                f"to {policy.name} failed: {reason}",
+                type=EXPORT_FAILED_ERROR_TYPE,
+                non_retryable=True,
+            ) from err
+        return ExportReceipt(
+            workflow_id=workflow_id,
+            destination=policy.name,
+            attempts=result.attempt,
+            detail=result.detail,
+        )

@@ -1,0 +1,127 @@
+"""Values that cross the Temporal boundary: workflow input, activity batch and receipts.
+
+They are plain dataclasses so the workflow sandbox can import them and the Temporal UI shows
+them readably. Bytes travel as :class:`Blob`: UTF-8 text when the bytes decode, else base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Bytes carried readably: ``text`` is the UTF-8 text, or base64 when ``base64`` is set."""
+
+    text: str
+    base64: bool = False
+
+    @staticmethod
+    def of(data: bytes) -> Blob:
+        """Wrap bytes, keeping them as text when they are valid UTF-8."""
+        try:
+            return Blob(text=data.decode("utf-8"))
+        except UnicodeDecodeError:
+            return Blob(text=base64.b64encode(data).decode("ascii"), base64=True)
+
+    def to_bytes(self) -> bytes:
+        """The original bytes."""
+        if self.base64:
+            try:
+                return base64.b64decode(self.text, validate=True)
+            except binascii.Error as err:
+                raise ValueError(f"blob is marked base64 but does not decode: {err}") from err
+        return self.text.encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Header:
+    """One Kafka record header."""
+
+    name: str
+    value: Blob | None
+
+
+@dataclass(frozen=True)
+class KafkaRecord:
+    """A Kafka record as it was consumed, with its coordinates."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: Blob | None
+    value: Blob | None
+    timestamp_ms: int
+    headers: list[Header] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RetrySpec:
+    """A destination's activity retry policy, in seconds (``maximum_attempts=0``: unlimited)."""
+
+    initial_interval_s: float
+    backoff_coefficient: float
+    maximum_interval_s: float
+    maximum_attempts: int
+
+
+@dataclass(frozen=True)
+class DestinationPolicy:
+    """Where and how a record is exported: the destination's name and policies, never secrets."""
+
+    name: str
+    task_queue: str
+    retry: RetrySpec
+    start_to_close_s: float
+    schedule_to_close_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ExportRecordInput:
+    """Input of the ``ExportRecord`` workflow.
+
+    ``destination`` is None when no route matched the key under the ``fail`` policy; the
+    workflow then fails with ``unroutable_reason``.
+    """
+
+    record: KafkaRecord
+    destination: DestinationPolicy | None
+    unroutable_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class OutgoingRecord:
+    """One record handed to a destination, with the idempotency key of its export."""
+
+    idempotency_key: str
+    record: KafkaRecord
+
+
+@dataclass(frozen=True)
+class ExportBatch:
+    """Input of the ``export`` activity: records for one destination (a record is a batch of one)."""
+
+    destination: str
+    records: list[OutgoingRecord]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What the destination reported for a batch, e.g. ``HTTP 201`` or ``1 row inserted``."""
+
+    destination: str
+    written: int
+    detail: str
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class ExportReceipt:
+    """Result of the ``ExportRecord`` workflow."""
+
+    workflow_id: str
+    destination: str
+    attempts: int
+    detail: str
