@@ -478,7 +478,7 @@ class _Kafka(_Service):
         return str(self.properties)
 
     def listen(self) -> str:
-        return f"{self.s.kafka_bootstrap} (controller {self.s.host}:{self.s.kafka_controller_port})"
+        return f"{self.s.kafka_bootstrap} (controller :{self.s.kafka_controller_port})"
 
     def java(self) -> str | None:
         home = os.environ.get("JAVA_HOME")
@@ -995,12 +995,13 @@ def start(
     *,
     settings: StackSettings | None = None,
     echo: Echo | None = print,
+    summary: bool = True,
 ) -> StartResult:
     """Start the stack (see :func:`start_async`) and print where each service listens."""
     settings = settings or settings_from_env()
     t0 = time.monotonic()
     result = asyncio.run(start_async(services, settings=settings, echo=echo))
-    if echo is not None:
+    if echo is not None and summary:
         for svc in _services(services, settings):
             how = "started" if svc.name in result.started else "already running"
             echo(f"{svc.name:<9} {how:<16} {svc.listen()}")
