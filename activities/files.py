@@ -1,0 +1,248 @@
+"""File destination: one JSON line per record, each record in the file exactly once.
+
+Line format::
+
+    {"topic", "partition", "offset", "key", "value", "timestamp_ms", "headers", "idempotency_key"}
+
+``key``/``value`` (and header values) are text; when their bytes are not UTF-8 they are base64
+and ``key_base64``/``value_base64`` (``base64`` in a header) is ``true``.
+
+Why a record is never in the file twice
+---------------------------------------
+The file itself is the record of what was exported: a record is present iff a complete line
+with its ``idempotency_key`` is in the file. Every write is one critical section under an
+exclusive ``flock`` on the file, which every writer (any process, any destination instance)
+takes before touching it:
+
+1. **Repair.** If the file ends without a newline, a writer died mid-line (nobody else can be
+   writing, we hold the lock). The partial line is cut off; its record is therefore absent and
+   will be written whole by the retry.
+2. **Catch up.** Read the bytes appended since this instance last looked (lines of other
+   processes) and add their keys to the in-memory seen-set. ``open()`` built that set from the
+   whole file, so under the lock the set equals the keys in the file.
+3. **Append** only records whose key is not in the set (nor earlier in the batch), in one
+   write, then ``fsync`` (policy ``always``) before ``write()`` returns, i.e. before the
+   activity is acknowledged.
+
+A worker that dies after step 3 but before Temporal records the ack leaves the lines in the
+file; the retried activity (in any process) finds the keys in step 2 and appends nothing. A
+worker that dies during step 3 leaves at most a partial last line, cut off in step 1.
+
+Limits: ``flock`` is advisory, so only Courier may append to the file; use a local
+filesystem (``flock`` over network filesystems is unreliable); with ``fsync: never`` a machine
+crash can lose lines written before it, which a retry then rewrites only if the activity was
+not yet acknowledged. The seen-set holds every key in the file, so memory grows with it. If the
+file is renamed or deleted (rotation), the next write starts a new file at ``path``; records
+this instance saw in the old one are still never written again by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from activities.base import DestinationConfig, DestinationKind
+from activities.errors import RetryableExportError
+from workflows.types import Blob, OutgoingRecord
+
+_READ_CHUNK = 1 << 20
+
+
+class FileConfig(DestinationConfig):
+    """A JSON-lines file that holds every exported record exactly once."""
+
+    kind: Literal["file"] = Field(description="Always `file`.")
+    path: Path = Field(description="File to append to; parent directories are created.")
+    fsync: Literal["always", "never"] = Field(
+        default="always",
+        description="`always` syncs each write to disk before the export counts as done; "
+        "`never` leaves it to the OS (faster; a machine crash can lose recent lines).",
+    )
+
+
+def _blob_fields(name: str, blob: Blob | None, flag: str | None = None) -> dict[str, Any]:
+    if blob is None:
+        return {name: None}
+    if blob.base64:
+        return {name: blob.text, flag or f"{name}_base64": True}
+    return {name: blob.text}
+
+
+def record_line(item: OutgoingRecord) -> bytes:
+    """The JSON line (with its newline) that represents a record in the file."""
+    r = item.record
+    line = {
+        "topic": r.topic,
+        "partition": r.partition,
+        "offset": r.offset,
+        **_blob_fields("key", r.key),
+        **_blob_fields("value", r.value),
+        "timestamp_ms": r.timestamp_ms,
+        "headers": [{"name": h.name, **_blob_fields("value", h.value, "base64")} for h in r.headers],
+        "idempotency_key": item.idempotency_key,
+    }
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _keys_of(lines: Iterable[bytes]) -> Iterable[str]:
+    for line in lines:
+        try:
+            key = json.loads(line).get("idempotency_key")
+        except (ValueError, AttributeError):
+            continue  # not ours (e.g. zeros after a machine crash); it holds no record
+        if isinstance(key, str):
+            yield key
+
+
+class FileDestination:
+    """Appends records to a JSON-lines file, never the same record twice."""
+
+    def __init__(self, config: FileConfig) -> None:
+        self.config = config
+        self._fd: int | None = None
+        self._inode: tuple[int, int] | None = None
+        self._read_to = 0  # end of the last complete line this instance has read
+        self._seen: set[str] = set()
+        # flock does not exclude threads sharing a descriptor; a thread lock (not an asyncio
+        # one) also holds when a cancelled write's thread is still running.
+        self._lock = threading.Lock()
+
+    async def open(self) -> None:
+        """Create the file (and its directories) and learn the keys already in it."""
+        await asyncio.to_thread(self._open_sync)
+
+    async def close(self) -> None:
+        """Close the file (after a write still running in its thread)."""
+        await asyncio.to_thread(self._close_sync)
+
+    async def write(self, batch: Sequence[OutgoingRecord]) -> str:
+        """Append the records not yet in the file; return e.g. ``1 line written``."""
+        if self._fd is None:
+            raise RuntimeError("FileDestination.write() called before open()")
+        try:
+            written = await asyncio.to_thread(self._write_sync, batch)
+        except OSError as err:
+            raise RetryableExportError(f"cannot write {self.config.path}: {err}") from err
+        present = len(batch) - written
+        detail = f"{written} line{'' if written == 1 else 's'} written"
+        if present and not written:
+            return f"{detail} (already present)"
+        if present:
+            return f"{detail}, {present} already present"
+        return detail
+
+    # Everything below runs in a worker thread.
+
+    def _open_sync(self) -> None:
+        path = self.config.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        if created:
+            _fsync_dir(path.parent)
+        self._fd = fd
+        st = os.fstat(fd)
+        self._inode = (st.st_dev, st.st_ino)
+        self._read_to = 0
+        with _flock(fd):
+            self._catch_up(fd)
+
+    def _write_sync(self, batch: Sequence[OutgoingRecord]) -> int:
+        with self._lock:
+            while True:
+                fd = self._fd
+                assert fd is not None
+                with _flock(fd):
+                    if self._still_at_path():
+                        return self._append_unseen(fd, batch)
+                self._reopen()
+
+    def _append_unseen(self, fd: int, batch: Sequence[OutgoingRecord]) -> int:
+        self._catch_up(fd)
+        lines: list[bytes] = []
+        keys: list[str] = []
+        for item in batch:
+            if item.idempotency_key in self._seen or item.idempotency_key in keys:
+                continue
+            keys.append(item.idempotency_key)
+            lines.append(record_line(item))
+        if lines:
+            data = b"".join(lines)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.config.fsync == "always":
+                os.fsync(fd)
+            self._read_to += len(data)
+            self._seen.update(keys)
+        return len(lines)
+
+    def _catch_up(self, fd: int) -> None:
+        """Cut a partial last line, then read lines appended since ``_read_to`` (lock held)."""
+        size = os.fstat(fd).st_size
+        if size < self._read_to:  # truncated by someone else: learn the file afresh
+            self._read_to = 0
+        pending = b""
+        offset = self._read_to
+        while offset < size:
+            chunk = os.pread(fd, min(_READ_CHUNK, size - offset), offset)
+            if not chunk:
+                break
+            offset += len(chunk)
+            *lines, pending = (pending + chunk).split(b"\n")
+            self._seen.update(_keys_of(lines))
+        complete_end = offset - len(pending)
+        if pending:
+            os.ftruncate(fd, complete_end)
+        self._read_to = complete_end
+
+    def _close_sync(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def _still_at_path(self) -> bool:
+        try:
+            st = os.stat(self.config.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._inode
+
+    def _reopen(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._open_sync()
+
+
+class _flock:
+    """Context manager holding an exclusive ``flock`` on a descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *_: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+KIND = DestinationKind(config=FileConfig, create=FileDestination)
