@@ -86,7 +86,9 @@ def record_line(item: OutgoingRecord) -> bytes:
         **_blob_fields("key", r.key),
         **_blob_fields("value", r.value),
         "timestamp_ms": r.timestamp_ms,
-        "headers": [{"name": h.name, **_blob_fields("value", h.value, "base64")} for h in r.headers],
+        "headers": [
+            {"name": h.name, **_blob_fields("value", h.value, "base64")} for h in r.headers
+        ],
         "idempotency_key": item.idempotency_key,
     }
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"

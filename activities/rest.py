@@ -17,7 +17,6 @@ timeouts, resets) are retryable. Reasons never show the URL's query string or cr
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
 import json
 import re
@@ -127,7 +126,9 @@ class RestConfig(DestinationConfig):
             elif isinstance(spec, str) and re.fullmatch(r"[1-5]xx", spec):
                 normalized.append(spec)
             else:
-                raise ValueError(f'{spec!r} is neither a status code (100-599) nor a class like "5xx"')
+                raise ValueError(
+                    f'{spec!r} is neither a status code (100-599) nor a class like "5xx"'
+                )
         return normalized
 
     @model_validator(mode="after")
@@ -197,7 +198,7 @@ def json_envelope(record: KafkaRecord) -> dict[str, Any]:
 
 
 def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta seconds or HTTP date); None if invalid."""
+    """Seconds to wait per a ``Retry-After`` value (seconds or HTTP date); None if invalid."""
     if value is None:
         return None
     value = value.strip()

@@ -246,7 +246,9 @@ async def test_retryable_without_retry_after_has_none() -> None:
         await destination.write([outgoing()])
 
     assert caught.value.retry_after is None
-    assert caught.value.reason == "POST http://api.test/orders answered 500 Internal Server Error: boom"
+    assert caught.value.reason == (
+        "POST http://api.test/orders answered 500 Internal Server Error: boom"
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,299 @@
+"""PostgreSQL destination: one row per record, inserted with ``ON CONFLICT DO NOTHING``.
+
+A batch is one ``INSERT ... SELECT FROM unnest(...)`` statement, so a repeated export of the
+same records (a Temporal retry) inserts nothing. The conflict key is ``(topic, partition,
+"offset")`` (the primary key) unless ``conflict_key`` names other columns; with
+``create_table`` a unique index on those columns is created too.
+
+Values that parse as JSON go to the ``value`` jsonb column; others follow ``non_json_values``:
+``text`` stores UTF-8 text in ``value_text`` (bytes that are not UTF-8, or text with NUL
+characters PostgreSQL cannot store, go to ``value_bytes``), ``bytes`` stores the raw bytes in
+``value_bytes``, ``fail`` fails the record permanently. Keys that are not UTF-8 are stored
+base64; headers are a jsonb list of ``{"name", "value"[, "base64": true]}``.
+
+Errors: data problems (SQLSTATE classes 22 data exception, 23 integrity violation, 54 program
+limit exceeded, e.g. a value too large) are permanent; everything else (lost connections,
+server shutting down, missing table or permission, which an operator can fix) is retried.
+Table names are quoted as written, so ``Orders`` and ``orders`` are different tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import Field, field_validator
+
+from activities.base import DestinationConfig, DestinationKind
+from activities.errors import PermanentExportError, RetryableExportError
+from activities.rest import parse_json_text
+from workflows.types import Blob, OutgoingRecord
+
+COLUMNS = (
+    "topic",
+    "partition",
+    "offset",
+    "key",
+    "value",
+    "value_text",
+    "value_bytes",
+    "timestamp",
+    "headers",
+    "idempotency_key",
+    "exported_at",
+)
+DEFAULT_CONFLICT_KEY = ["topic", "partition", "offset"]
+_IDENT = r"[A-Za-z_][A-Za-z0-9_$]{0,62}"
+_PERMANENT_SQLSTATE_CLASSES = ("22", "23", "54")
+_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+class PostgresConfig(DestinationConfig):
+    """A PostgreSQL table that receives one row per record."""
+
+    kind: Literal["postgres"] = Field(description="Always `postgres`.")
+    dsn: str = Field(
+        description="Connection string, e.g. postgresql://user:${PGPASSWORD}@host:5432/db."
+    )
+    table: str = Field(
+        description="Target table, optionally schema-qualified (schema.table); quoted as "
+        "written, so letter case matters."
+    )
+    create_table: bool = Field(
+        default=True, description="Create the table (and schema) at start if missing."
+    )
+    non_json_values: Literal["text", "bytes", "fail"] = Field(
+        default="text",
+        description="Where values that are not JSON go: `text` (value_text, or value_bytes "
+        "when not UTF-8), `bytes` (value_bytes), or `fail` the record permanently.",
+    )
+    conflict_key: list[str] | None = Field(
+        default=None,
+        description='Columns that identify a row for ON CONFLICT DO NOTHING; unset means '
+        '(topic, partition, "offset"). Other keys need a unique index (created with the table).',
+    )
+    pool_size: int = Field(
+        default=4, ge=1, le=100, description="Connections per worker process."
+    )
+
+    @field_validator("table")
+    @classmethod
+    def _check_table(cls, table: str) -> str:
+        if not re.fullmatch(rf"{_IDENT}(\.{_IDENT})?", table):
+            raise ValueError(
+                f"{table!r} is not a table name: use letters, digits and _ (not first), "
+                "optionally schema.table"
+            )
+        return table
+
+    @field_validator("conflict_key")
+    @classmethod
+    def _check_conflict_key(cls, key: list[str] | None) -> list[str] | None:
+        if key is None:
+            return None
+        if not key:
+            raise ValueError("must name at least one column (or be left unset)")
+        unknown = [c for c in key if c not in COLUMNS]
+        if unknown:
+            raise ValueError(f"unknown column(s) {unknown}; columns are {list(COLUMNS)}")
+        if len(set(key)) != len(key):
+            raise ValueError("lists a column twice")
+        return key
+
+
+def _quote(ident: str) -> str:
+    return '"' + ident + '"'
+
+
+def qualified_table(table: str) -> str:
+    """The table name quoted for SQL, e.g. ``"public"."orders"``."""
+    return ".".join(_quote(part) for part in table.split("."))
+
+
+def create_table_sql(config: PostgresConfig) -> list[str]:
+    """Statements that create the table (and its schema and conflict index) if missing."""
+    table = qualified_table(config.table)
+    statements = []
+    if "." in config.table:
+        statements.append(f"CREATE SCHEMA IF NOT EXISTS {_quote(config.table.split('.')[0])}")
+    statements.append(
+        f"""CREATE TABLE IF NOT EXISTS {table} (
+            "topic" text NOT NULL,
+            "partition" integer NOT NULL,
+            "offset" bigint NOT NULL,
+            "key" text,
+            "value" jsonb,
+            "value_text" text,
+            "value_bytes" bytea,
+            "timestamp" timestamptz,
+            "headers" jsonb,
+            "idempotency_key" text NOT NULL,
+            "exported_at" timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY ("topic", "partition", "offset")
+        )"""
+    )
+    key = config.conflict_key
+    if key and key != DEFAULT_CONFLICT_KEY:
+        digest = hashlib.sha1(f"{config.table}:{','.join(key)}".encode()).hexdigest()[:10]
+        index = _quote(f"courier_conflict_{digest}")
+        columns = ", ".join(_quote(c) for c in key)
+        statements.append(f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} ({columns})")
+    return statements
+
+
+def insert_sql(config: PostgresConfig) -> str:
+    """The batch insert: one row per array element, conflicting rows skipped."""
+    conflict = ", ".join(_quote(c) for c in (config.conflict_key or DEFAULT_CONFLICT_KEY))
+    return f"""
+        INSERT INTO {qualified_table(config.table)}
+            ("topic", "partition", "offset", "key", "value", "value_text", "value_bytes",
+             "timestamp", "headers", "idempotency_key")
+        SELECT t, p, o, k, v::jsonb, vt, vb, ts, h::jsonb, ik
+        FROM unnest($1::text[], $2::integer[], $3::bigint[], $4::text[], $5::text[],
+                    $6::text[], $7::bytea[], $8::timestamptz[], $9::text[], $10::text[])
+            AS r(t, p, o, k, v, vt, vb, ts, h, ik)
+        ON CONFLICT ({conflict}) DO NOTHING"""
+
+
+def _blob_json(blob: Blob | None) -> dict[str, Any]:
+    if blob is None:
+        return {"value": None}
+    return {"value": blob.text, "base64": True} if blob.base64 else {"value": blob.text}
+
+
+def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list[list[Any]]:
+    """The ten column arrays of the insert; raises PermanentExportError per ``fail`` policy."""
+    columns: list[list[Any]] = [[] for _ in range(10)]
+    for item in batch:
+        r = item.record
+        value_json: str | None = None
+        value_text: str | None = None
+        value_bytes: bytes | None = None
+        if r.value is not None:
+            parsed = not r.value.base64 and parse_json_text(r.value.text)[0]
+            if parsed:
+                value_json = r.value.text
+            elif config.non_json_values == "fail":
+                raise PermanentExportError(
+                    f"value of {r.topic}/{r.partition}/{r.offset} is not JSON and table "
+                    f"{config.table} takes only JSON values (non_json_values: fail): "
+                    f"{_preview(r.value.text, r.value.base64)}"
+                )
+            elif config.non_json_values == "text" and _storable_text(r.value):
+                value_text = r.value.text
+            else:
+                value_bytes = r.value.to_bytes()
+        timestamp = (
+            datetime.fromtimestamp(r.timestamp_ms / 1000, tz=UTC) if r.timestamp_ms >= 0 else None
+        )
+        headers = json.dumps([{"name": h.name, **_blob_json(h.value)} for h in r.headers])
+        row = (
+            r.topic,
+            r.partition,
+            r.offset,
+            r.key.text if r.key is not None else None,
+            value_json,
+            value_text,
+            value_bytes,
+            timestamp,
+            headers,
+            item.idempotency_key,
+        )
+        for column, cell in zip(columns, row):
+            column.append(cell)
+    return columns
+
+
+def _storable_text(blob: Blob) -> bool:
+    """Whether PostgreSQL ``text`` can hold the blob (UTF-8 without NUL characters)."""
+    return not blob.base64 and "\0" not in blob.text
+
+
+def _preview(text: str, is_base64: bool) -> str:
+    shown = text[:80] + ("…" if len(text) > 80 else "")
+    return f"base64 {shown}" if is_base64 else repr(shown)
+
+
+def _rows(n: int) -> str:
+    return f"{n} row{'' if n == 1 else 's'}"
+
+
+def classify_error(err: BaseException, what: str) -> Exception:
+    """Map an asyncpg/OS error to PermanentExportError (bad data) or RetryableExportError."""
+    if isinstance(err, asyncpg.PostgresError):
+        sqlstate = getattr(err, "sqlstate", None) or ""
+        message = " ".join(str(err).split())
+        reason = f"{what}: {message} (SQLSTATE {sqlstate})" if sqlstate else f"{what}: {message}"
+        if sqlstate[:2] in _PERMANENT_SQLSTATE_CLASSES:
+            return PermanentExportError(reason)
+        return RetryableExportError(reason)
+    if isinstance(err, (OSError, asyncio.TimeoutError)):
+        return RetryableExportError(f"{what}: cannot reach PostgreSQL: {err or type(err).__name__}")
+    return RetryableExportError(f"{what}: {type(err).__name__}: {err}")
+
+
+class PostgresDestination:
+    """Inserts records into a table through a pool shared by the worker process."""
+
+    def __init__(self, config: PostgresConfig) -> None:
+        self.config = config
+        self._pool: asyncpg.Pool | None = None
+        self._insert = insert_sql(config)
+
+    async def open(self) -> None:
+        """Create the connection pool and, with ``create_table``, the table."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.config.dsn, min_size=1, max_size=self.config.pool_size
+            )
+            if self.config.create_table:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    # Workers starting together would race on CREATE ... IF NOT EXISTS.
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext($1))", self.config.table
+                    )
+                    for statement in create_table_sql(self.config):
+                        await conn.execute(statement)
+        except _DATABASE_ERRORS as err:
+            await self.close()
+            raise classify_error(err, f"preparing table {self.config.table}") from err
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def write(self, batch: Sequence[OutgoingRecord]) -> str:
+        """Insert the batch in one statement; return e.g. ``1 row inserted``."""
+        if self._pool is None:
+            raise RuntimeError("PostgresDestination.write() called before open()")
+        if not batch:
+            return "0 rows inserted"
+        columns = row_columns(self.config, batch)
+        try:
+            status = await self._pool.execute(self._insert, *columns)
+        except _DATABASE_ERRORS as err:
+            first = batch[0].record
+            what = (
+                f"insert of {first.topic}/{first.partition}/{first.offset}"
+                if len(batch) == 1
+                else f"insert of {len(batch)} records"
+            )
+            raise classify_error(err, f"{what} into {self.config.table} failed") from err
+        inserted = int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <n>"
+        present = len(batch) - inserted
+        if present and not inserted:
+            return f"{_rows(inserted)} inserted (already present)"
+        if present:
+            return f"{_rows(inserted)} inserted, {present} already present"
+        return f"{_rows(inserted)} inserted"
+
+
+KIND = DestinationKind(config=PostgresConfig, create=PostgresDestination)
