@@ -78,7 +78,9 @@ class RestConfig(DestinationConfig):
         default=timedelta(seconds=5), description="Longest wait for a connection."
     )
     read_timeout: Duration = Field(
-        default=timedelta(seconds=30), description="Longest wait for the response."
+        default=timedelta(seconds=10),
+        description="Longest wait for the response; keep it below timeouts.attempt so a slow "
+        "endpoint fails with this readable reason rather than an activity timeout.",
     )
     success_statuses: list[StatusSpec] = Field(
         default_factory=lambda: ["2xx"],

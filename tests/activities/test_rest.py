@@ -256,7 +256,7 @@ async def test_retryable_without_retry_after_has_none() -> None:
     [
         (httpx.ConnectError("[Errno 111] Connection refused"), "could not connect"),
         (httpx.ConnectTimeout(""), "could not connect within 5s"),
-        (httpx.ReadTimeout(""), "no response within 30s"),
+        (httpx.ReadTimeout(""), "no response within 10s"),
         (httpx.RemoteProtocolError("peer closed connection"), "RemoteProtocolError"),
     ],
 )
