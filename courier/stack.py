@@ -386,13 +386,35 @@ class _Service:
         cmd = _cmdline(pid)
         if _pid_alive(pid) and (cmd is None or self.marker in cmd):
             return pid
-        with contextlib.suppress(OSError):
-            self.pid_file.unlink()
+        for path in (self.pid_file, self.ports_file):
+            with contextlib.suppress(OSError):
+                path.unlink()
         return None
+
+    @property
+    def ports_file(self) -> Path:
+        return self.root / "run" / f"{self.name}.ports"
+
+    def port_spec(self) -> str:
+        """The ports this service is configured with, e.g. ``9092 9093``."""
+        return " ".join(str(port) for port, _ in self.s.ports()[self.name])
 
     def write_pid(self, pid: int) -> None:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.write_text(f"{pid}\n")
+        self.ports_file.write_text(self.port_spec() + "\n")
+
+    def check_same_ports(self) -> None:
+        """Raise if the running service was started with other ports than configured now."""
+        try:
+            running = self.ports_file.read_text().strip()
+        except OSError:
+            return
+        if running != self.port_spec():
+            raise StackError(
+                f"{self.name} is running on port(s) {running}, but the environment asks for "
+                f"{self.port_spec()}: stop it first (courier stack stop {self.name})"
+            )
 
     def listen(self) -> str:
         """Human-readable description of where the service listens."""
@@ -448,8 +470,9 @@ class _Service:
             deadline = time.monotonic() + 5
             while _pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        with contextlib.suppress(OSError):
-            self.pid_file.unlink()
+        for path in (self.pid_file, self.ports_file):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 class _Kafka(_Service):
@@ -773,9 +796,26 @@ class _Postgres(_Service):
                 "searchable by others. Run the stack as a normal user, or `chmod o+x` the parents."
             )
 
+    def _remove_stale_lock(self) -> None:
+        """Delete ``postmaster.pid`` left by a killed server.
+
+        PostgreSQL does this itself unless the old PID still "exists": a killed postmaster can
+        linger as a zombie when PID 1 reaps slowly (containers), and a PID can be reused.
+        """
+        lock = self.data / "postmaster.pid"
+        try:
+            old = int(lock.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        cmd = _cmdline(old)
+        if not _pid_alive(old) or (cmd is not None and str(self.data) not in cmd):
+            with contextlib.suppress(OSError):
+                lock.unlink()
+
     def launch(self) -> int:
         bindir = self.bindir()
         assert bindir is not None
+        self._remove_stale_lock()
         cmd = self._as_owner([
             str(bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_file),
             "-w", "-t", str(int(self.start_timeout)), "-o", f"-p {self.s.postgres_port}", "start",
@@ -877,11 +917,19 @@ async def _start_lock(settings: StackSettings) -> AsyncIterator[None]:
         fh.close()
 
 
-async def _wait_ready(svc: _Service, pid: int, timeout: float) -> None:
+class _Aborted(Exception):
+    """Another service failed to start: stop waiting for this one."""
+
+
+async def _wait_ready(
+    svc: _Service, pid: int, timeout: float, abort: asyncio.Event | None = None
+) -> None:
     """Probe ``svc`` until it answers; fail fast if its process exits."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while time.monotonic() < deadline:
+        if abort is not None and abort.is_set():
+            raise _Aborted
         if not _pid_alive(pid):
             raise ServiceStartError(f"{svc.name} exited during start-up")
         try:
@@ -939,6 +987,9 @@ async def start_async(
     async with _start_lock(settings):
         running = {svc.name: pid for svc in svcs if (pid := svc.pid()) is not None}
         todo = [svc for svc in svcs if svc.name not in running]
+        for svc in svcs:
+            if svc.name in running:
+                svc.check_same_ports()
         for svc in todo:
             svc.check_tools()
         check_ports([svc.name for svc in todo], settings)
@@ -946,29 +997,35 @@ async def start_async(
         seconds: dict[str, float] = {}
         launched: dict[str, int] = {}
 
+        abort = asyncio.Event()  # set when one service fails: the others stop waiting
+
+        def launch(svc: _Service) -> int:
+            pid = svc.launch()
+            svc.write_pid(pid)  # at once, so that a later stop() finds it whatever happens
+            launched[svc.name] = pid
+            return pid
+
         async def ensure_running(svc: _Service) -> None:
             t0 = time.monotonic()
             pid = running.get(svc.name)
-            if pid is not None:
-                try:
-                    await _wait_ready(svc, pid, svc.start_timeout)
-                except ServiceStartError as exc:
-                    raise _with_log_tail(svc, exc) from exc
-                seconds[svc.name] = time.monotonic() - t0
-                return
             try:
-                await asyncio.to_thread(svc.prepare, say)
-                say(f"{svc.name}: starting")
-                pid = await asyncio.to_thread(svc.launch)
-                launched[svc.name] = pid
-                svc.write_pid(pid)
-                await _wait_ready(svc, pid, svc.start_timeout)
-            except StackError as exc:
-                if isinstance(exc, ServiceStartError) or svc.name in launched:
+                if pid is None:
+                    await asyncio.to_thread(svc.prepare, say)
+                    if abort.is_set():
+                        return
+                    say(f"{svc.name}: starting")
+                    pid = await asyncio.to_thread(launch, svc)
+                await _wait_ready(svc, pid, svc.start_timeout, abort)
+            except _Aborted:
+                return
+            except Exception as exc:
+                abort.set()
+                if isinstance(exc, (ServiceStartError, OSError)) or svc.name in launched:
                     raise _with_log_tail(svc, exc) from exc
                 raise
             seconds[svc.name] = time.monotonic() - t0
-            say(f"{svc.name}: ready in {seconds[svc.name]:.1f}s")
+            if svc.name in launched:
+                say(f"{svc.name}: ready in {seconds[svc.name]:.1f}s")
 
         tasks = [asyncio.ensure_future(ensure_running(svc)) for svc in svcs]
         try:
@@ -977,6 +1034,7 @@ async def start_async(
             if errors:
                 raise errors[0]
         except BaseException:
+            abort.set()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
