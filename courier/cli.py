@@ -1,0 +1,190 @@
+"""The ``courier`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from courier.config import DEFAULT_CONFIG_PATH, ConfigError, CourierConfig, load_config
+
+app = typer.Typer(
+    help="Courier exports Kafka records to many destinations durably: one Temporal workflow "
+    "per record, one task queue per destination.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Check the config file or print its JSON schema.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config", "-c", envvar="COURIER_CONFIG", help="Courier YAML config file.", show_default=True
+    ),
+]
+MetricsPort = Annotated[
+    Optional[int],
+    typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.", envvar="COURIER_METRICS_PORT"),
+]
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=True)],
+        force=True,
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    logging.getLogger("temporalio").setLevel(logging.WARNING)
+    # Failed attempts are logged by activities.export in one line; skip the SDK's traceback.
+    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
+
+
+def _load(path: Path) -> CourierConfig:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _serve_metrics(port: int | None) -> None:
+    if port is not None:
+        from courier import metrics
+
+        metrics.serve(port)
+        logging.getLogger("courier").info("metrics on http://127.0.0.1:%d/metrics", port)
+
+
+async def _run(config: CourierConfig, *, ingest: bool, destinations: list[str], workflows: bool) -> None:
+    from courier.service import run_service
+    from courier.temporal import connect
+    from ingest.consumer import Ingest
+
+    client = await connect(config.temporal)
+    await run_service(
+        client,
+        config,
+        ingest=Ingest(config, client) if ingest else None,
+        destinations=destinations,
+        workflows=workflows,
+    )
+
+
+@app.command()
+def run(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort = None) -> None:
+    """Run ingest, the workflow worker and every destination's worker in one process (development)."""
+    _setup_logging()
+    cfg = _load(config)
+    _serve_metrics(metrics_port)
+    asyncio.run(_run(cfg, ingest=True, destinations=[d.name for d in cfg.destinations], workflows=True))
+
+
+@app.command()
+def ingest(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort = None) -> None:
+    """Consume the configured topics and start one workflow per record; commit only handed-off offsets."""
+    _setup_logging()
+    cfg = _load(config)
+    _serve_metrics(metrics_port)
+    asyncio.run(_run(cfg, ingest=True, destinations=[], workflows=False))
+
+
+@app.command()
+def worker(
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    destination: Annotated[
+        Optional[list[str]],
+        typer.Option("--destination", "-d", help="Serve this destination's task queue (repeatable)."),
+    ] = None,
+    workflows: Annotated[bool, typer.Option("--workflows", help="Run the ExportRecord workflow worker.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Workflows and every destination (development).")] = False,
+    metrics_port: MetricsPort = None,
+) -> None:
+    """Run Temporal workers. Start several processes with the same --destination to scale it out;
+    the destination's rate limit holds across all of them (the Temporal server enforces it)."""
+    _setup_logging()
+    cfg = _load(config)
+    names = [d.name for d in cfg.destinations] if all_ else list(destination or [])
+    for name in names:
+        try:
+            cfg.destination(name)
+        except KeyError as err:
+            err_console.print(f"[red]error:[/red] {err.args[0]}")
+            raise typer.Exit(2) from None
+    if not names and not (workflows or all_):
+        err_console.print("[red]error:[/red] choose --destination NAME, --workflows or --all")
+        raise typer.Exit(2)
+    _serve_metrics(metrics_port)
+    asyncio.run(_run(cfg, ingest=False, destinations=names, workflows=workflows or all_))
+
+
+@app.command()
+def route(
+    key: Annotated[str, typer.Argument(help="The record key to route.")],
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+) -> None:
+    """Print which destination a key goes to and which rule decided."""
+    from ingest.routing import Router
+
+    decision = Router(_load(config).routes).route(key.encode())
+    if decision.action == "export":
+        console.print(f"{decision.destination}\t[dim]{decision.rule}[/dim]")
+    else:
+        console.print(f"({decision.action})\t[dim]{decision.rule}[/dim]")
+        raise typer.Exit(1)
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
+    """Validate the config file and summarise its destinations and routes."""
+    cfg = _load(config)
+    table = Table(title=f"{config}: valid")
+    for column in ("destination", "kind", "task queue", "rate limit", "concurrency", "retries"):
+        table.add_column(column)
+    for dest in cfg.destinations:
+        attempts = dest.retry.maximum_attempts
+        table.add_row(
+            dest.name,
+            dest.kind,
+            dest.task_queue,
+            f"{dest.rate_limit:g}/s" if dest.rate_limit else "unlimited",
+            str(dest.max_concurrency),
+            "forever" if attempts == 0 else f"{attempts} attempts",
+        )
+    console.print(table)
+    rules = ", ".join(
+        f"{r.exact or r.prefix or r.regex!s}→{r.destination}" for r in cfg.routes.rules
+    )
+    console.print(f"routes: {rules or '(none)'}; default: {cfg.routes.default or '(none)'}; "
+                  f"unmatched: {cfg.routes.unmatched}")
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of the config file (for editors and the config reference)."""
+    sys.stdout.write(json.dumps(CourierConfig.model_json_schema(), indent=2) + "\n")
+
+
+def _mount_optional() -> None:
+    try:
+        from courier.stack_cli import stack_app
+    except ImportError:
+        return
+    app.add_typer(stack_app, name="stack")
+
+
+_mount_optional()

@@ -1,0 +1,263 @@
+"""Courier's configuration: one YAML file validated by pydantic.
+
+``${NAME}`` (or ``${NAME:-default}``) anywhere in a string value is replaced from the
+environment before validation, so secrets stay out of the file and out of workflow history.
+Every error names the field, e.g. ``destinations[1].url: ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from activities.base import DestinationConfig
+from activities.registry import AnyDestinationConfig
+from courier.durations import Duration
+
+DEFAULT_CONFIG_PATH = Path("courier.yaml")
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; the message lists each problem as ``field: reason``."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSecurity(_Strict):
+    """How ingest authenticates to Kafka (TLS and SASL); plaintext by default."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism; required with a SASL protocol."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password; use ${ENV} rather than writing it here."
+    )
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle to verify brokers.")
+    ssl_certfile: Path | None = Field(default=None, description="Client certificate (mTLS).")
+    ssl_keyfile: Path | None = Field(default=None, description="Client private key (mTLS).")
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSecurity:
+        if self.protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"protocol {self.protocol} needs sasl_mechanism, sasl_username and sasl_password"
+            )
+        return self
+
+
+class KafkaConfig(_Strict):
+    """Where ingest reads records from."""
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="Comma-separated host:port list of brokers."
+    )
+    topics: list[str] = Field(default_factory=list, description="Topics to consume.")
+    topic_pattern: str | None = Field(
+        default=None, description="Regex of topics to consume, instead of `topics`."
+    )
+    group: str = Field(
+        default="courier",
+        min_length=1,
+        description="Consumer group; part of every workflow ID, so keep it stable.",
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest", description="Where a group with no committed offset starts."
+    )
+    max_in_flight: int = Field(
+        default=256, ge=1, description="Workflow starts ingest keeps in flight at once."
+    )
+    commit_interval: Duration = Field(
+        default=timedelta(seconds=1), description="How often safe offsets are committed."
+    )
+    security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+
+    @model_validator(mode="after")
+    def _one_subscription(self) -> KafkaConfig:
+        if bool(self.topics) == bool(self.topic_pattern):
+            raise ValueError("give exactly one of `topics` or `topic_pattern`")
+        if self.topic_pattern:
+            try:
+                re.compile(self.topic_pattern)
+            except re.error as err:
+                raise ValueError(f"topic_pattern is not a valid regex: {err}") from err
+        return self
+
+
+class TemporalTLS(_Strict):
+    """TLS to the Temporal frontend (e.g. Temporal Cloud with mTLS)."""
+
+    server_root_ca_cert: Path | None = Field(default=None, description="CA to verify the server.")
+    client_cert: Path | None = Field(default=None, description="Client certificate (mTLS).")
+    client_private_key: Path | None = Field(default=None, description="Client key (mTLS).")
+    domain: str | None = Field(default=None, description="Server name to verify, if not the host.")
+
+
+class TemporalConfig(_Strict):
+    """Which Temporal service runs Courier's workflows."""
+
+    address: str = Field(default="127.0.0.1:7233", description="Temporal frontend host:port.")
+    namespace: str = Field(default="default", description="Temporal namespace.")
+    tls: TemporalTLS | None = Field(default=None, description="TLS settings; unset is plaintext.")
+    api_key: SecretStr | None = Field(default=None, description="API key, e.g. for Temporal Cloud.")
+    workflow_task_queue: str = Field(
+        default="courier-workflows", description="Task queue of the ExportRecord workflows."
+    )
+
+
+class RouteRule(_Strict):
+    """One routing rule: give exactly one of ``exact``, ``prefix`` or ``regex``."""
+
+    exact: str | None = Field(default=None, description="Matches a key equal to this.")
+    prefix: str | None = Field(default=None, description="Matches a key starting with this.")
+    regex: str | None = Field(default=None, description="Matches a key this regex fully matches.")
+    destination: str = Field(description="Name of the destination the key goes to.")
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> RouteRule:
+        given = [m for m in (self.exact, self.prefix, self.regex) if m is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `exact`, `prefix` or `regex`")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as err:
+                raise ValueError(f"regex {self.regex!r} is invalid: {err}") from err
+        return self
+
+
+class RoutesConfig(_Strict):
+    """How a record's key picks its destination: first matching rule, else the default."""
+
+    rules: list[RouteRule] = Field(default_factory=list, description="Checked in order.")
+    default: str | None = Field(
+        default=None, description="Destination of keys no rule matches (null keys included)."
+    )
+    unmatched: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="With no default: `fail` starts the record's workflow, which fails with a "
+        "readable reason; `skip` logs and counts the record and moves on.",
+    )
+
+
+class CourierConfig(_Strict):
+    """The whole Courier configuration."""
+
+    kafka: KafkaConfig
+    temporal: TemporalConfig = Field(default_factory=TemporalConfig)
+    destinations: list[AnyDestinationConfig] = Field(min_length=1)  # type: ignore[valid-type]
+    routes: RoutesConfig = Field(default_factory=RoutesConfig)
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> CourierConfig:
+        names = [d.name for d in self.destinations]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique; repeated: {', '.join(duplicates)}")
+        known = set(names)
+        targets = [("routes.default", self.routes.default)] + [
+            (f"routes.rules[{i}].destination", r.destination) for i, r in enumerate(self.routes.rules)
+        ]
+        for where, target in targets:
+            if target is not None and target not in known:
+                raise ValueError(
+                    f"{where}: unknown destination {target!r}; known: {', '.join(sorted(known))}"
+                )
+        return self
+
+    def destination(self, name: str) -> DestinationConfig:
+        """The destination called ``name``; KeyError names the known ones."""
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        known = ", ".join(d.name for d in self.destinations)
+        raise KeyError(f"no destination named {name!r}; known: {known}")
+
+
+def substitute_env(value: Any, environ: dict[str, str], path: str = "") -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: substitute_env(v, environ, _join(path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+
+        return _ENV_REFERENCE.sub(replace, value)
+    return value
+
+
+def parse_config(data: Any, *, environ: dict[str, str] | None = None) -> CourierConfig:
+    """Validate an already-parsed config tree; raise :class:`ConfigError` naming each field."""
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping with kafka, destinations and routes")
+    resolved = substitute_env(data, dict(os.environ if environ is None else environ))
+    try:
+        return CourierConfig.model_validate(resolved)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, resolved)) from None
+
+
+def load_config(path: Path | str, *, environ: dict[str, str] | None = None) -> CourierConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    try:
+        return parse_config(data, environ=environ)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: invalid config\n{err}") from None
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _describe(err: ValidationError, data: Any) -> str:
+    """One ``field: reason`` line per pydantic error, with paths as written in YAML."""
+    lines = []
+    for problem in err.errors():
+        path, node = "", data
+        for part in problem["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+                node = node[part] if isinstance(node, list) and part < len(node) else None
+            elif isinstance(node, dict) and part not in node and node.get("kind") == part:
+                continue  # the discriminated-union tag pydantic adds: not a field of the YAML
+            else:
+                path = _join(path, part)
+                node = node.get(part) if isinstance(node, dict) else None
+        reason = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "missing":
+            reason = "required field is missing"
+        elif problem["type"] == "extra_forbidden":
+            reason = "unknown field"
+        lines.append(f"  {path}: {reason}" if path else f"  {reason}")
+    return "\n".join(lines)

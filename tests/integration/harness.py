@@ -1,0 +1,142 @@
+"""Helpers for pipeline tests: a per-test config, Courier running in-process, Kafka I/O, waits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from courier.config import CourierConfig, parse_config
+from courier.service import run_service
+from ingest.consumer import Ingest
+
+
+def pipeline_config(
+    settings: Any,
+    unique: str,
+    *,
+    destinations: list[dict[str, Any]],
+    routes: dict[str, Any],
+    kafka: dict[str, Any] | None = None,
+) -> CourierConfig:
+    """A config whose topic, group, task queues and destination names are this test's own."""
+    return parse_config(
+        {
+            "kafka": {
+                "bootstrap_servers": settings.kafka_bootstrap,
+                "topics": [f"t-{unique}"],
+                "group": f"g-{unique}",
+                "commit_interval": "200ms",
+                **(kafka or {}),
+            },
+            "temporal": {
+                "address": settings.temporal_address,
+                "workflow_task_queue": f"courier-workflows-{unique}",
+            },
+            "destinations": destinations,
+            "routes": routes,
+        },
+        environ={},
+    )
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
+    """Create a topic with ``partitions`` partitions."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def produce(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
+) -> int:
+    """Produce ``(key, value)`` records and wait until the broker acknowledged all of them."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, key=key, value=value) for key, value in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(futures)
+
+
+@contextlib.asynccontextmanager
+async def courier_running(
+    client: Client, config: CourierConfig, *, ingest: bool = True, workers: bool = True
+) -> AsyncIterator[Ingest | None]:
+    """Courier's ingest and all its workers in this process, until the block ends."""
+    stop = asyncio.Event()
+    ingest_ = Ingest(config, client) if ingest else None
+    task = asyncio.create_task(
+        run_service(
+            client,
+            config,
+            ingest=ingest_,
+            destinations=[d.name for d in config.destinations] if workers else [],
+            workflows=workers,
+            stop=stop,
+        )
+    )
+    try:
+        yield ingest_
+    finally:
+        stop.set()
+        await task
+
+
+async def statuses(client: Client, query: str) -> dict[str, int]:
+    """Workflow counts by status name for a visibility query."""
+    counts: dict[str, int] = {}
+    async for wf in client.list_workflows(query):
+        name = wf.status.name if wf.status else "UNKNOWN"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+async def wait_for_workflows(
+    client: Client,
+    query: str,
+    expected: int,
+    *,
+    status: WorkflowExecutionStatus | None = WorkflowExecutionStatus.COMPLETED,
+    timeout: float = 90.0,
+) -> int:
+    """Wait until ``expected`` workflows matching ``query`` (and ``status``) are visible."""
+    full = query if status is None else f"{query} AND ExecutionStatus = '{_status_name(status)}'"
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        count = (await client.count_workflows(full)).count
+        if count >= expected:
+            return count
+        await asyncio.sleep(0.5)
+    raise AssertionError(
+        f"only {count} of {expected} workflows matched {full!r} after {timeout:.0f}s; "
+        f"by status: {await statuses(client, query)}"
+    )
+
+
+async def eventually(check: Any, *, timeout: float = 30.0, interval: float = 0.25) -> Any:
+    """Await ``check()`` until it returns a truthy value; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met after {timeout:.0f}s; last value {value!r}")
+
+
+def _status_name(status: WorkflowExecutionStatus) -> str:
+    return status.name.title().replace("_", "")
