@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from courier.stack_cli import stack_app
 from courier.config import DEFAULT_CONFIG_PATH, ConfigError, CourierConfig, load_config
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Check the config file or print its JSON schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(stack_app, name="stack")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -114,8 +116,11 @@ def worker(
     all_: Annotated[bool, typer.Option("--all", help="Workflows and every destination (development).")] = False,
     metrics_port: MetricsPort = None,
 ) -> None:
-    """Run Temporal workers. Start several processes with the same --destination to scale it out;
-    the destination's rate limit holds across all of them (the Temporal server enforces it)."""
+    """Run Temporal workers: destinations' activity queues and/or the workflow queue.
+
+    Start several processes with the same --destination to scale it out: the destination's
+    rate limit holds across all of them, because the Temporal server enforces it.
+    """
     _setup_logging()
     cfg = _load(config)
     names = [d.name for d in cfg.destinations] if all_ else list(destination or [])
@@ -145,6 +150,54 @@ def route(
         console.print(f"{decision.destination}\t[dim]{decision.rule}[/dim]")
     else:
         console.print(f"({decision.action})\t[dim]{decision.rule}[/dim]")
+        raise typer.Exit(1)
+
+
+@app.command("replay")
+def replay_command(
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    destination: Annotated[
+        Optional[str], typer.Option("--destination", "-d", help="Only this destination's failed exports.")
+    ] = None,
+    query: Annotated[
+        Optional[str],
+        typer.Option(help="Extra visibility filter, e.g. \"CourierTopic = 'orders'\"."),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Reason recorded on each reset.")] = "replayed with courier replay",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Replay without asking.")] = False,
+) -> None:
+    """Export failed records again: reset each Failed ExportRecord run (fix the cause first)."""
+    _setup_logging("WARNING")
+    asyncio.run(_replay(_load(config), destination, query, reason, yes))
+
+
+async def _replay(cfg: CourierConfig, destination: str | None, query: str | None, reason: str, yes: bool) -> None:
+    from rich.progress import Progress
+
+    from courier import replay
+    from courier.temporal import connect
+
+    client = await connect(cfg.temporal)
+    selector = replay.failed_exports_query(destination, query)
+    executions = [e async for e in replay.failed_exports(client, selector)]
+    if not executions:
+        console.print(f"no failed exports match: {selector}")
+        return
+    console.print(f"{len(executions)} failed export(s) match: {selector}")
+    if not yes and not typer.confirm("Replay them?"):
+        raise typer.Exit(1)
+    failures = 0
+    with Progress(console=console) as progress:
+        task = progress.add_task("replaying", total=len(executions))
+        for execution in executions:
+            try:
+                await replay.replay(client, execution, reason=reason)
+            except Exception as err:  # one bad reset must not stop the others
+                failures += 1
+                err_console.print(f"[red]{execution.id}[/red]: {err}")
+            progress.advance(task)
+    console.print(f"replayed {len(executions) - failures} of {len(executions)}")
+    if failures:
         raise typer.Exit(1)
 
 
@@ -179,12 +232,7 @@ def config_schema() -> None:
     sys.stdout.write(json.dumps(CourierConfig.model_json_schema(), indent=2) + "\n")
 
 
-def _mount_optional() -> None:
-    try:
-        from courier.stack_cli import stack_app
-    except ImportError:
-        return
-    app.add_typer(stack_app, name="stack")
 
 
-_mount_optional()
+if __name__ == "__main__":
+    app()

@@ -259,5 +259,9 @@ def _describe(err: ValidationError, data: Any) -> str:
             reason = "required field is missing"
         elif problem["type"] == "extra_forbidden":
             reason = "unknown field"
+        elif problem["type"] == "union_tag_invalid":
+            path = _join(path, "kind")
+            ctx = problem.get("ctx", {})
+            reason = f"unknown destination kind {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"
         lines.append(f"  {path}: {reason}" if path else f"  {reason}")
     return "\n".join(lines)

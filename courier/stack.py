@@ -46,6 +46,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from courier.search_attributes import DEV_SERVER_FLAGS
+
 __all__ = [
     "SERVICES",
     "SEARCH_ATTRIBUTES",
@@ -75,13 +77,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES: tuple[str, ...] = ("kafka", "temporal", "postgres")
 """Names of the services, in display order."""
 
-SEARCH_ATTRIBUTES: dict[str, str] = {
-    "CourierDestination": "Keyword",
-    "CourierKey": "Keyword",
-    "CourierTopic": "Keyword",
-    "CourierPartition": "Int",
-    "CourierOffset": "Int",
-}
+SEARCH_ATTRIBUTES: dict[str, str] = DEV_SERVER_FLAGS
 """Custom Temporal search attributes registered by the local server: name -> type."""
 
 HOST = "127.0.0.1"

@@ -1,0 +1,55 @@
+"""Replaying failed exports: reset each Failed ``ExportRecord`` run to its first workflow task.
+
+The reset run keeps the workflow ID (so the idempotency key is unchanged) and exports the
+record again; the failed run stays listed in the Temporal UI for the record.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
+from temporalio.client import Client, WorkflowExecution as Execution
+
+from courier import search_attributes as sa
+
+
+def failed_exports_query(destination: str | None = None, extra: str | None = None) -> str:
+    """Visibility query for Failed exports, optionally of one destination and a further filter."""
+    parts = ["WorkflowType = 'ExportRecord'", "ExecutionStatus = 'Failed'"]
+    if destination:
+        parts.append(f"{sa.DESTINATION.name} = '{destination}'")
+    if extra:
+        parts.append(f"({extra})")
+    return " AND ".join(parts)
+
+
+async def failed_exports(client: Client, query: str) -> AsyncIterator[Execution]:
+    """The failed runs a query selects."""
+    async for execution in client.list_workflows(query):
+        yield execution
+
+
+async def replay(client: Client, execution: Execution, *, reason: str) -> str:
+    """Reset one failed run so the record is exported again; returns the new run ID."""
+    handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+    first_task_done = None
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            first_task_done = event.event_id
+            break
+    if first_task_done is None:
+        raise ValueError(f"{execution.id} has no completed workflow task to reset to")
+    response = await client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=execution.id, run_id=execution.run_id),
+            reason=reason,
+            workflow_task_finish_event_id=first_task_done,
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    return response.run_id
