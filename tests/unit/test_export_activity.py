@@ -1,0 +1,66 @@
+"""The export activity maps destination errors to Temporal retry decisions."""
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.errors import PermanentExportError, RetryableExportError
+from activities.export import ExportActivity
+from courier import metrics
+from workflows.types import Blob, ExportBatch, KafkaRecord, OutgoingRecord
+
+
+class FakeDestination:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.written: list[str] = []
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def write(self, batch: Sequence[OutgoingRecord]) -> str:
+        if self.error:
+            raise self.error
+        self.written += [item.idempotency_key for item in batch]
+        return f"{len(batch)} written"
+
+
+def batch(destination: str = "dest") -> ExportBatch:
+    record = KafkaRecord("t", 0, 7, Blob.of(b"k"), Blob.of(b"v"), 0)
+    return ExportBatch(destination, [OutgoingRecord("courier/g/t/0/7", record)])
+
+
+async def test_success_returns_the_detail_and_counts() -> None:
+    before = metrics.EXPORTED.labels("dest")._value.get()
+    destination = FakeDestination()
+    result = await ActivityEnvironment().run(ExportActivity("dest", destination).export, batch())
+    assert (result.written, result.detail, result.attempt) == (1, "1 written", 1)
+    assert destination.written == ["courier/g/t/0/7"]
+    assert metrics.EXPORTED.labels("dest")._value.get() == before + 1
+
+
+async def test_permanent_error_is_non_retryable_with_its_reason() -> None:
+    activity = ExportActivity("dest", FakeDestination(PermanentExportError("answered 422")))
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activity.export, batch())
+    assert err.value.non_retryable and err.value.type == "PermanentExportError"
+    assert err.value.message == "answered 422"
+
+
+async def test_retryable_error_carries_retry_after_as_next_delay() -> None:
+    activity = ExportActivity("dest", FakeDestination(RetryableExportError("429", retry_after=2.0)))
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activity.export, batch())
+    assert not err.value.non_retryable and err.value.type == "RetryableExportError"
+    assert err.value.next_retry_delay == timedelta(seconds=2)
+
+
+async def test_a_batch_for_another_destination_is_refused() -> None:
+    destination = FakeDestination()
+    with pytest.raises(ApplicationError, match="reached the worker of 'dest'") as err:
+        await ActivityEnvironment().run(ExportActivity("dest", destination).export, batch("other"))
+    assert err.value.non_retryable and destination.written == []
