@@ -13,14 +13,17 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.types import (
-    DestinationPolicy,
-    ExportBatch,
-    ExportReceipt,
-    ExportRecordInput,
-    ExportResult,
-    OutgoingRecord,
-)
+# Plain frozen dataclasses with no side effects: share them with the sandbox instead of
+# re-importing them for every workflow run (that re-import was ~40% of the worker's CPU).
+with workflow.unsafe.imports_passed_through():
+    from workflows.types import (
+        DestinationPolicy,
+        ExportBatch,
+        ExportReceipt,
+        ExportRecordInput,
+        ExportResult,
+        OutgoingRecord,
+    )
 
 EXPORT_ACTIVITY = "export"
 PERMANENT_ERROR_TYPE = "PermanentExportError"
