@@ -83,8 +83,12 @@ class DestinationConfig(BaseModel):
     max_concurrency: int = Field(
         default=16, ge=1, description="Exports one worker process runs at once."
     )
-    retry: RetryConfig = Field(default_factory=RetryConfig)
-    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig, description="Retry policy (section destinations[].retry)."
+    )
+    timeouts: TimeoutConfig = Field(
+        default_factory=TimeoutConfig, description="Time limits (section destinations[].timeouts)."
+    )
 
     @property
     def task_queue(self) -> str:

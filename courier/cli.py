@@ -226,6 +226,14 @@ def config_check(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
                   f"unmatched: {cfg.routes.unmatched}")
 
 
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print the config reference (every field, its type, default and meaning) as Markdown."""
+    from courier.config_reference import render
+
+    sys.stdout.write(render() + "\n")
+
+
 @config_app.command("schema")
 def config_schema() -> None:
     """Print the JSON schema of the config file (for editors and the config reference)."""

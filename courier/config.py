@@ -84,7 +84,9 @@ class KafkaConfig(_Strict):
     commit_interval: Duration = Field(
         default=timedelta(seconds=1), description="How often safe offsets are committed."
     )
-    security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+    security: KafkaSecurity = Field(
+        default_factory=KafkaSecurity, description="TLS and SASL settings (section kafka.security)."
+    )
 
     @model_validator(mode="after")
     def _one_subscription(self) -> KafkaConfig:
@@ -157,10 +159,16 @@ class RoutesConfig(_Strict):
 class CourierConfig(_Strict):
     """The whole Courier configuration."""
 
-    kafka: KafkaConfig
-    temporal: TemporalConfig = Field(default_factory=TemporalConfig)
-    destinations: list[AnyDestinationConfig] = Field(min_length=1)  # type: ignore[valid-type]
-    routes: RoutesConfig = Field(default_factory=RoutesConfig)
+    kafka: KafkaConfig = Field(description="Where records come from (section kafka).")
+    temporal: TemporalConfig = Field(
+        default_factory=TemporalConfig, description="Which Temporal runs the workflows."
+    )
+    destinations: list[AnyDestinationConfig] = Field(  # type: ignore[valid-type]
+        min_length=1, description="Where records go; each entry's `kind` picks its section."
+    )
+    routes: RoutesConfig = Field(
+        default_factory=RoutesConfig, description="How a key picks its destination."
+    )
 
     @model_validator(mode="after")
     def _names_resolve(self) -> CourierConfig:
