@@ -1,0 +1,69 @@
+"""Several worker processes for one destination share its queue and its rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from temporalio.client import Client
+
+from courier.receiver import Receiver
+from tests.integration.harness import (
+    courier_running,
+    create_topic,
+    eventually,
+    pipeline_config,
+    produce,
+)
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 5.0
+RECORDS = 40
+
+
+async def test_two_worker_processes_share_one_rate_limit(
+    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
+) -> None:
+    async with Receiver() as receiver:
+        def destination(worker: str) -> dict[str, Any]:
+            return {"name": f"api-{unique}", "kind": "rest", "url": f"{receiver.url}/api",
+                    "rate_limit": LIMIT, "max_concurrency": 8, "headers": {"X-Worker": worker}}
+
+        routes = {"default": f"api-{unique}"}
+        config = pipeline_config(stack_settings, unique, destinations=[destination("in-process")], routes=routes)
+        # The second process reads its own config: same destination, its own header.
+        other = config.model_dump(mode="json", exclude_none=True)
+        other["destinations"] = [destination("subprocess")]
+        other_file = tmp_path / "worker.yaml"
+        other_file.write_text(yaml.safe_dump(other))
+        await create_topic(stack_settings.kafka_bootstrap, config.kafka.topics[0])
+
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "courier.cli", "worker", "-c", str(other_file), "-d", f"api-{unique}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=dict(os.environ),
+        )
+        try:
+            await asyncio.sleep(2)  # let the second process start polling
+            await produce(stack_settings.kafka_bootstrap, config.kafka.topics[0],
+                          [(f"k{i}".encode(), b"{}") for i in range(RECORDS)])
+            async with courier_running(temporal_client, config):
+                await eventually(lambda: _done(receiver), timeout=90)
+        finally:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 30)
+
+    served = {r.headers.get("x-worker") for r in receiver.effect_requests("/api")}
+    assert served == {"in-process", "subprocess"}, f"both processes should serve the queue: {served}"
+    times = sorted(r.time for r in receiver.effect_requests("/api"))
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    assert rate <= LIMIT * 1.2, f"two workers together ran at {rate:.2f}/s, limit {LIMIT}/s"
+
+
+async def _done(receiver: Receiver) -> bool:
+    return receiver.effects("/api") >= RECORDS
