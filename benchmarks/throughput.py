@@ -34,8 +34,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client
@@ -45,6 +43,7 @@ from benchmarks.noop import BenchNoop, noop
 from courier.config import CourierConfig, KafkaConfig, parse_config
 from courier.service import run_service
 from courier.stack import StackSettings, settings_from_env
+from courier.topics import create_topic, produce
 from ingest.consumer import Ingest
 
 GOAL_RATIO = 0.9
@@ -152,27 +151,6 @@ class Result:
 
 
 # --------------------------------------------------------------------------------------- helpers
-async def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
-    """Create a topic with ``partitions`` partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
-
-
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    """Produce ``(key, value)`` records and wait until the broker acknowledged all of them."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, key=key, value=value) for key, value in records]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout: float, what: str) -> float:
     """Await ``check()`` until true; return the monotonic time it first was. Fail after timeout."""
     deadline = time.monotonic() + timeout

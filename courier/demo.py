@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -39,6 +37,7 @@ from activities.files import FileConfig
 from activities.postgres import PostgresConfig, qualified_table
 from activities.rest import RestConfig
 from courier import stack as stack_control
+from courier import topics
 from courier.config import CourierConfig, load_config
 from courier.ids import workflow_id
 from courier.receiver import Receiver
@@ -141,40 +140,21 @@ def demo_value(key: str, topic: str) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-async def create_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> None:
-    """Create ``topic`` with ``partitions`` partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
-
-
-async def produce(
-    config: CourierConfig, topic: str, keys: list[str]
-) -> dict[str, str]:
+async def produce(config: CourierConfig, topic: str, keys: list[str]) -> dict[str, str]:
     """Produce one record per key; return ``{workflow ID: destination}`` of the records."""
     router = Router(config.routes)
-    producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        sent = [
-            (key, await producer.send(topic, key=key.encode(), value=demo_value(key, topic)))
-            for key in keys
-        ]
-        expected: dict[str, str] = {}
-        for key, future in sent:
-            meta = await future
-            decision = router.route(key.encode())
-            if decision.destination is not None:
-                wid = workflow_id(
-                    group=config.kafka.group, topic=topic, partition=meta.partition, offset=meta.offset
-                )
-                expected[wid] = decision.destination
-        return expected
-    finally:
-        await producer.stop()
+    sent = await topics.produce(
+        config.kafka.bootstrap_servers, topic, [(key.encode(), demo_value(key, topic)) for key in keys]
+    )
+    expected: dict[str, str] = {}
+    for key, meta in zip(keys, sent):
+        decision = router.route(key.encode())
+        if decision.destination is not None:
+            wid = workflow_id(
+                group=config.kafka.group, topic=topic, partition=meta.partition, offset=meta.offset
+            )
+            expected[wid] = decision.destination
+    return expected
 
 
 # ------------------------------------------------------------------------------ observation
@@ -463,7 +443,7 @@ async def run_demo(
         topic = f"courier-demo-{stamp}"
         async with Receiver() as receiver:
             config = demo_config(config_path, settings, receiver.port, topic)
-            await create_topic(config.kafka.bootstrap_servers, topic)
+            await topics.create_topic(config.kafka.bootstrap_servers, topic, PARTITIONS)
             keys = demo_keys(records)
             router = Router(config.routes)
             routed = collections.Counter(router.route(k.encode()).destination for k in keys)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from courier.config import CourierConfig, parse_config
 from courier.service import run_service
+from courier.topics import create_topic, produce  # noqa: F401 (re-exported for tests)
 from ingest.consumer import Ingest
 
 
@@ -44,30 +43,6 @@ def pipeline_config(
         },
         environ={},
     )
-
-
-async def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
-    """Create a topic with ``partitions`` partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
-
-
-async def produce(
-    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
-) -> int:
-    """Produce ``(key, value)`` records and wait until the broker acknowledged all of them."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, key=key, value=value) for key, value in records]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return len(futures)
 
 
 @contextlib.asynccontextmanager
