@@ -71,6 +71,10 @@ class Ingest:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
 
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this ingest owns right now."""
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
+
     def stop(self) -> None:
         """Ask the loop to finish: it commits what is safe and leaves the group."""
         self._stopping.set()
