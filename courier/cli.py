@@ -118,8 +118,7 @@ def worker(
 ) -> None:
     """Run Temporal workers: destinations' activity queues and/or the workflow queue.
 
-    Start several processes with the same --destination to scale it out: the destination's
-    rate limit holds across all of them, because the Temporal server enforces it.
+    Start several processes with the same --destination to scale it out: the destination's rate limit holds across all of them, because the Temporal server enforces it.
     """
     _setup_logging()
     cfg = _load(config)

@@ -109,7 +109,10 @@ class Ingest:
             await self._drain(self._tasks, DRAIN_TIMEOUT_S)
             await self.commit()
             await consumer.stop()
-            log.info("ingest stopped: %s", dict(self.counts))
+            log.info(
+                "ingest stopped: %d started, %d already started, %d skipped",
+                self.counts["started"], self.counts["existing"], self.counts["skipped"],
+            )
 
     async def _dispatch(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         await self._window.acquire()
