@@ -86,6 +86,8 @@ async def run_workers(
 
 
 if __name__ == "__main__":
-    from courier.cli import app
+    import sys
 
-    app(["worker", *__import__("sys").argv[1:]])
+    from courier.cli import main
+
+    main(["worker", *sys.argv[1:]])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
@@ -152,6 +154,82 @@ def route(
         raise typer.Exit(1)
 
 
+@app.command()
+def status(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
+    """Show each destination's workers, backlog, live rate limit and workflows by status."""
+    _setup_logging("WARNING")
+    asyncio.run(_status(_load(config)))
+
+
+async def _status(cfg: CourierConfig) -> None:
+    from courier import queues
+    from courier import search_attributes as sa
+    from courier.temporal import connect
+
+    client = await connect(cfg.temporal)
+    table = Table(
+        title=f"Courier destinations on {cfg.temporal.address} ({cfg.temporal.namespace})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column in ("destination", "workers", "backlog", "oldest", "rate limit", "running", "done", "failed"):
+        table.add_column(column, justify="left" if column == "destination" else "right", no_wrap=True)
+    for dest in cfg.destinations:
+        queue = await queues.describe(client, dest.task_queue)
+        counts = await client.count_workflows(
+            f"{sa.DESTINATION.name} = '{dest.name}' GROUP BY ExecutionStatus"
+        )
+        by_status = {str(g.group_values[0]): g.count for g in counts.groups}
+        limit = "unlimited" if queue.rate_limit is None else f"{queue.rate_limit:g}/s {queue.rate_limit_source}"
+        table.add_row(
+            dest.name,
+            str(queue.workers),
+            str(queue.backlog),
+            f"{queue.backlog_age_s:.0f}s" if queue.backlog else "-",
+            limit,
+            str(by_status.get("Running", 0)),
+            str(by_status.get("Completed", 0)),
+            str(by_status.get("Failed", 0)),
+        )
+    console.print(table)
+
+
+@app.command()
+def limit(
+    destination: Annotated[str, typer.Argument(help="Destination name.")],
+    rate: Annotated[str, typer.Argument(help="Records per second, or 'default' to use the workers' rate_limit again.")],
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    reason: Annotated[str, typer.Option(help="Why; stored with the limit.")] = "set with courier limit",
+) -> None:
+    """Change a destination's rate limit now, for all its workers, without a restart."""
+    cfg = _load(config)
+    try:
+        queue = cfg.destination(destination).task_queue
+    except KeyError as err:
+        err_console.print(f"[red]error:[/red] {err.args[0]}")
+        raise typer.Exit(2) from None
+    try:
+        value = None if rate == "default" else float(rate)
+    except ValueError:
+        err_console.print(f"[red]error:[/red] rate must be a number of records per second or 'default', not {rate!r}")
+        raise typer.Exit(2) from None
+    if value is not None and value <= 0:
+        err_console.print("[red]error:[/red] rate must be greater than 0")
+        raise typer.Exit(2)
+    asyncio.run(_limit(cfg, queue, value, reason))
+
+
+async def _limit(cfg: CourierConfig, queue: str, rate: float | None, reason: str) -> None:
+    from courier import queues
+    from courier.temporal import connect
+
+    client = await connect(cfg.temporal)
+    await queues.set_rate_limit(client, queue, rate, reason=reason)
+    state = await queues.describe(client, queue)
+    shown = "unlimited" if state.rate_limit is None else f"{state.rate_limit:g}/s"
+    console.print(f"{queue}: rate limit now {shown} ({state.rate_limit_source})")
+
+
 @app.command("replay")
 def replay_command(
     config: ConfigOption = DEFAULT_CONFIG_PATH,
@@ -263,5 +341,25 @@ def demo(
     raise typer.Exit(main(config_path=config, records=records, timeout=timeout, keep_stack=keep_stack))
 
 
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI, then exit without interpreter teardown.
+
+    The Temporal client's native threads can crash a finishing interpreter
+    (temporalio/sdk-python#300), so once output is flushed the process leaves with os._exit.
+    """
+    try:
+        app(argv)
+        code: object = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -1,0 +1,76 @@
+"""Destination task queues as operators see them: backlog, workers, and the live rate limit.
+
+A rate limit set here (``courier limit``) is stored by the Temporal server on the queue and
+overrides the ``rate_limit`` the workers poll with, without restarting anything, until it is
+reset to ``default``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from temporalio.api.enums.v1 import RateLimitSource, TaskQueueType
+from temporalio.api.taskqueue.v1 import RateLimit, TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, UpdateTaskQueueConfigRequest
+from temporalio.client import Client
+
+# A poller that has not polled for this long no longer counts as a live worker.
+LIVE_POLLER_S = 60.0
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What the server reports of one activity task queue."""
+
+    task_queue: str
+    backlog: int
+    backlog_age_s: float
+    workers: int
+    rate_limit: float | None
+    rate_limit_source: str
+    """``override`` (set by ``courier limit``), ``worker`` (from the workers' config) or ``none``."""
+
+
+async def describe(client: Client, task_queue: str) -> QueueState:
+    """Backlog, live workers and effective rate limit of an activity task queue."""
+    response = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            report_stats=True,
+            report_config=True,
+        )
+    )
+    now = time.time()
+    workers = sum(1 for p in response.pollers if now - p.last_access_time.seconds < LIVE_POLLER_S)
+    effective = response.effective_rate_limit
+    source = {
+        RateLimitSource.RATE_LIMIT_SOURCE_API: "override",
+        RateLimitSource.RATE_LIMIT_SOURCE_WORKER: "worker",
+    }.get(effective.rate_limit_source, "none")
+    return QueueState(
+        task_queue=task_queue,
+        backlog=response.stats.approximate_backlog_count,
+        backlog_age_s=response.stats.approximate_backlog_age.ToTimedelta().total_seconds(),
+        workers=workers,
+        rate_limit=effective.requests_per_second if source != "none" else None,
+        rate_limit_source=source,
+    )
+
+
+async def set_rate_limit(client: Client, task_queue: str, rate: float | None, *, reason: str) -> None:
+    """Override the queue's rate limit (records/s) on the server; ``None`` returns it to the workers'."""
+    update = UpdateTaskQueueConfigRequest.RateLimitUpdate(reason=reason)
+    if rate is not None:
+        update.rate_limit.CopyFrom(RateLimit(requests_per_second=rate))
+    await client.workflow_service.update_task_queue_config(
+        UpdateTaskQueueConfigRequest(
+            namespace=client.namespace,
+            identity="courier limit",
+            task_queue=task_queue,
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            update_queue_rate_limit=update,
+        )
+    )

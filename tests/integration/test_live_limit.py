@@ -1,0 +1,65 @@
+"""An operator changes a destination's rate limit at run time, without restarting workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+
+from courier import queues
+from courier.receiver import Receiver
+from tests.integration.harness import (
+    courier_running,
+    create_topic,
+    eventually,
+    pipeline_config,
+    produce,
+)
+
+pytestmark = pytest.mark.integration
+
+RECORDS = 12
+OVERRIDE = 2.0
+
+
+async def test_rate_limit_override_holds_and_can_be_reset(
+    stack_settings: Any, temporal_client: Client, unique: str
+) -> None:
+    async with Receiver() as receiver:
+        name = f"api-{unique}"
+        config = pipeline_config(
+            stack_settings, unique,
+            destinations=[{"name": name, "kind": "rest", "url": f"{receiver.url}/api", "rate_limit": 50}],
+            routes={"default": name},
+        )
+        queue = config.destination(name).task_queue
+        await create_topic(stack_settings.kafka_bootstrap, config.kafka.topics[0])
+        async with courier_running(temporal_client, config):
+            await eventually(lambda: _polled(temporal_client, queue))
+            assert (await queues.describe(temporal_client, queue)).rate_limit_source == "worker"
+
+            await queues.set_rate_limit(temporal_client, queue, OVERRIDE, reason="test")
+            state = await queues.describe(temporal_client, queue)
+            assert (state.rate_limit, state.rate_limit_source) == (OVERRIDE, "override")
+            assert state.workers >= 1
+
+            await produce(stack_settings.kafka_bootstrap, config.kafka.topics[0],
+                          [(f"k{i}".encode(), b"{}") for i in range(RECORDS)])
+            await eventually(lambda: _done(receiver), timeout=60)
+
+            await queues.set_rate_limit(temporal_client, queue, None, reason="test")
+            state = await queues.describe(temporal_client, queue)
+            assert (state.rate_limit, state.rate_limit_source) == (50, "worker")
+
+    times = sorted(r.time for r in receiver.effect_requests("/api"))
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    assert rate <= OVERRIDE * 1.2, f"ran at {rate:.2f}/s under a {OVERRIDE}/s override (worker says 50/s)"
+
+
+async def _polled(client: Client, queue: str) -> bool:
+    return (await queues.describe(client, queue)).workers >= 1
+
+
+async def _done(receiver: Receiver) -> bool:
+    return receiver.effects("/api") >= RECORDS
