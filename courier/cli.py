@@ -15,9 +15,10 @@ from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from temporalio.client import Client
 
-from courier.stack_cli import stack_app
 from courier.config import DEFAULT_CONFIG_PATH, ConfigError, CourierConfig, load_config
+from courier.stack_cli import stack_app
 
 app = typer.Typer(
     help="Courier exports Kafka records to many destinations durably: one Temporal workflow "
@@ -74,12 +75,23 @@ def _serve_metrics(port: int | None) -> None:
         logging.getLogger("courier").info("metrics on http://127.0.0.1:%d/metrics", port)
 
 
+async def _client(cfg: CourierConfig) -> Client:
+    """A Temporal client for a short command; an unreachable server is a clear error."""
+    from courier.temporal import TemporalUnreachable, connect
+
+    try:
+        return await connect(cfg.temporal)
+    except TemporalUnreachable as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+
+
 async def _run(config: CourierConfig, *, ingest: bool, destinations: list[str], workflows: bool) -> None:
     from courier.service import run_service
     from courier.temporal import connect
     from ingest.consumer import Ingest
 
-    client = await connect(config.temporal)
+    client = await connect(config.temporal, wait=True)
     await run_service(
         client,
         config,
@@ -164,9 +176,8 @@ def status(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
 async def _status(cfg: CourierConfig) -> None:
     from courier import queues
     from courier import search_attributes as sa
-    from courier.temporal import connect
 
-    client = await connect(cfg.temporal)
+    client = await _client(cfg)
     table = Table(
         title=f"Courier destinations on {cfg.temporal.address} ({cfg.temporal.namespace})",
         box=box.SIMPLE_HEAD,
@@ -221,9 +232,8 @@ def limit(
 
 async def _limit(cfg: CourierConfig, queue: str, rate: float | None, reason: str) -> None:
     from courier import queues
-    from courier.temporal import connect
 
-    client = await connect(cfg.temporal)
+    client = await _client(cfg)
     await queues.set_rate_limit(client, queue, rate, reason=reason)
     state = await queues.describe(client, queue)
     shown = "unlimited" if state.rate_limit is None else f"{state.rate_limit:g}/s"
@@ -252,9 +262,8 @@ async def _replay(cfg: CourierConfig, destination: str | None, query: str | None
     from rich.progress import Progress
 
     from courier import replay
-    from courier.temporal import connect
 
-    client = await connect(cfg.temporal)
+    client = await _client(cfg)
     selector = replay.failed_exports_query(destination, query)
     executions = [e async for e in replay.failed_exports(client, selector)]
     if not executions:

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from temporalio.client import Client
-from temporalio.service import TLSConfig
+from temporalio.service import RPCError, TLSConfig
 
 from courier.config import TemporalConfig
+
+log = logging.getLogger("courier")
+
+MAX_BACKOFF_S = 30.0
+
+
+class TemporalUnreachable(Exception):
+    """The Temporal frontend could not be reached."""
+
+
+def _reason(err: Exception) -> str:
+    text = str(err)
+    for known in ("Connection refused", "timed out", "dns error", "certificate"):
+        if known.lower() in text.lower():
+            return known.lower()
+    return text[:200]
 
 
 def _tls(config: TemporalConfig) -> TLSConfig | bool:
@@ -20,11 +39,29 @@ def _tls(config: TemporalConfig) -> TLSConfig | bool:
     )
 
 
-async def connect(config: TemporalConfig) -> Client:
-    """A client for the configured address and namespace."""
-    return await Client.connect(
-        config.address,
-        namespace=config.namespace,
-        tls=_tls(config),
-        api_key=config.api_key.get_secret_value() if config.api_key else None,
-    )
+async def connect(config: TemporalConfig, *, wait: bool = False) -> Client:
+    """A client for the configured address and namespace.
+
+    With ``wait``, an unreachable server is retried with backoff (for long-running services);
+    without it, the first failure raises :class:`TemporalUnreachable`.
+    """
+    delay = 1.0
+    while True:
+        try:
+            return await Client.connect(
+                config.address,
+                namespace=config.namespace,
+                tls=_tls(config),
+                api_key=config.api_key.get_secret_value() if config.api_key else None,
+            )
+        except (RuntimeError, RPCError) as err:
+            if not wait:
+                raise TemporalUnreachable(
+                    f"cannot reach Temporal at {config.address}: {_reason(err)}"
+                ) from err
+            log.warning(
+                "Temporal at %s is not reachable (%s); retrying in %.0fs",
+                config.address, _reason(err), delay,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, MAX_BACKOFF_S)
