@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import ssl
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 from temporalio.client import Client
 
@@ -33,6 +34,7 @@ from ingest.routing import Router
 log = logging.getLogger("courier.ingest")
 
 DRAIN_TIMEOUT_S = 30.0
+MAX_BACKOFF_S = 30.0
 
 
 def consumer_options(kafka: KafkaConfig) -> dict[str, object]:
@@ -82,20 +84,10 @@ class Ingest:
     async def run(self) -> None:
         """Consume until :meth:`stop` is called (or the task is cancelled)."""
         kafka = self.config.kafka
-        consumer = AIOKafkaConsumer(
-            group_id=kafka.group,
-            enable_auto_commit=False,
-            auto_offset_reset=kafka.auto_offset_reset,
-            client_id=f"courier-ingest-{kafka.group}",
-            **consumer_options(kafka),
-        )
+        consumer = await self._start_consumer()
+        if consumer is None:
+            return
         self._consumer = consumer
-        listener = _Rebalance(self)
-        if kafka.topic_pattern:
-            consumer.subscribe(pattern=kafka.topic_pattern, listener=listener)
-        else:
-            consumer.subscribe(topics=kafka.topics, listener=listener)
-        await consumer.start()
         committer = asyncio.create_task(self._commit_periodically())
         log.info("ingest started: group %s, topics %s", kafka.group, kafka.topics or kafka.topic_pattern)
         try:
@@ -113,6 +105,41 @@ class Ingest:
                 "ingest stopped: %d started, %d already started, %d skipped",
                 self.counts["started"], self.counts["existing"], self.counts["skipped"],
             )
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        kafka = self.config.kafka
+        consumer = AIOKafkaConsumer(
+            group_id=kafka.group,
+            enable_auto_commit=False,
+            auto_offset_reset=kafka.auto_offset_reset,
+            client_id=f"courier-ingest-{kafka.group}",
+            **consumer_options(kafka),
+        )
+        listener = _Rebalance(self)
+        if kafka.topic_pattern:
+            consumer.subscribe(pattern=kafka.topic_pattern, listener=listener)
+        else:
+            consumer.subscribe(topics=kafka.topics, listener=listener)
+        return consumer
+
+    async def _start_consumer(self) -> AIOKafkaConsumer | None:
+        """A started consumer, retrying with backoff while Kafka is unreachable (None if stopped)."""
+        delay = 1.0
+        while not self._stopping.is_set():
+            consumer = self._new_consumer()
+            try:
+                await consumer.start()
+                return consumer
+            except KafkaConnectionError as err:
+                await consumer.stop()
+                log.warning(
+                    "Kafka at %s is not reachable (%s); retrying in %.0fs",
+                    self.config.kafka.bootstrap_servers, err, delay,
+                )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, MAX_BACKOFF_S)
+        return None
 
     async def _dispatch(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         await self._window.acquire()
