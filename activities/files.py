@@ -45,13 +45,14 @@ import os
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from activities.base import DestinationConfig, DestinationKind
+from activities.encoding import blob_fields
 from activities.errors import RetryableExportError
-from workflows.types import Blob, OutgoingRecord
+from workflows.types import OutgoingRecord
 
 _READ_CHUNK = 1 << 20
 
@@ -68,14 +69,6 @@ class FileConfig(DestinationConfig):
     )
 
 
-def _blob_fields(name: str, blob: Blob | None, flag: str | None = None) -> dict[str, Any]:
-    if blob is None:
-        return {name: None}
-    if blob.base64:
-        return {name: blob.text, flag or f"{name}_base64": True}
-    return {name: blob.text}
-
-
 def record_line(item: OutgoingRecord) -> bytes:
     """The JSON line (with its newline) that represents a record in the file."""
     r = item.record
@@ -83,11 +76,11 @@ def record_line(item: OutgoingRecord) -> bytes:
         "topic": r.topic,
         "partition": r.partition,
         "offset": r.offset,
-        **_blob_fields("key", r.key),
-        **_blob_fields("value", r.value),
+        **blob_fields("key", r.key),
+        **blob_fields("value", r.value),
         "timestamp_ms": r.timestamp_ms,
         "headers": [
-            {"name": h.name, **_blob_fields("value", h.value, "base64")} for h in r.headers
+            {"name": h.name, **blob_fields("value", h.value, "base64")} for h in r.headers
         ],
         "idempotency_key": item.idempotency_key,
     }

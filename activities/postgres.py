@@ -31,8 +31,8 @@ import asyncpg
 from pydantic import Field, field_validator
 
 from activities.base import DestinationConfig, DestinationKind
+from activities.encoding import blob_fields, parse_json_text
 from activities.errors import PermanentExportError, RetryableExportError
-from activities.rest import parse_json_text
 from workflows.types import Blob, OutgoingRecord
 
 COLUMNS = (
@@ -161,12 +161,6 @@ def insert_sql(config: PostgresConfig) -> str:
         ON CONFLICT ({conflict}) DO NOTHING"""
 
 
-def _blob_json(blob: Blob | None) -> dict[str, Any]:
-    if blob is None:
-        return {"value": None}
-    return {"value": blob.text, "base64": True} if blob.base64 else {"value": blob.text}
-
-
 def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list[list[Any]]:
     """The ten column arrays of the insert; raises PermanentExportError per ``fail`` policy."""
     columns: list[list[Any]] = [[] for _ in range(10)]
@@ -192,7 +186,7 @@ def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list
         timestamp = (
             datetime.fromtimestamp(r.timestamp_ms / 1000, tz=UTC) if r.timestamp_ms >= 0 else None
         )
-        headers = json.dumps([{"name": h.name, **_blob_json(h.value)} for h in r.headers])
+        headers = json.dumps([{"name": h.name, **blob_fields("value", h.value, "base64")} for h in r.headers])
         row = (
             r.topic,
             r.partition,

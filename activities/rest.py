@@ -32,9 +32,10 @@ import httpx
 from pydantic import Field, field_validator, model_validator
 
 from activities.base import DestinationConfig, DestinationKind
+from activities.encoding import blob_fields, parse_json_text
 from activities.errors import PermanentExportError, RetryableExportError
 from courier.durations import Duration, format_duration
-from workflows.types import Blob, KafkaRecord, OutgoingRecord
+from workflows.types import KafkaRecord, OutgoingRecord
 
 URL_PLACEHOLDERS = ("key", "topic", "partition", "offset")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -158,43 +159,23 @@ class RestConfig(DestinationConfig):
         return "fail"
 
 
-def _blob_fields(name: str, blob: Blob | None) -> dict[str, Any]:
-    if blob is None:
-        return {name: None}
-    if blob.base64:
-        return {name: blob.text, f"{name}_base64": True}
-    return {name: blob.text}
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_json_text(text: str) -> tuple[bool, Any]:
-    """Parse strict JSON (no NaN/Infinity); return ``(True, value)`` or ``(False, None)``."""
-    try:
-        return True, json.loads(text, parse_constant=_reject_constant)
-    except ValueError:
-        return False, None
-
-
 def json_envelope(record: KafkaRecord) -> dict[str, Any]:
     """The `json` body of a record: its coordinates, key, value, timestamp and headers."""
     envelope: dict[str, Any] = {
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
-        **_blob_fields("key", record.key),
+        **blob_fields("key", record.key),
     }
     value = record.value
     parsed, data = (False, None) if value is None or value.base64 else parse_json_text(value.text)
     if parsed:
         envelope["value"] = data
     else:
-        envelope.update(_blob_fields("value", value))
+        envelope.update(blob_fields("value", value))
     envelope["timestamp_ms"] = record.timestamp_ms
     envelope["headers"] = [
-        {"name": h.name, **_blob_fields("value", h.value)} for h in record.headers
+        {"name": h.name, **blob_fields("value", h.value)} for h in record.headers
     ]
     return envelope
 

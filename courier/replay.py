@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
-from temporalio.client import Client, WorkflowExecution as Execution
+from temporalio.client import Client
+from temporalio.client import WorkflowExecution as Execution
 
 from courier import search_attributes as sa
 

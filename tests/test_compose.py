@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 import yaml
 
-from courier.stack import POSTGRES_DB, POSTGRES_PASSWORD, POSTGRES_USER, SEARCH_ATTRIBUTES, StackSettings
+from courier.stack import (
+    POSTGRES_DB,
+    POSTGRES_PASSWORD,
+    POSTGRES_USER,
+    SEARCH_ATTRIBUTES,
+    StackSettings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = StackSettings()

@@ -12,7 +12,6 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from courier.config import CourierConfig, parse_config
 from courier.service import run_service
-from courier.topics import create_topic, produce  # noqa: F401 (re-exported for tests)
 from ingest.consumer import Ingest
 
 

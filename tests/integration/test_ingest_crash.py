@@ -15,12 +15,11 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 from temporalio.client import Client
 
+from courier.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
-    create_topic,
     eventually,
     pipeline_config,
-    produce,
     wait_for_workflows,
 )
 

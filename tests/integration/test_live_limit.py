@@ -9,12 +9,11 @@ from temporalio.client import Client
 
 from courier import queues
 from courier.receiver import Receiver
+from courier.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
-    create_topic,
     eventually,
     pipeline_config,
-    produce,
 )
 
 pytestmark = pytest.mark.integration

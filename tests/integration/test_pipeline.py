@@ -12,15 +12,14 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 
 from courier.ids import workflow_id
 from courier.receiver import Receiver
-from workflows.export_record import ExportRecord
+from courier.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
-    create_topic,
     eventually,
     pipeline_config,
-    produce,
     wait_for_workflows,
 )
+from workflows.export_record import ExportRecord
 
 pytestmark = pytest.mark.integration
 

@@ -10,13 +10,12 @@ import pytest
 from temporalio.client import Client
 
 from courier.service import run_service
+from courier.topics import create_topic, produce
 from ingest.consumer import Ingest
 from tests.integration.harness import (
     courier_running,
-    create_topic,
     eventually,
     pipeline_config,
-    produce,
     wait_for_workflows,
 )
 

@@ -11,11 +11,10 @@ from temporalio.worker import Replayer
 
 from courier import replay
 from courier.receiver import Receiver
+from courier.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
-    create_topic,
     pipeline_config,
-    produce,
     wait_for_workflows,
 )
 from workflows.export_record import ExportRecord

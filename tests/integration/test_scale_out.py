@@ -13,12 +13,11 @@ import yaml
 from temporalio.client import Client
 
 from courier.receiver import Receiver
+from courier.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
-    create_topic,
     eventually,
     pipeline_config,
-    produce,
 )
 
 pytestmark = pytest.mark.integration
