@@ -42,7 +42,11 @@ ConfigOption = Annotated[
 ]
 MetricsPort = Annotated[
     Optional[int],
-    typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.", envvar="COURIER_METRICS_PORT"),
+    typer.Option(
+        help="Serve Courier's Prometheus metrics on 127.0.0.1:PORT/metrics, and the Temporal "
+        "SDK's (activity schedule-to-start latency per task queue, polls, slots) on PORT+1.",
+        envvar="COURIER_METRICS_PORT",
+    ),
 ]
 
 
@@ -72,7 +76,9 @@ def _serve_metrics(port: int | None) -> None:
         from courier import metrics
 
         metrics.serve(port)
-        logging.getLogger("courier").info("metrics on http://127.0.0.1:%d/metrics", port)
+        logging.getLogger("courier").info(
+            "metrics on http://127.0.0.1:%d/metrics (Temporal SDK: port %d)", port, port + 1
+        )
 
 
 async def _client(cfg: CourierConfig) -> Client:
@@ -86,12 +92,20 @@ async def _client(cfg: CourierConfig) -> Client:
         raise typer.Exit(1) from None
 
 
-async def _run(config: CourierConfig, *, ingest: bool, destinations: list[str], workflows: bool) -> None:
+async def _run(
+    config: CourierConfig,
+    *,
+    ingest: bool,
+    destinations: list[str],
+    workflows: bool,
+    metrics_port: int | None,
+) -> None:
     from courier.service import run_service
-    from courier.temporal import connect
+    from courier.temporal import connect, sdk_metrics_runtime
     from ingest.consumer import Ingest
 
-    client = await connect(config.temporal, wait=True)
+    runtime = sdk_metrics_runtime(metrics_port + 1) if metrics_port is not None else None
+    client = await connect(config.temporal, wait=True, runtime=runtime)
     await run_service(
         client,
         config,
@@ -107,7 +121,15 @@ def run(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort = 
     _setup_logging()
     cfg = _load(config)
     _serve_metrics(metrics_port)
-    asyncio.run(_run(cfg, ingest=True, destinations=[d.name for d in cfg.destinations], workflows=True))
+    asyncio.run(
+        _run(
+            cfg,
+            ingest=True,
+            destinations=[d.name for d in cfg.destinations],
+            workflows=True,
+            metrics_port=metrics_port,
+        )
+    )
 
 
 @app.command()
@@ -116,7 +138,7 @@ def ingest(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort
     _setup_logging()
     cfg = _load(config)
     _serve_metrics(metrics_port)
-    asyncio.run(_run(cfg, ingest=True, destinations=[], workflows=False))
+    asyncio.run(_run(cfg, ingest=True, destinations=[], workflows=False, metrics_port=metrics_port))
 
 
 @app.command()
@@ -147,7 +169,15 @@ def worker(
         err_console.print("[red]error:[/red] choose --destination NAME, --workflows or --all")
         raise typer.Exit(2)
     _serve_metrics(metrics_port)
-    asyncio.run(_run(cfg, ingest=False, destinations=names, workflows=workflows or all_))
+    asyncio.run(
+        _run(
+            cfg,
+            ingest=False,
+            destinations=names,
+            workflows=workflows or all_,
+            metrics_port=metrics_port,
+        )
+    )
 
 
 @app.command()

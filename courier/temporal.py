@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError, TLSConfig
 
 from courier.config import TemporalConfig
@@ -39,7 +40,18 @@ def _tls(config: TemporalConfig) -> TLSConfig | bool:
     )
 
 
-async def connect(config: TemporalConfig, *, wait: bool = False) -> Client:
+def sdk_metrics_runtime(port: int, host: str = "127.0.0.1") -> Runtime:
+    """A Temporal runtime serving the SDK's Prometheus metrics (task latencies, polls, slots)."""
+    return Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(bind_address=f"{host}:{port}", durations_as_seconds=True)
+        )
+    )
+
+
+async def connect(
+    config: TemporalConfig, *, wait: bool = False, runtime: Runtime | None = None
+) -> Client:
     """A client for the configured address and namespace.
 
     With ``wait``, an unreachable server is retried with backoff (for long-running services);
@@ -53,6 +65,7 @@ async def connect(config: TemporalConfig, *, wait: bool = False) -> Client:
                 namespace=config.namespace,
                 tls=_tls(config),
                 api_key=config.api_key.get_secret_value() if config.api_key else None,
+                runtime=runtime,
             )
         except (RuntimeError, RPCError) as err:
             if not wait:
