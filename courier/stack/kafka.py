@@ -136,7 +136,7 @@ class _Kafka(_Service):
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.hours": "168",
         }
-        text = "# Written by courier/stack.py on every start; edit the code, not this file.\n"
+        text = "# Written by `courier stack` on every start: edit courier/stack/kafka.py instead.\n"
         text += "".join(f"{k}={v}\n" for k, v in props.items())
         self.properties.write_text(text)
 

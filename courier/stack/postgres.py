@@ -107,7 +107,7 @@ class _Postgres(_Service):
             )
             with (self.data / "postgresql.conf").open("a") as conf:
                 conf.write(
-                    "\n# Added by courier/stack.py: a throw-away development cluster.\n"
+                    "\n# Added by `courier stack` (courier/stack/postgres.py): a throw-away dev cluster.\n"
                     f"listen_addresses = '{self.s.host}'\n"
                     "unix_socket_directories = ''\n"
                     "fsync = off\n"
