@@ -214,7 +214,8 @@ async def test_throttled_destination_never_slows_an_unthrottled_one(
             slow_when_fast_done = receiver.effects("/slow")
             await eventually(lambda: _at_least(receiver, "/slow", 100), timeout=120)
 
-    assert slow_when_fast_done < 60, "the throttled destination held the unthrottled one back"
+    # Were the fast destination held back by the slow one, both would finish together (~100).
+    assert slow_when_fast_done < 75, "the throttled destination held the unthrottled one back"
     times = sorted(r.time for r in receiver.effect_requests("/slow"))
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert rate <= limit * 1.2, f"throttled destination ran at {rate:.2f}/s, limit {limit}/s"
