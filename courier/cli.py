@@ -17,6 +17,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from temporalio.client import Client
 
+from activities.base import DestinationConfig
 from courier.config import DEFAULT_CONFIG_PATH, ConfigError, CourierConfig, load_config
 from courier.stack_cli import stack_app
 
@@ -71,6 +72,14 @@ def _load(path: Path) -> CourierConfig:
         raise typer.Exit(2) from None
 
 
+def _destination(cfg: CourierConfig, name: str) -> DestinationConfig:
+    try:
+        return cfg.destination(name)
+    except KeyError as err:
+        err_console.print(f"[red]error:[/red] {err.args[0]}")
+        raise typer.Exit(2) from None
+
+
 def _serve_metrics(port: int | None) -> None:
     if port is not None:
         from courier import metrics
@@ -104,6 +113,7 @@ async def _run(
     from courier.temporal import connect, sdk_metrics_runtime
     from ingest.consumer import Ingest
 
+    _serve_metrics(metrics_port)
     runtime = sdk_metrics_runtime(metrics_port + 1) if metrics_port is not None else None
     client = await connect(config.temporal, wait=True, runtime=runtime)
     await run_service(
@@ -120,7 +130,6 @@ def run(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort = 
     """Run ingest, the workflow worker and every destination's worker in one process (development)."""
     _setup_logging()
     cfg = _load(config)
-    _serve_metrics(metrics_port)
     asyncio.run(
         _run(
             cfg,
@@ -137,7 +146,6 @@ def ingest(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort
     """Consume the configured topics and start one workflow per record; commit only handed-off offsets."""
     _setup_logging()
     cfg = _load(config)
-    _serve_metrics(metrics_port)
     asyncio.run(_run(cfg, ingest=True, destinations=[], workflows=False, metrics_port=metrics_port))
 
 
@@ -160,15 +168,10 @@ def worker(
     cfg = _load(config)
     names = [d.name for d in cfg.destinations] if all_ else list(destination or [])
     for name in names:
-        try:
-            cfg.destination(name)
-        except KeyError as err:
-            err_console.print(f"[red]error:[/red] {err.args[0]}")
-            raise typer.Exit(2) from None
+        _destination(cfg, name)
     if not names and not (workflows or all_):
         err_console.print("[red]error:[/red] choose --destination NAME, --workflows or --all")
         raise typer.Exit(2)
-    _serve_metrics(metrics_port)
     asyncio.run(
         _run(
             cfg,
@@ -244,11 +247,7 @@ def limit(
 ) -> None:
     """Change a destination's rate limit now, for all its workers, without a restart."""
     cfg = _load(config)
-    try:
-        queue = cfg.destination(destination).task_queue
-    except KeyError as err:
-        err_console.print(f"[red]error:[/red] {err.args[0]}")
-        raise typer.Exit(2) from None
+    queue = _destination(cfg, destination).task_queue
     try:
         value = None if rate == "default" else float(rate)
     except ValueError:
