@@ -1,6 +1,6 @@
 """Courier's Temporal workers: one destination's activity queue, the workflow queue, or all.
 
-Run ``python worker.py --help`` (or ``courier worker --help``). Several processes serving one
+``courier worker`` (see ``courier worker --help``) runs them. Several processes serving one
 destination share its task queue, and the Temporal server holds them together to its rate limit.
 """
 
@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 from activities.export import ExportActivity
 from activities.registry import create_destination
 from courier.config import CourierConfig
+from courier.rates import format_rate
 from workflows.export_record import ExportRecord
 
 log = logging.getLogger("courier.worker")
@@ -75,19 +76,13 @@ async def run_workers(
             workers.append(workflow_worker(client, config))
         for name in destinations:
             dest = config.destination(name)
-            limit = f"{dest.rate_limit:g}/s" if dest.rate_limit else "unlimited"
             log.info(
                 "worker for %s on queue %s: rate %s, concurrency %d",
-                name, dest.task_queue, limit, dest.max_concurrency,
+                name,
+                dest.task_queue,
+                format_rate(dest.rate_limit),
+                dest.max_concurrency,
             )
         if workflows:
             log.info("workflow worker on queue %s", config.temporal.workflow_task_queue)
         await asyncio.gather(*(w.run() for w in workers))
-
-
-if __name__ == "__main__":
-    import sys
-
-    from courier.cli import main
-
-    main(["worker", *sys.argv[1:]])

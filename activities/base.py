@@ -1,12 +1,12 @@
 """What every destination kind shares: its config base and the ``Destination`` protocol.
 
 A destination kind is one module that defines a config model (a subclass of
-:class:`DestinationConfig` with ``kind: Literal["..."]``) and a class implementing
-:class:`Destination`, plus one line in ``activities.registry``.
+:class:`DestinationConfig` with ``kind: Literal["..."]`` and ``create()``) and a class
+implementing :class:`Destination`, plus one line in ``activities.registry``.
 
 Lifecycle of a destination inside a worker process, in order:
 
-1. ``create(config)`` — build it from its validated config (secrets already resolved).
+1. ``config.create()`` — build it from its validated config (secrets already resolved).
 2. ``await open()`` — once per worker process: connect, create pools, create tables or files.
 3. ``await write(batch)`` — any number of times, concurrently up to ``max_concurrency``;
    idempotent per ``OutgoingRecord.idempotency_key``; raises ``activities.errors`` types.
@@ -15,8 +15,7 @@ Lifecycle of a destination inside a worker process, in order:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
@@ -90,6 +89,10 @@ class DestinationConfig(BaseModel):
         default_factory=TimeoutConfig, description="Time limits (section destinations[].timeouts)."
     )
 
+    def create(self) -> Destination:
+        """The destination this config describes (not yet opened); each kind overrides it."""
+        raise NotImplementedError(f"destination kind {self.kind!r} does not implement create()")
+
     @property
     def task_queue(self) -> str:
         """The activity task queue of this destination."""
@@ -128,11 +131,3 @@ class Destination(Protocol):
     async def close(self) -> None:
         """Release connections and files."""
         ...
-
-
-@dataclass(frozen=True)
-class DestinationKind:
-    """A registry entry: a kind's config model and how to build its destination."""
-
-    config: type[DestinationConfig]
-    create: Callable[..., Destination]

@@ -1,20 +1,24 @@
-"""How destinations write keys, values and headers as JSON: text, or base64 with a flag."""
+"""The one JSON envelope of a record, shared by every destination that writes JSON.
+
+::
+
+    {"topic": "orders", "partition": 0, "offset": 17, "timestamp_ms": …,
+     "key": "order-17", "key_encoding": "text",
+     "value": {"total": 12}, "value_encoding": "json",
+     "headers": [{"name": "trace", "value": "abc", "value_encoding": "text"}]}
+
+``*_encoding`` says how to read the field next to it: ``json`` (the value was JSON and is
+embedded as such; values only), ``text`` (UTF-8 text) or ``base64`` (bytes that are not UTF-8).
+A null key or value has no encoding field. The REST ``json`` body and the file sink's lines are
+this envelope; the PostgreSQL sink stores its ``headers`` list.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from workflows.types import Blob
-
-
-def blob_fields(name: str, blob: Blob | None, flag: str | None = None) -> dict[str, Any]:
-    """``{name: text}``, plus ``{flag or name_base64: True}`` when the text is base64."""
-    if blob is None:
-        return {name: None}
-    if blob.base64:
-        return {name: blob.text, flag or f"{name}_base64": True}
-    return {name: blob.text}
+from workflows.types import Blob, KafkaRecord
 
 
 def _reject_constant(name: str) -> Any:
@@ -27,3 +31,34 @@ def parse_json_text(text: str) -> tuple[bool, Any]:
         return True, json.loads(text, parse_constant=_reject_constant)
     except ValueError:
         return False, None
+
+
+def blob_field(name: str, blob: Blob | None, *, embed_json: bool = False) -> dict[str, Any]:
+    """``{name: …, name_encoding: …}`` for a blob; ``{name: None}`` for a null one."""
+    if blob is None:
+        return {name: None}
+    if blob.base64:
+        return {name: blob.text, f"{name}_encoding": "base64"}
+    if embed_json:
+        parsed, data = parse_json_text(blob.text)
+        if parsed:
+            return {name: data, f"{name}_encoding": "json"}
+    return {name: blob.text, f"{name}_encoding": "text"}
+
+
+def headers_list(record: KafkaRecord) -> list[dict[str, Any]]:
+    """The record's headers as envelope entries, in order."""
+    return [{"name": h.name, **blob_field("value", h.value)} for h in record.headers]
+
+
+def record_envelope(record: KafkaRecord) -> dict[str, Any]:
+    """The envelope of a record (see the module docstring)."""
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp_ms": record.timestamp_ms,
+        **blob_field("key", record.key),
+        **blob_field("value", record.value, embed_json=True),
+        "headers": headers_list(record),
+    }

@@ -43,13 +43,19 @@ class ExportActivity:
         except PermanentExportError as err:
             metrics.record_failure(self.name, permanent=True, count=len(batch.records))
             log.warning("%s: permanent failure: %s", self.name, err.reason)
-            raise ApplicationError(err.reason, type=PERMANENT_ERROR_TYPE, non_retryable=True) from err
+            raise ApplicationError(
+                err.reason, type=PERMANENT_ERROR_TYPE, non_retryable=True
+            ) from err
         except RetryableExportError as err:
             metrics.record_failure(self.name, permanent=False, count=len(batch.records))
             log.info("%s: attempt %d failed, will retry: %s", self.name, attempt, err.reason)
             delay = timedelta(seconds=err.retry_after) if err.retry_after is not None else None
-            raise ApplicationError(err.reason, type=RETRYABLE_ERROR_TYPE, next_retry_delay=delay) from err
-        metrics.record_success(self.name, count=len(batch.records), seconds=time.perf_counter() - started)
+            raise ApplicationError(
+                err.reason, type=RETRYABLE_ERROR_TYPE, next_retry_delay=delay
+            ) from err
+        metrics.record_success(
+            self.name, count=len(batch.records), seconds=time.perf_counter() - started
+        )
         return ExportResult(
             destination=self.name, written=len(batch.records), detail=detail, attempt=attempt
         )

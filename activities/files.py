@@ -1,11 +1,6 @@
 """File destination: one JSON line per record, each record in the file exactly once.
 
-Line format::
-
-    {"topic", "partition", "offset", "key", "value", "timestamp_ms", "headers", "idempotency_key"}
-
-``key``/``value`` (and header values) are text; when their bytes are not UTF-8 they are base64
-and ``key_base64``/``value_base64`` (``base64`` in a header) is ``true``.
+Each line is the record envelope of ``activities.encoding`` plus its ``idempotency_key``.
 
 Why a record is never in the file twice
 ---------------------------------------
@@ -49,8 +44,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from activities.base import DestinationConfig, DestinationKind
-from activities.encoding import blob_fields
+from activities.base import DestinationConfig
+from activities.encoding import record_envelope
 from activities.errors import RetryableExportError
 from workflows.types import OutgoingRecord
 
@@ -59,6 +54,10 @@ _READ_CHUNK = 1 << 20
 
 class FileConfig(DestinationConfig):
     """A JSON-lines file that holds every exported record exactly once."""
+
+    def create(self) -> FileDestination:
+        """The destination this config describes (not yet opened)."""
+        return FileDestination(self)
 
     kind: Literal["file"] = Field(description="Always `file`.")
     path: Path = Field(description="File to append to; parent directories are created.")
@@ -71,19 +70,7 @@ class FileConfig(DestinationConfig):
 
 def record_line(item: OutgoingRecord) -> bytes:
     """The JSON line (with its newline) that represents a record in the file."""
-    r = item.record
-    line = {
-        "topic": r.topic,
-        "partition": r.partition,
-        "offset": r.offset,
-        **blob_fields("key", r.key),
-        **blob_fields("value", r.value),
-        "timestamp_ms": r.timestamp_ms,
-        "headers": [
-            {"name": h.name, **blob_fields("value", h.value, "base64")} for h in r.headers
-        ],
-        "idempotency_key": item.idempotency_key,
-    }
+    line = {**record_envelope(item.record), "idempotency_key": item.idempotency_key}
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
@@ -238,6 +225,3 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-KIND = DestinationKind(config=FileConfig, create=FileDestination)

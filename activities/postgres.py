@@ -9,7 +9,7 @@ Values that parse as JSON go to the ``value`` jsonb column; others follow ``non_
 ``text`` stores UTF-8 text in ``value_text`` (bytes that are not UTF-8, or text with NUL
 characters PostgreSQL cannot store, go to ``value_bytes``), ``bytes`` stores the raw bytes in
 ``value_bytes``, ``fail`` fails the record permanently. Keys that are not UTF-8 are stored
-base64; headers are a jsonb list of ``{"name", "value"[, "base64": true]}``.
+base64; headers are a jsonb list as in the record envelope (``activities.encoding``).
 
 Errors: data problems (SQLSTATE classes 22 data exception, 23 integrity violation, 54 program
 limit exceeded, e.g. a value too large) are permanent; everything else (lost connections,
@@ -30,8 +30,8 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import Field, field_validator
 
-from activities.base import DestinationConfig, DestinationKind
-from activities.encoding import blob_fields, parse_json_text
+from activities.base import DestinationConfig
+from activities.encoding import headers_list, parse_json_text
 from activities.errors import PermanentExportError, RetryableExportError
 from workflows.types import Blob, OutgoingRecord
 
@@ -57,6 +57,10 @@ _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyn
 class PostgresConfig(DestinationConfig):
     """A PostgreSQL table that receives one row per record."""
 
+    def create(self) -> PostgresDestination:
+        """The destination this config describes (not yet opened)."""
+        return PostgresDestination(self)
+
     kind: Literal["postgres"] = Field(description="Always `postgres`.")
     dsn: str = Field(
         description="Connection string, e.g. postgresql://user:${PGPASSWORD}@host:5432/db."
@@ -75,12 +79,10 @@ class PostgresConfig(DestinationConfig):
     )
     conflict_key: list[str] | None = Field(
         default=None,
-        description='Columns that identify a row for ON CONFLICT DO NOTHING; unset means '
+        description="Columns that identify a row for ON CONFLICT DO NOTHING; unset means "
         '(topic, partition, "offset"). Other keys need a unique index (created with the table).',
     )
-    pool_size: int = Field(
-        default=4, ge=1, le=100, description="Connections per worker process."
-    )
+    pool_size: int = Field(default=4, ge=1, le=100, description="Connections per worker process.")
 
     @field_validator("table")
     @classmethod
@@ -186,7 +188,7 @@ def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list
         timestamp = (
             datetime.fromtimestamp(r.timestamp_ms / 1000, tz=UTC) if r.timestamp_ms >= 0 else None
         )
-        headers = json.dumps([{"name": h.name, **blob_fields("value", h.value, "base64")} for h in r.headers])
+        headers = json.dumps(headers_list(r))
         row = (
             r.topic,
             r.partition,
@@ -199,7 +201,7 @@ def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list
             headers,
             item.idempotency_key,
         )
-        for column, cell in zip(columns, row):
+        for column, cell in zip(columns, row, strict=False):
             column.append(cell)
     return columns
 
@@ -288,6 +290,3 @@ class PostgresDestination:
         if present:
             return f"{_rows(inserted)} inserted, {present} already present"
         return f"{_rows(inserted)} inserted"
-
-
-KIND = DestinationKind(config=PostgresConfig, create=PostgresDestination)

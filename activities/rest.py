@@ -25,17 +25,17 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import quote
 
 import httpx
 from pydantic import Field, field_validator, model_validator
 
-from activities.base import DestinationConfig, DestinationKind
-from activities.encoding import blob_fields, parse_json_text
+from activities.base import DestinationConfig
+from activities.encoding import record_envelope
 from activities.errors import PermanentExportError, RetryableExportError
 from courier.durations import Duration, format_duration
-from workflows.types import KafkaRecord, OutgoingRecord
+from workflows.types import OutgoingRecord
 
 URL_PLACEHOLDERS = ("key", "topic", "partition", "offset")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -52,6 +52,10 @@ StatusSpec = int | str
 class RestConfig(DestinationConfig):
     """An HTTP endpoint that receives one request per record."""
 
+    def create(self) -> RestDestination:
+        """The destination this config describes (not yet opened)."""
+        return RestDestination(self)
+
     kind: Literal["rest"] = Field(description="Always `rest`.")
     method: Literal["POST", "PUT", "PATCH", "DELETE", "GET"] = Field(
         default="POST", description="HTTP method of every request."
@@ -67,9 +71,9 @@ class RestConfig(DestinationConfig):
     )
     body: Literal["raw", "json"] = Field(
         default="json",
-        description="`raw` sends the record value bytes as they are; `json` sends an envelope "
-        "{topic, partition, offset, key, value, timestamp_ms, headers} where value is embedded "
-        "as JSON when it parses, else as a string (base64 with value_base64 when not UTF-8).",
+        description="`raw` sends the record value bytes as they are; `json` sends Courier's "
+        "record envelope (see the README): coordinates, key, value (embedded as JSON when it "
+        "parses), headers, each with its encoding.",
     )
     content_type: str = Field(
         default="application/json",
@@ -84,11 +88,11 @@ class RestConfig(DestinationConfig):
         "endpoint fails with this readable reason rather than an activity timeout.",
     )
     success_statuses: list[StatusSpec] = Field(
-        default_factory=lambda: ["2xx"],
+        default_factory=lambda: list[StatusSpec](["2xx"]),
         description='Statuses that mean the record was delivered: codes or classes like "2xx".',
     )
     retry_statuses: list[StatusSpec] = Field(
-        default_factory=lambda: [408, 429, "5xx"],
+        default_factory=lambda: list[StatusSpec]([408, 429, "5xx"]),
         description="Statuses that are retried with backoff (honouring Retry-After); every "
         "status in neither list fails the record permanently.",
     )
@@ -99,7 +103,9 @@ class RestConfig(DestinationConfig):
         try:
             fields = [name for _, name, _, _ in string.Formatter().parse(url) if name is not None]
         except ValueError as err:
-            raise ValueError(f"not a valid URL template ({err}); write braces as {{{{ }}}}")
+            raise ValueError(
+                f"not a valid URL template ({err}); write braces as {{{{ }}}}"
+            ) from None
         unknown = sorted({f for f in fields if f not in URL_PLACEHOLDERS})
         if unknown:
             raise ValueError(
@@ -110,7 +116,7 @@ class RestConfig(DestinationConfig):
             sample = url.format(key="k", topic="t", partition=0, offset=0)
             parsed = httpx.URL(sample)
         except (ValueError, httpx.InvalidURL) as err:
-            raise ValueError(f"not a valid URL: {err}")
+            raise ValueError(f"not a valid URL: {err}") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError("must be an absolute http:// or https:// URL")
         return url
@@ -157,27 +163,6 @@ class RestConfig(DestinationConfig):
         if status_class in self.retry_statuses:
             return "retry"
         return "fail"
-
-
-def json_envelope(record: KafkaRecord) -> dict[str, Any]:
-    """The `json` body of a record: its coordinates, key, value, timestamp and headers."""
-    envelope: dict[str, Any] = {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        **blob_fields("key", record.key),
-    }
-    value = record.value
-    parsed, data = (False, None) if value is None or value.base64 else parse_json_text(value.text)
-    if parsed:
-        envelope["value"] = data
-    else:
-        envelope.update(blob_fields("value", value))
-    envelope["timestamp_ms"] = record.timestamp_ms
-    envelope["headers"] = [
-        {"name": h.name, **blob_fields("value", h.value)} for h in record.headers
-    ]
-    return envelope
 
 
 def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
@@ -288,7 +273,7 @@ class RestDestination:
         )
         headers = {**c.headers, IDEMPOTENCY_HEADER: item.idempotency_key}
         if c.body == "json":
-            content = json.dumps(json_envelope(record), ensure_ascii=False).encode("utf-8")
+            content = json.dumps(record_envelope(record), ensure_ascii=False).encode("utf-8")
             content_type = "application/json"
         else:
             content = record.value.to_bytes() if record.value is not None else b""
@@ -313,7 +298,8 @@ class RestDestination:
             finally:
                 await response.aclose()
         except httpx.TransportError as err:
-            raise RetryableExportError(f"{what} failed: {_transport_reason(err, self.config)}")
+            reason = _transport_reason(err, self.config)
+            raise RetryableExportError(f"{what} failed: {reason}") from err
 
         status = response.status_code
         if verdict == "success":
@@ -346,6 +332,3 @@ def _worst(errors: list[BaseException], size: int) -> BaseException:
             prefix + retryable[0].reason, retry_after=max(waits) if waits else None
         )
     return errors[0]
-
-
-KIND = DestinationKind(config=RestConfig, create=RestDestination)

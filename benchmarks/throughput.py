@@ -42,8 +42,8 @@ from temporalio.worker import Worker
 from benchmarks.noop import BenchNoop, noop
 from courier.config import CourierConfig, KafkaConfig, parse_config
 from courier.service import run_service
-from courier.stack import StackSettings, settings_from_env
-from courier.topics import create_topic, produce
+from devtools.stack import StackSettings, settings_from_env
+from devtools.topics import create_topic, produce
 from ingest.consumer import Ingest
 
 GOAL_RATIO = 0.9
@@ -263,7 +263,8 @@ async def run_courier(
         query = f"CourierTopic = '{topic}'"
         await create_topic(settings.kafka_bootstrap, topic, partitions=3)
         payload = [
-            (f"key-{i}".encode(), f'{{"n":{i},"pad":"{"x" * 64}"}}'.encode()) for i in range(records)
+            (f"key-{i}".encode(), f'{{"n":{i},"pad":"{"x" * 64}"}}'.encode())
+            for i in range(records)
         ]
         await produce(settings.kafka_bootstrap, topic, payload)
 
@@ -326,8 +327,16 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
 def report(results: list[Result], window: int) -> None:
     """Print the figures as a table, then the ratio."""
     table = Table(title=f"Throughput ({results[0].records} records, window {window})")
-    for col in ("run", "wall s", "rec/s", "all started s", "python CPU s", "temporal CPU s",
-                "kafka CPU s", "machine busy"):
+    for col in (
+        "run",
+        "wall s",
+        "rec/s",
+        "all started s",
+        "python CPU s",
+        "temporal CPU s",
+        "kafka CPU s",
+        "machine busy",
+    ):
         table.add_column(col, justify="left" if col == "run" else "right")
     for r in results:
         wall = r.cpu("wall") or 1.0
@@ -354,9 +363,7 @@ def report(results: list[Result], window: int) -> None:
     if len(by_name) == 2:
         ratio = by_name["Courier end to end"].rate / by_name["Temporal ceiling"].rate
         colour = "green" if ratio >= GOAL_RATIO else "red"
-        console.print(
-            f"Courier / ceiling = [{colour}]{ratio:.2f}[/{colour}] (goal ≥ {GOAL_RATIO})"
-        )
+        console.print(f"Courier / ceiling = [{colour}]{ratio:.2f}[/{colour}] (goal ≥ {GOAL_RATIO})")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -381,10 +388,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Courier end-to-end throughput vs the bare Temporal ceiling on the local "
         "stack (which must be running; it is left running).",
     )
-    parser.add_argument("--records", "-n", type=int, default=2000, help="records per run (default 2000)")
     parser.add_argument(
-        "--window", "-w", type=int, default=DEFAULT_WINDOW,
-        help=f"workflow starts in flight at once, for both runs (kafka.max_in_flight; default {DEFAULT_WINDOW})",
+        "--records", "-n", type=int, default=2000, help="records per run (default 2000)"
+    )
+    parser.add_argument(
+        "--window",
+        "-w",
+        type=int,
+        default=DEFAULT_WINDOW,
+        help="workflow starts in flight at once, for both runs "
+        f"(kafka.max_in_flight; default {DEFAULT_WINDOW})",
     )
     parser.add_argument("--skip-ceiling", action="store_true", help="only measure Courier")
     parser.add_argument("--skip-courier", action="store_true", help="only measure the ceiling")

@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich import box
@@ -19,7 +20,7 @@ from temporalio.client import Client
 
 from activities.base import DestinationConfig
 from courier.config import DEFAULT_CONFIG_PATH, ConfigError, CourierConfig, load_config
-from courier.stack_cli import stack_app
+from courier.rates import format_rate
 
 app = typer.Typer(
     help="Courier exports Kafka records to many destinations durably: one Temporal workflow "
@@ -28,21 +29,49 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-config_app = typer.Typer(help="Check the config file or print its JSON schema.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Check the config file or print its JSON schema.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
-app.add_typer(stack_app, name="stack")
 
 console = Console()
 err_console = Console(stderr=True)
 
+COMMANDS_ENTRY_POINTS = "courier.commands"
+"""Entry-point group of extra commands: a typer app (a command group) or a function (a command)."""
+
+
+def _add_plugin_commands() -> None:
+    """Add the commands other packages register, e.g. ``stack`` and ``demo`` from ``devtools``.
+
+    A registration whose package is not installed (the Docker image has no ``devtools``) is
+    skipped; any other import error is a bug and propagates.
+    """
+    for entry in entry_points(group=COMMANDS_ENTRY_POINTS):
+        try:
+            command = entry.load()
+        except ModuleNotFoundError as err:
+            if err.name and entry.module.split(".")[0] == err.name.split(".")[0]:
+                continue
+            raise
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=entry.name)
+        else:
+            app.command(entry.name)(command)
+
+
 ConfigOption = Annotated[
     Path,
     typer.Option(
-        "--config", "-c", envvar="COURIER_CONFIG", help="Courier YAML config file.", show_default=True
+        "--config",
+        "-c",
+        envvar="COURIER_CONFIG",
+        help="Courier YAML config file.",
+        show_default=True,
     ),
 ]
 MetricsPort = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(
         help="Serve Courier's Prometheus metrics on 127.0.0.1:PORT/metrics, and the Temporal "
         "SDK's (activity schedule-to-start latency per task queue, polls, slots) on PORT+1.",
@@ -127,7 +156,7 @@ async def _run(
 
 @app.command()
 def run(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort = None) -> None:
-    """Run ingest, the workflow worker and every destination's worker in one process (development)."""
+    """Run ingest, the workflow worker and every destination's worker in one process (development)."""  # noqa: E501 (typer keeps line breaks)
     _setup_logging()
     cfg = _load(config)
     asyncio.run(
@@ -143,7 +172,7 @@ def run(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort = 
 
 @app.command()
 def ingest(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort = None) -> None:
-    """Consume the configured topics and start one workflow per record; commit only handed-off offsets."""
+    """Consume the configured topics and start one workflow per record; commit only handed-off offsets."""  # noqa: E501 (typer keeps line breaks)
     _setup_logging()
     cfg = _load(config)
     asyncio.run(_run(cfg, ingest=True, destinations=[], workflows=False, metrics_port=metrics_port))
@@ -153,16 +182,23 @@ def ingest(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort
 def worker(
     config: ConfigOption = DEFAULT_CONFIG_PATH,
     destination: Annotated[
-        Optional[list[str]],
-        typer.Option("--destination", "-d", help="Serve this destination's task queue (repeatable)."),
+        list[str] | None,
+        typer.Option(
+            "--destination", "-d", help="Serve this destination's task queue (repeatable)."
+        ),
     ] = None,
-    workflows: Annotated[bool, typer.Option("--workflows", help="Run the ExportRecord workflow worker.")] = False,
-    all_: Annotated[bool, typer.Option("--all", help="Workflows and every destination (development).")] = False,
+    workflows: Annotated[
+        bool, typer.Option("--workflows", help="Run the ExportRecord workflow worker.")
+    ] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Workflows and every destination (development).")
+    ] = False,
     metrics_port: MetricsPort = None,
 ) -> None:
     """Run Temporal workers: destinations' activity queues and/or the workflow queue.
 
-    Start several processes with the same --destination to scale it out: the destination's rate limit holds across all of them, because the Temporal server enforces it.
+    Start several processes with the same --destination to scale it out: the destination's
+    rate limit holds across all of them, because the Temporal server enforces it.
     """
     _setup_logging()
     cfg = _load(config)
@@ -207,8 +243,7 @@ def status(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
 
 
 async def _status(cfg: CourierConfig) -> None:
-    from courier import queues
-    from courier import search_attributes as sa
+    from courier.ops.status import destination_statuses
 
     client = await _client(cfg)
     table = Table(
@@ -216,24 +251,34 @@ async def _status(cfg: CourierConfig) -> None:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    for column in ("destination", "workers", "backlog", "oldest", "rate limit", "running", "done", "failed"):
-        table.add_column(column, justify="left" if column == "destination" else "right", no_wrap=True)
-    for dest in cfg.destinations:
-        queue = await queues.describe(client, dest.task_queue)
-        counts = await client.count_workflows(
-            f"{sa.DESTINATION.name} = '{dest.name}' GROUP BY ExecutionStatus"
+    columns = (
+        "destination",
+        "workers",
+        "backlog",
+        "oldest",
+        "rate limit",
+        "running",
+        "done",
+        "failed",
+    )
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column == "destination" else "right", no_wrap=True
         )
-        by_status = {str(g.group_values[0]): g.count for g in counts.groups}
-        limit = "unlimited" if queue.rate_limit is None else f"{queue.rate_limit:g}/s {queue.rate_limit_source}"
+    for dest in await destination_statuses(client, cfg):
+        queue = dest.queue
+        limit = format_rate(queue.rate_limit)
+        if queue.rate_limit is not None:
+            limit += f" {queue.rate_limit_source}"
         table.add_row(
             dest.name,
             str(queue.workers),
             str(queue.backlog),
             f"{queue.backlog_age_s:.0f}s" if queue.backlog else "-",
             limit,
-            str(by_status.get("Running", 0)),
-            str(by_status.get("Completed", 0)),
-            str(by_status.get("Failed", 0)),
+            str(dest.running),
+            str(dest.completed),
+            str(dest.failed),
         )
     console.print(table)
 
@@ -241,9 +286,16 @@ async def _status(cfg: CourierConfig) -> None:
 @app.command()
 def limit(
     destination: Annotated[str, typer.Argument(help="Destination name.")],
-    rate: Annotated[str, typer.Argument(help="Records per second, or 'default' to use the workers' rate_limit again.")],
+    rate: Annotated[
+        str,
+        typer.Argument(
+            help="Records per second, or 'default' to use the workers' rate_limit again."
+        ),
+    ],
     config: ConfigOption = DEFAULT_CONFIG_PATH,
-    reason: Annotated[str, typer.Option(help="Why; stored with the limit.")] = "set with courier limit",
+    reason: Annotated[
+        str, typer.Option(help="Why; stored with the limit.")
+    ] = "set with courier limit",
 ) -> None:
     """Change a destination's rate limit now, for all its workers, without a restart."""
     cfg = _load(config)
@@ -251,7 +303,10 @@ def limit(
     try:
         value = None if rate == "default" else float(rate)
     except ValueError:
-        err_console.print(f"[red]error:[/red] rate must be a number of records per second or 'default', not {rate!r}")
+        err_console.print(
+            "[red]error:[/red] rate must be a number of records per second or 'default', "
+            f"not {rate!r}"
+        )
         raise typer.Exit(2) from None
     if value is not None and value <= 0:
         err_console.print("[red]error:[/red] rate must be greater than 0")
@@ -260,26 +315,30 @@ def limit(
 
 
 async def _limit(cfg: CourierConfig, queue: str, rate: float | None, reason: str) -> None:
-    from courier import queues
+    from courier.ops import queues
 
     client = await _client(cfg)
     await queues.set_rate_limit(client, queue, rate, reason=reason)
     state = await queues.describe(client, queue)
-    shown = "unlimited" if state.rate_limit is None else f"{state.rate_limit:g}/s"
-    console.print(f"{queue}: rate limit now {shown} ({state.rate_limit_source})")
+    console.print(
+        f"{queue}: rate limit now {format_rate(state.rate_limit)} ({state.rate_limit_source})"
+    )
 
 
 @app.command("replay")
 def replay_command(
     config: ConfigOption = DEFAULT_CONFIG_PATH,
     destination: Annotated[
-        Optional[str], typer.Option("--destination", "-d", help="Only this destination's failed exports.")
+        str | None,
+        typer.Option("--destination", "-d", help="Only this destination's failed exports."),
     ] = None,
     query: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Extra visibility filter, e.g. \"CourierTopic = 'orders'\"."),
     ] = None,
-    reason: Annotated[str, typer.Option(help="Reason recorded on each reset.")] = "replayed with courier replay",
+    reason: Annotated[
+        str, typer.Option(help="Reason recorded on each reset.")
+    ] = "replayed with courier replay",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Replay without asking.")] = False,
 ) -> None:
     """Export failed records again: reset each Failed ExportRecord run (fix the cause first)."""
@@ -287,14 +346,16 @@ def replay_command(
     asyncio.run(_replay(_load(config), destination, query, reason, yes))
 
 
-async def _replay(cfg: CourierConfig, destination: str | None, query: str | None, reason: str, yes: bool) -> None:
+async def _replay(
+    cfg: CourierConfig, destination: str | None, query: str | None, reason: str, yes: bool
+) -> None:
     from rich.progress import Progress
 
-    from courier import replay
+    from courier.ops import replay
 
     client = await _client(cfg)
     selector = replay.failed_exports_query(destination, query)
-    executions = [e async for e in replay.failed_exports(client, selector)]
+    executions = [e async for e in client.list_workflows(selector)]
     if not executions:
         console.print(f"no failed exports match: {selector}")
         return
@@ -316,6 +377,29 @@ async def _replay(cfg: CourierConfig, destination: str | None, query: str | None
         raise typer.Exit(1)
 
 
+@app.command()
+def setup(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
+    """Register Courier's search attributes in the Temporal namespace (idempotent)."""
+    _setup_logging("WARNING")
+    asyncio.run(_setup(_load(config)))
+
+
+async def _setup(cfg: CourierConfig) -> None:
+    from courier.ops.setup import SetupError, ensure_search_attributes
+
+    client = await _client(cfg)
+    try:
+        added = await ensure_search_attributes(client)
+    except SetupError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(1) from None
+    where = f"namespace {cfg.temporal.namespace} on {cfg.temporal.address}"
+    if added:
+        console.print(f"added search attributes {', '.join(added)} to {where}")
+    else:
+        console.print(f"search attributes already present in {where}")
+
+
 @config_app.command("check")
 def config_check(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
     """Validate the config file and summarise its destinations and routes."""
@@ -329,7 +413,7 @@ def config_check(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
             dest.name,
             dest.kind,
             dest.task_queue,
-            f"{dest.rate_limit:g}/s" if dest.rate_limit else "unlimited",
+            format_rate(dest.rate_limit),
             str(dest.max_concurrency),
             "forever" if attempts == 0 else f"{attempts} attempts",
         )
@@ -337,8 +421,10 @@ def config_check(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
     rules = ", ".join(
         f"{r.exact or r.prefix or r.regex!s}→{r.destination}" for r in cfg.routes.rules
     )
-    console.print(f"routes: {rules or '(none)'}; default: {cfg.routes.default or '(none)'}; "
-                  f"unmatched: {cfg.routes.unmatched}")
+    console.print(
+        f"routes: {rules or '(none)'}; default: {cfg.routes.default or '(none)'}; "
+        f"unmatched: {cfg.routes.unmatched}"
+    )
 
 
 @config_app.command("reference")
@@ -355,28 +441,7 @@ def config_schema() -> None:
     sys.stdout.write(json.dumps(CourierConfig.model_json_schema(), indent=2) + "\n")
 
 
-
-@app.command()
-def demo(
-    config: Annotated[
-        Path, typer.Option("--config", "-c", help="Config the demo runs on (its topic and group are replaced).")
-    ] = Path("config/example.yaml"),
-    records: Annotated[
-        int, typer.Option("--records", "-n", min=1, help="Records to produce, spread over every destination.")
-    ] = 300,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=1, help="Seconds to wait for the exports before giving up.")
-    ] = 180.0,
-    keep_stack: Annotated[
-        bool, typer.Option("--keep-stack", help="Leave running the stack services the demo started.")
-    ] = False,
-) -> None:
-    """Run the end-to-end demo: start the local stack, produce records to a fresh topic, export them
-    with Courier in this process and watch them arrive at each destination. Exits 1 unless every
-    record was exported."""
-    from courier.demo import main
-
-    raise typer.Exit(main(config_path=config, records=records, timeout=timeout, keep_stack=keep_stack))
+_add_plugin_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

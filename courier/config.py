@@ -163,7 +163,7 @@ class CourierConfig(_Strict):
     temporal: TemporalConfig = Field(
         default_factory=TemporalConfig, description="Which Temporal runs the workflows."
     )
-    destinations: list[AnyDestinationConfig] = Field(  # type: ignore[valid-type]
+    destinations: list[AnyDestinationConfig] = Field(
         min_length=1, description="Where records go; each entry's `kind` picks its section."
     )
     routes: RoutesConfig = Field(
@@ -178,7 +178,8 @@ class CourierConfig(_Strict):
             raise ValueError(f"destination names must be unique; repeated: {', '.join(duplicates)}")
         known = set(names)
         targets = [("routes.default", self.routes.default)] + [
-            (f"routes.rules[{i}].destination", r.destination) for i, r in enumerate(self.routes.rules)
+            (f"routes.rules[{i}].destination", r.destination)
+            for i, r in enumerate(self.routes.rules)
         ]
         for where, target in targets:
             if target is not None and target not in known:
@@ -270,6 +271,8 @@ def _describe(err: ValidationError, data: Any) -> str:
         elif problem["type"] == "union_tag_invalid":
             path = _join(path, "kind")
             ctx = problem.get("ctx", {})
-            reason = f"unknown destination kind {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"
+            reason = (
+                f"unknown destination kind {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"
+            )
         lines.append(f"  {path}: {reason}" if path else f"  {reason}")
     return "\n".join(lines)

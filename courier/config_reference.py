@@ -31,7 +31,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("temporal.tls", TemporalTLS),
     ("routes", RoutesConfig),
     ("routes.rules[]", RouteRule),
-    *((f"destinations[] with kind: {name}", kind.config) for name, kind in KINDS.items()),
+    *((f"destinations[] with kind: {name}", config) for name, config in KINDS.items()),
     ("destinations[].retry", RetryConfig),
     ("destinations[].timeouts", TimeoutConfig),
 ]
@@ -42,7 +42,8 @@ def _type_name(annotation: object) -> str:
     if annotation is timedelta:
         return "duration (500ms, 2s, 1m, 1h)"
     if origin is typing.Annotated:
-        return "destination" if typing.get_origin(args[0]) is typing.Union else _type_name(args[0])
+        union = typing.get_origin(args[0]) in (typing.Union, types.UnionType)
+        return "destination" if union else _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -84,6 +85,8 @@ def render() -> str:
         out += ["| field | type | default | description |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
             description = (field.description or "").replace("|", "\\|").replace("\n", " ")
-            out.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {description} |")
+            out.append(
+                f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {description} |"
+            )
         out.append("")
     return "\n".join(out)

@@ -1,4 +1,4 @@
-"""Human-friendly durations for config files: ``500ms``, ``2s``, ``1m30s``, ``1h`` or plain seconds."""
+"""Durations in config files: ``500ms``, ``2s``, ``1m30s``, ``1h`` or plain seconds."""
 
 from __future__ import annotations
 

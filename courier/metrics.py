@@ -17,7 +17,8 @@ EXPORT_SECONDS = Histogram(
 )
 INGESTED = Counter(
     "courier_records_ingested",
-    "Records ingest handed to Temporal, by route outcome.",
+    "Records ingest finished with, by outcome: started (a new workflow), existing (already "
+    "handed off) or skipped (no route under unmatched: skip).",
     ["topic", "outcome"],
 )
 COMMITS = Counter("courier_offset_commits", "Offset commits ingest made.")

@@ -12,5 +12,7 @@ OFFSET = SearchAttributeKey.for_int("CourierOffset")
 
 ALL = (DESTINATION, RECORD_KEY, TOPIC, PARTITION, OFFSET)
 
-DEV_SERVER_FLAGS: dict[str, str] = {key.name: key.indexed_value_type.name.title().replace("_", "") for key in ALL}
+DEV_SERVER_FLAGS: dict[str, str] = {
+    key.name: key.indexed_value_type.name.title().replace("_", "") for key in ALL
+}
 """``name → type`` as ``temporal server start-dev --search-attribute Name=Type`` expects it."""

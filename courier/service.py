@@ -37,7 +37,9 @@ async def run_service(
             loop.add_signal_handler(sig, stop.set)
     ingest_task = asyncio.create_task(ingest.run()) if ingest else None
     workers_task = (
-        asyncio.create_task(run_workers(client, config, destinations=destinations, workflows=workflows))
+        asyncio.create_task(
+            run_workers(client, config, destinations=destinations, workflows=workflows)
+        )
         if destinations or workflows
         else None
     )

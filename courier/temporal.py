@@ -33,7 +33,9 @@ def _tls(config: TemporalConfig) -> TLSConfig | bool:
         return False
     tls = config.tls
     return TLSConfig(
-        server_root_ca_cert=tls.server_root_ca_cert.read_bytes() if tls.server_root_ca_cert else None,
+        server_root_ca_cert=tls.server_root_ca_cert.read_bytes()
+        if tls.server_root_ca_cert
+        else None,
         client_cert=tls.client_cert.read_bytes() if tls.client_cert else None,
         client_private_key=tls.client_private_key.read_bytes() if tls.client_private_key else None,
         domain=tls.domain,
@@ -74,7 +76,9 @@ async def connect(
                 ) from err
             log.warning(
                 "Temporal at %s is not reachable (%s); retrying in %.0fs",
-                config.address, _reason(err), delay,
+                config.address,
+                _reason(err),
+                delay,
             )
         await asyncio.sleep(delay)
         delay = min(delay * 2, MAX_BACKOFF_S)

@@ -54,7 +54,9 @@ def consumer_options(kafka: KafkaConfig) -> dict[str, object]:
     if sec.protocol.startswith("SASL"):
         options["sasl_mechanism"] = sec.sasl_mechanism
         options["sasl_plain_username"] = sec.sasl_username
-        options["sasl_plain_password"] = sec.sasl_password.get_secret_value() if sec.sasl_password else None
+        options["sasl_plain_password"] = (
+            sec.sasl_password.get_secret_value() if sec.sasl_password else None
+        )
     return options
 
 
@@ -89,7 +91,9 @@ class Ingest:
             return
         self._consumer = consumer
         committer = asyncio.create_task(self._commit_periodically())
-        log.info("ingest started: group %s, topics %s", kafka.group, kafka.topics or kafka.topic_pattern)
+        log.info(
+            "ingest started: group %s, topics %s", kafka.group, kafka.topics or kafka.topic_pattern
+        )
         try:
             while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=kafka.max_in_flight)
@@ -103,7 +107,9 @@ class Ingest:
             await consumer.stop()
             log.info(
                 "ingest stopped: %d started, %d already started, %d skipped",
-                self.counts["started"], self.counts["existing"], self.counts["skipped"],
+                self.counts["started"],
+                self.counts["existing"],
+                self.counts["skipped"],
             )
 
     def _new_consumer(self) -> AIOKafkaConsumer:
@@ -123,7 +129,7 @@ class Ingest:
         return consumer
 
     async def _start_consumer(self) -> AIOKafkaConsumer | None:
-        """A started consumer, retrying with backoff while Kafka is unreachable (None if stopped)."""
+        """A started consumer; retries while Kafka is unreachable (None once stopped)."""
         delay = 1.0
         while not self._stopping.is_set():
             consumer = self._new_consumer()
@@ -134,7 +140,9 @@ class Ingest:
                 await consumer.stop()
                 log.warning(
                     "Kafka at %s is not reachable (%s); retrying in %.0fs",
-                    self.config.kafka.bootstrap_servers, err, delay,
+                    self.config.kafka.bootstrap_servers,
+                    err,
+                    delay,
                 )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
@@ -155,7 +163,9 @@ class Ingest:
         try:
             decision = self.router.route(record.key)
             if decision.action == "skip":
-                log.info("skipping %s/%d/%d: %s", tp.topic, tp.partition, record.offset, decision.reason)
+                log.info(
+                    "skipping %s/%d/%d: %s", tp.topic, tp.partition, record.offset, decision.reason
+                )
                 outcome = "skipped"
             else:
                 result = await hand_off(self.client, self.config, record, decision)
@@ -195,7 +205,9 @@ class Ingest:
         if pending:
             _, still = await asyncio.wait(pending, timeout=timeout)
             if still:
-                log.warning("%d hand-offs unfinished after %.0fs; left uncommitted", len(still), timeout)
+                log.warning(
+                    "%d hand-offs unfinished after %.0fs; left uncommitted", len(still), timeout
+                )
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Finish (bounded) the revoked partitions' hand-offs, commit them, forget them."""
@@ -212,9 +224,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
-            log.info("partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+            log.info(
+                "partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked)
+            )
             await self._ingest.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if assigned:
-            log.info("partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+            log.info(
+                "partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)
+            )

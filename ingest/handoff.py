@@ -57,7 +57,9 @@ def build_input(
     size = len(record.key or b"") + len(record.value or b"")
     if size > MAX_RECORD_BYTES:
         # Too large for Temporal history: hand off the coordinates only, and fail readably.
-        stripped = KafkaRecord(record.topic, record.partition, record.offset, None, None, record.timestamp)
+        stripped = KafkaRecord(
+            record.topic, record.partition, record.offset, None, None, record.timestamp
+        )
         return ExportRecordInput(
             record=stripped,
             destination=None,
@@ -101,7 +103,10 @@ async def hand_off(
     An existing workflow with the same ID counts as handed off (``REJECT_DUPLICATE``).
     """
     wid = workflow_id(
-        group=config.kafka.group, topic=record.topic, partition=record.partition, offset=record.offset
+        group=config.kafka.group,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
     )
     workflow_input = build_input(record, decision, config)
     summary = f"{key_text(record.key)!r} → {decision.destination or 'no route'}"

@@ -1,6 +1,6 @@
 """Fixtures for tests against the real local stack (Kafka, Temporal, PostgreSQL).
 
-``stack`` makes sure the stack runs: it calls :func:`courier.stack.start_async`; whatever this
+``stack`` makes sure the stack runs: it calls :func:`devtools.stack.start_async`; whatever this
 pytest session had to start it stops again at the end, and a stack that was already running is
 left alone. Other fixtures build on it. Tests that need the stack are marked
 ``@pytest.mark.integration`` (deselect them with ``-m "not integration"``).
@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 from temporalio.client import Client
 
-from courier import stack as stack_control
-from courier.stack import StackSettings
+from devtools import stack as stack_control
+from devtools.stack import StackSettings
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,9 @@ async def stack(stack_settings: StackSettings) -> AsyncIterator[StackSettings]:
     result = await stack_control.start_async(settings=stack_settings)
     yield stack_settings
     if result.started:
-        await asyncio.to_thread(stack_control.stop, result.started, settings=stack_settings, echo=None)
+        await asyncio.to_thread(
+            stack_control.stop, result.started, settings=stack_settings, echo=None
+        )
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""docker-compose.yml agrees with the local stack's defaults (courier.stack.StackSettings)."""
+"""docker-compose.yml agrees with the local stack's defaults (devtools.stack.StackSettings)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from courier.stack import (
+from devtools.stack import (
     POSTGRES_DB,
     POSTGRES_PASSWORD,
     POSTGRES_USER,
-    SEARCH_ATTRIBUTES,
     StackSettings,
 )
 
@@ -72,7 +71,9 @@ def test_published_ports_match_the_local_stack(services: dict[str, Any]) -> None
 
 def test_kafka_advertises_the_local_bootstrap_address(services: dict[str, Any]) -> None:
     kafka = env(services["kafka"])
-    assert f"PLAINTEXT_HOST://{DEFAULTS.kafka_bootstrap}" in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert f"PLAINTEXT_HOST://{DEFAULTS.kafka_bootstrap}" in kafka[
+        "KAFKA_ADVERTISED_LISTENERS"
+    ].split(",")
     assert kafka["KAFKA_NUM_PARTITIONS"] == "3"
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "true"
     assert kafka["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == "0"
@@ -81,10 +82,15 @@ def test_kafka_advertises_the_local_bootstrap_address(services: dict[str, Any]) 
 def test_postgres_database_and_user(services: dict[str, Any]) -> None:
     pg = env(services["postgres"])
     assert (pg["POSTGRES_DB"], pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"]) == (
-        POSTGRES_DB, POSTGRES_USER, POSTGRES_PASSWORD,
+        POSTGRES_DB,
+        POSTGRES_USER,
+        POSTGRES_PASSWORD,
     )
     temporal = env(services["temporal"])
-    assert (temporal["POSTGRES_USER"], temporal["POSTGRES_PWD"]) == (POSTGRES_USER, POSTGRES_PASSWORD)
+    assert (temporal["POSTGRES_USER"], temporal["POSTGRES_PWD"]) == (
+        POSTGRES_USER,
+        POSTGRES_PASSWORD,
+    )
     assert env(services["temporal-ui"])["TEMPORAL_ADDRESS"] == f"temporal:{DEFAULTS.temporal_port}"
 
 
@@ -101,7 +107,12 @@ def test_courier_services_reach_the_containers(services: dict[str, Any]) -> None
 
 
 def test_courier_commands(services: dict[str, Any]) -> None:
-    assert services["ingest"]["command"] == ["courier", "ingest", "--config", "/config/courier.yaml"]
+    assert services["ingest"]["command"] == [
+        "courier",
+        "ingest",
+        "--config",
+        "/config/courier.yaml",
+    ]
     assert services["worker-workflows"]["command"][:3] == ["courier", "worker", "--workflows"]
     for name in destination_workers(services):
         assert services[name]["command"][-2:] == ["--config", "/config/courier.yaml"]
@@ -115,12 +126,6 @@ def test_destination_workers_match_the_example_config(services: dict[str, Any]) 
     assert set(destination_workers(services).values()) == names
 
 
-def test_search_attributes_are_registered(services: dict[str, Any]) -> None:
-    script = " ".join(services["temporal-setup"]["command"])
-    registered = {}
-    for step in script.split("&&"):
-        if "search-attribute create" in step:
-            words = step.split()
-            kind = words[words.index("--type") + 1]
-            registered.update({words[i + 1]: kind for i, w in enumerate(words) if w == "--name"})
-    assert registered == SEARCH_ATTRIBUTES
+def test_search_attributes_are_registered_by_courier_setup(services: dict[str, Any]) -> None:
+    assert services["temporal-setup"]["command"] == ["courier", "setup"]
+    assert services["temporal-setup"]["image"] == services["ingest"]["image"]

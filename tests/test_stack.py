@@ -1,4 +1,4 @@
-"""Unit tests of courier.stack that need no servers: settings, port checks, pid files, logs."""
+"""Unit tests of devtools.stack that need no servers: settings, port checks, pid files, logs."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from courier import stack
-from courier.stack import PortInUseError, StackError, StackSettings
-from courier.stack import kafka as stack_kafka
-from courier.stack.kafka import _Kafka
-from courier.stack.postgres import _Postgres
-from courier.stack.processes import _pid_alive
-from courier.stack.temporal import _Temporal
+from devtools import stack
+from devtools.stack import PortInUseError, StackError, StackSettings
+from devtools.stack import kafka as stack_kafka
+from devtools.stack.kafka import _Kafka
+from devtools.stack.postgres import _Postgres
+from devtools.stack.processes import _pid_alive
+from devtools.stack.temporal import _Temporal
 
 
 @pytest.fixture
@@ -50,8 +50,18 @@ def _settings(tmp_path: Path, **ports: int) -> StackSettings:
 
 def test_defaults_match_the_documented_addresses() -> None:
     s = stack.settings_from_env({})
-    assert (s.kafka_port, s.kafka_controller_port, s.temporal_port, s.temporal_ui_port, s.postgres_port) == (
-        9092, 9093, 7233, 8233, 5432,
+    assert (
+        s.kafka_port,
+        s.kafka_controller_port,
+        s.temporal_port,
+        s.temporal_ui_port,
+        s.postgres_port,
+    ) == (
+        9092,
+        9093,
+        7233,
+        8233,
+        5432,
     )
     assert s.kafka_bootstrap == "127.0.0.1:9092"
     assert s.temporal_address == "127.0.0.1:7233"
@@ -62,7 +72,11 @@ def test_defaults_match_the_documented_addresses() -> None:
 
 def test_ports_come_from_the_environment() -> None:
     s = stack.settings_from_env(
-        {"COURIER_KAFKA_PORT": "19092", "COURIER_TEMPORAL_PORT": "17233", "COURIER_POSTGRES_PORT": "15432"}
+        {
+            "COURIER_KAFKA_PORT": "19092",
+            "COURIER_TEMPORAL_PORT": "17233",
+            "COURIER_POSTGRES_PORT": "15432",
+        }
     )
     assert s.kafka_bootstrap == "127.0.0.1:19092"
     assert s.temporal_address == "127.0.0.1:17233"
@@ -82,7 +96,9 @@ def test_bad_port_values_name_the_variable(value: str) -> None:
 
 
 def test_two_services_on_one_port_is_refused() -> None:
-    with pytest.raises(StackError, match="COURIER_TEMPORAL_UI_PORT and COURIER_KAFKA_PORT|both 9092"):
+    with pytest.raises(
+        StackError, match="COURIER_TEMPORAL_UI_PORT and COURIER_KAFKA_PORT|both 9092"
+    ):
         stack.settings_from_env({"COURIER_TEMPORAL_UI_PORT": "9092"})
 
 
@@ -91,7 +107,11 @@ def test_search_attributes_fit_the_sqlite_dev_server() -> None:
     assert set(kinds) <= {"Keyword", "Int"}
     assert kinds.count("Keyword") <= 10 and kinds.count("Int") <= 3
     assert set(stack.SEARCH_ATTRIBUTES) == {
-        "CourierDestination", "CourierKey", "CourierTopic", "CourierPartition", "CourierOffset",
+        "CourierDestination",
+        "CourierKey",
+        "CourierTopic",
+        "CourierPartition",
+        "CourierOffset",
     }
 
 
@@ -135,7 +155,9 @@ def test_missing_mvn_is_an_error_only_without_cached_jars(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setattr(stack_kafka.shutil, "which", lambda name: "/usr/bin/java" if name == "java" else None)
+    monkeypatch.setattr(
+        stack_kafka.shutil, "which", lambda name: "/usr/bin/java" if name == "java" else None
+    )
     kafka = _Kafka(_settings(tmp_path))
     with pytest.raises(stack.MissingToolError, match="mvn.*apt-get install maven"):
         kafka.check_tools()
@@ -173,7 +195,9 @@ def test_stop_terminates_our_process(tmp_path: Path) -> None:
     pid = svc._popen([sys.executable, "-c", "import sys, time; time.sleep(60)", svc.marker])
     svc.write_pid(pid)
     assert svc.pid() == pid
-    assert [s.name for s in stack.status(settings=settings, probe=False) if s.running] == ["temporal"]
+    assert [s.name for s in stack.status(settings=settings, probe=False) if s.running] == [
+        "temporal"
+    ]
     assert stack.stop(settings=settings, echo=None) == ["temporal"]
     assert svc.pid() is None and not _pid_alive(pid)
 

@@ -101,7 +101,7 @@ class OutgoingRecord:
 
 @dataclass(frozen=True)
 class ExportBatch:
-    """Input of the ``export`` activity: records for one destination (a record is a batch of one)."""
+    """Input of the ``export`` activity: records for one destination (often just one)."""
 
     destination: str
     records: list[OutgoingRecord]

@@ -49,12 +49,14 @@ async def test_line_format(tmp_path: Path) -> None:
         "partition": 0,
         "offset": 1,
         "key": "k1",
-        "value": '{"n": 1}',
+        "key_encoding": "text",
+        "value": {"n": 1},
+        "value_encoding": "json",
         "timestamp_ms": 1_700_000_000_001,
-        "headers": [{"name": "h", "value": "v"}],
+        "headers": [{"name": "h", "value": "v", "value_encoding": "text"}],
         "idempotency_key": "courier/g/orders/0/1",
     }
-    assert second["value_base64"] is True
+    assert second["value_encoding"] == "base64"
     assert base64.b64decode(second["value"]) == b"\xff\x00"
 
 
@@ -119,9 +121,7 @@ async def test_crash_between_write_and_ack_then_retry_elsewhere(tmp_path: Path) 
     del dying  # the worker process died without closing
 
     retrying = await opened(path)  # Temporal retries the activity on another worker
-    assert await retrying.write([outgoing(1), outgoing(2)]) == (
-        "0 lines written (already present)"
-    )
+    assert await retrying.write([outgoing(1), outgoing(2)]) == ("0 lines written (already present)")
     await retrying.close()
 
     reopened = await opened(path)

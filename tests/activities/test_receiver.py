@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from courier.receiver import Receiver
+from devtools.receiver import Receiver
 
 
 @pytest.fixture

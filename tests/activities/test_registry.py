@@ -31,8 +31,9 @@ def errors_of(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def test_each_kind_is_registered_under_its_own_literal() -> None:
-    for name, kind in KINDS.items():
-        assert typing.get_args(kind.config.model_fields["kind"].annotation) == (name,)
+    assert set(KINDS) == {"rest", "file", "postgres"}
+    for name, config in KINDS.items():
+        assert typing.get_args(config.model_fields["kind"].annotation) == (name,)
 
 
 @pytest.mark.parametrize(
@@ -50,7 +51,7 @@ def test_create_destination_builds_each_kind(kind: str, cls: type) -> None:
 
 
 def test_unknown_kind_names_kind_and_the_known_ones() -> None:
-    [(loc, msg)] = errors_of({"name": "x", "kind": "smtp"})
+    [(_loc, msg)] = errors_of({"name": "x", "kind": "smtp"})
     assert "'kind'" in msg and "'smtp'" in msg
     assert "'rest', 'file', 'postgres'" in msg
 

@@ -112,7 +112,7 @@ async def test_raw_body_is_the_value_bytes_with_content_type() -> None:
     assert bodies == [(b"\xff\x00binary", "application/octet-stream")]
 
 
-async def test_json_envelope_embeds_json_values_and_flags_base64() -> None:
+async def test_json_body_is_the_record_envelope() -> None:
     bodies: list[dict[str, Any]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -133,20 +133,26 @@ async def test_json_envelope_embeds_json_values_and_flags_base64() -> None:
         "partition": 3,
         "offset": 7,
         "key": "order-1",
+        "key_encoding": "text",
         "value": {"total": 42},
+        "value_encoding": "json",
         "timestamp_ms": 1_700_000_000_000,
         "headers": [
-            {"name": "trace", "value": "abc"},
-            {"name": "bin", "value": base64.b64encode(b"\xfe").decode(), "value_base64": True},
+            {"name": "trace", "value": "abc", "value_encoding": "text"},
+            {
+                "name": "bin",
+                "value": base64.b64encode(b"\xfe").decode(),
+                "value_encoding": "base64",
+            },
         ],
     }
-    assert bodies[1]["value"] == "not json"
-    assert "value_base64" not in bodies[1]
+    assert (bodies[1]["value"], bodies[1]["value_encoding"]) == ("not json", "text")
     assert bodies[2]["key"] == base64.b64encode(b"\xff\xfe").decode()
-    assert bodies[2]["key_base64"] is True
+    assert bodies[2]["key_encoding"] == "base64"
     assert base64.b64decode(bodies[2]["value"]) == b"\x00\xff"
-    assert bodies[2]["value_base64"] is True
+    assert bodies[2]["value_encoding"] == "base64"
     assert bodies[3]["value"] is None
+    assert "value_encoding" not in bodies[3]
 
 
 @pytest.mark.parametrize(
@@ -209,9 +215,7 @@ async def test_permanent_failure_reason_is_readable_and_hides_query() -> None:
 
 
 async def test_retry_after_seconds_is_honoured() -> None:
-    destination = await opened(
-        lambda request: httpx.Response(429, headers={"Retry-After": "7"})
-    )
+    destination = await opened(lambda request: httpx.Response(429, headers={"Retry-After": "7"}))
     with pytest.raises(RetryableExportError) as caught:
         await destination.write([outgoing()])
 
@@ -221,9 +225,7 @@ async def test_retry_after_seconds_is_honoured() -> None:
 
 async def test_retry_after_http_date_is_honoured() -> None:
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
-    destination = await opened(
-        lambda request: httpx.Response(503, headers={"Retry-After": when})
-    )
+    destination = await opened(lambda request: httpx.Response(503, headers={"Retry-After": when}))
     with pytest.raises(RetryableExportError) as caught:
         await destination.write([outgoing()])
 
@@ -273,9 +275,7 @@ async def test_transport_errors_are_retryable(error: Exception, words: str) -> N
 
 
 async def test_refused_connection_over_a_real_socket_is_retryable() -> None:
-    destination = RestDestination(
-        config(url="http://127.0.0.1:9/orders", connect_timeout="1s")
-    )
+    destination = RestDestination(config(url="http://127.0.0.1:9/orders", connect_timeout="1s"))
     await destination.open()
     try:
         with pytest.raises(RetryableExportError) as caught:

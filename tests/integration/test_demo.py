@@ -8,8 +8,8 @@ from urllib.parse import unquote
 import pytest
 from rich.console import Console
 
-from courier.demo import demo_keys, run_demo
-from courier.stack import StackSettings
+from devtools.demo import demo_keys, run_demo
+from devtools.stack import StackSettings
 
 RECORDS = 24
 
@@ -25,7 +25,10 @@ def test_demo_keys_reach_every_destination_in_the_planned_mix() -> None:
 async def test_demo_exports_every_record_once_per_destination(stack: StackSettings) -> None:
     out = io.StringIO()
     result = await run_demo(
-        records=RECORDS, timeout=120, keep_stack=True, settings=stack,
+        records=RECORDS,
+        timeout=120,
+        keep_stack=True,
+        settings=stack,
         console=Console(file=out, width=120),
     )
 

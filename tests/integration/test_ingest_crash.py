@@ -15,7 +15,7 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 from temporalio.client import Client
 
-from courier.topics import create_topic, produce
+from devtools.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
     eventually,
@@ -40,10 +40,16 @@ async def committed(bootstrap: str, group: str) -> dict[int, int]:
 
 def config_data(settings: Any, unique: str, out: Path, commit_interval: str) -> dict[str, Any]:
     return {
-        "kafka": {"bootstrap_servers": settings.kafka_bootstrap, "topics": [f"t-{unique}"],
-                  "group": f"g-{unique}", "commit_interval": commit_interval},
-        "temporal": {"address": settings.temporal_address,
-                     "workflow_task_queue": f"courier-workflows-{unique}"},
+        "kafka": {
+            "bootstrap_servers": settings.kafka_bootstrap,
+            "topics": [f"t-{unique}"],
+            "group": f"g-{unique}",
+            "commit_interval": commit_interval,
+        },
+        "temporal": {
+            "address": settings.temporal_address,
+            "workflow_task_queue": f"courier-workflows-{unique}",
+        },
         "destinations": [{"name": f"file-{unique}", "kind": "file", "path": str(out)}],
         "routes": {"default": f"file-{unique}"},
     }
@@ -51,8 +57,14 @@ def config_data(settings: Any, unique: str, out: Path, commit_interval: str) -> 
 
 async def start_ingest(config_file: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "courier.cli", "ingest", "--config", str(config_file),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "courier.cli",
+        "ingest",
+        "--config",
+        str(config_file),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -68,7 +80,9 @@ async def test_ingest_stopped_after_starts_loses_and_repeats_nothing(
     config_file.write_text(yaml.safe_dump(data))
     topic, group = f"t-{unique}", f"g-{unique}"
     await create_topic(stack_settings.kafka_bootstrap, topic)
-    await produce(stack_settings.kafka_bootstrap, topic, [(f"k{i}".encode(), b"{}") for i in range(RECORDS)])
+    await produce(
+        stack_settings.kafka_bootstrap, topic, [(f"k{i}".encode(), b"{}") for i in range(RECORDS)]
+    )
     query = f"CourierTopic = '{topic}'"
 
     process = await start_ingest(config_file)
@@ -91,12 +105,19 @@ async def test_ingest_stopped_after_starts_loses_and_repeats_nothing(
         assert sum(offsets.values()) == 0, f"offsets committed before the kill: {offsets}"
     else:
         assert returncode == 0, (await process.stderr.read()).decode()[-2000:]  # type: ignore[union-attr]
-        assert sum(offsets.values()) == RECORDS, f"SIGTERM should commit every handed-off offset: {offsets}"
+        assert sum(offsets.values()) == RECORDS, (
+            f"SIGTERM should commit every handed-off offset: {offsets}"
+        )
 
     # A new ingest (with workers) reads whatever is uncommitted again: it finds every workflow
     # already started, starts none, and every record is exported exactly once.
-    config = pipeline_config(stack_settings, unique, destinations=data["destinations"],
-                             routes=data["routes"], kafka={"commit_interval": "200ms"})
+    config = pipeline_config(
+        stack_settings,
+        unique,
+        destinations=data["destinations"],
+        routes=data["routes"],
+        kafka={"commit_interval": "200ms"},
+    )
     async with courier_running(temporal_client, config) as ingest:
         assert ingest is not None
         await wait_for_workflows(temporal_client, query, RECORDS)
@@ -110,4 +131,7 @@ async def test_ingest_stopped_after_starts_loses_and_repeats_nothing(
 
 
 async def _handed_off(ingest: Any, n: int) -> bool:
-    return ingest.counts["existing"] + ingest.counts["started"] >= n and not ingest.tracker.committable()
+    return (
+        ingest.counts["existing"] + ingest.counts["started"] >= n
+        and not ingest.tracker.committable()
+    )

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from courier import queues
-from courier.receiver import Receiver
-from courier.topics import create_topic, produce
+from courier.ops import queues
+from devtools.receiver import Receiver
+from devtools.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
     eventually,
@@ -28,8 +28,11 @@ async def test_rate_limit_override_holds_and_can_be_reset(
     async with Receiver() as receiver:
         name = f"api-{unique}"
         config = pipeline_config(
-            stack_settings, unique,
-            destinations=[{"name": name, "kind": "rest", "url": f"{receiver.url}/api", "rate_limit": 50}],
+            stack_settings,
+            unique,
+            destinations=[
+                {"name": name, "kind": "rest", "url": f"{receiver.url}/api", "rate_limit": 50}
+            ],
             routes={"default": name},
         )
         queue = config.destination(name).task_queue
@@ -43,8 +46,11 @@ async def test_rate_limit_override_holds_and_can_be_reset(
             assert (state.rate_limit, state.rate_limit_source) == (OVERRIDE, "override")
             assert state.workers >= 1
 
-            await produce(stack_settings.kafka_bootstrap, config.kafka.topics[0],
-                          [(f"k{i}".encode(), b"{}") for i in range(RECORDS)])
+            await produce(
+                stack_settings.kafka_bootstrap,
+                config.kafka.topics[0],
+                [(f"k{i}".encode(), b"{}") for i in range(RECORDS)],
+            )
             await eventually(lambda: _done(receiver), timeout=60)
 
             await queues.set_rate_limit(temporal_client, queue, None, reason="test")
@@ -53,7 +59,9 @@ async def test_rate_limit_override_holds_and_can_be_reset(
 
     times = sorted(r.time for r in receiver.effect_requests("/api"))
     rate = (len(times) - 1) / (times[-1] - times[0])
-    assert rate <= OVERRIDE * 1.2, f"ran at {rate:.2f}/s under a {OVERRIDE}/s override (worker says 50/s)"
+    assert rate <= OVERRIDE * 1.2, (
+        f"ran at {rate:.2f}/s under a {OVERRIDE}/s override (worker says 50/s)"
+    )
 
 
 async def _polled(client: Client, queue: str) -> bool:

@@ -11,8 +11,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
 from courier.ids import workflow_id
-from courier.receiver import Receiver
-from courier.topics import create_topic, produce
+from devtools.receiver import Receiver
+from devtools.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
     eventually,
@@ -32,7 +32,9 @@ def rest(name: str, url: str, **extra: Any) -> dict[str, Any]:
 
 async def rewind_group(bootstrap: str, group: str, topic: str, partitions: int = 3) -> None:
     """Commit offset 0 on every partition for ``group``, so it consumes the topic again."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -54,8 +56,12 @@ async def test_every_record_reaches_its_destination_exactly_once(
             destinations=[
                 rest(f"api-{unique}", f"{receiver.url}/orders/{{key}}"),
                 {"name": f"file-{unique}", "kind": "file", "path": str(archive)},
-                {"name": f"pg-{unique}", "kind": "postgres", "dsn": stack_settings.postgres_dsn,
-                 "table": table},
+                {
+                    "name": f"pg-{unique}",
+                    "kind": "postgres",
+                    "dsn": stack_settings.postgres_dsn,
+                    "table": table,
+                },
             ],
             routes={
                 "rules": [
@@ -112,7 +118,9 @@ async def test_unroutable_key_fails_its_own_workflow_and_blocks_nothing(
     config = pipeline_config(
         stack_settings,
         unique,
-        destinations=[{"name": f"file-{unique}", "kind": "file", "path": str(tmp_path / "out.jsonl")}],
+        destinations=[
+            {"name": f"file-{unique}", "kind": "file", "path": str(tmp_path / "out.jsonl")}
+        ],
         routes={"rules": [{"prefix": "ok-", "destination": f"file-{unique}"}], "unmatched": "fail"},
         kafka={"topics": [f"t-{unique}"]},
     )
@@ -130,7 +138,10 @@ async def test_unroutable_key_fails_its_own_workflow_and_blocks_nothing(
 
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 10
     group = config.kafka.group
-    for offset, expected in ((5, "key 'nowhere' matches no rule"), (6, "a null key matches no rule")):
+    for offset, expected in (
+        (5, "key 'nowhere' matches no rule"),
+        (6, "a null key matches no rule"),
+    ):
         handle = temporal_client.get_workflow_handle(
             workflow_id(group=group, topic=topic, partition=0, offset=offset)
         )
@@ -154,14 +165,20 @@ async def test_rest_statuses_decide_retries(
                 rest(f"flaky-{unique}", f"{receiver.url}/flaky"),
                 rest(f"busy-{unique}", f"{receiver.url}/busy"),
             ],
-            routes={"rules": [
-                {"exact": name, "destination": f"{name}-{unique}"}
-                for name in ("rejects", "flaky", "busy")
-            ]},
+            routes={
+                "rules": [
+                    {"exact": name, "destination": f"{name}-{unique}"}
+                    for name in ("rejects", "flaky", "busy")
+                ]
+            },
         )
         topic, group = config.kafka.topics[0], config.kafka.group
         await create_topic(stack_settings.kafka_bootstrap, topic, partitions=1)
-        await produce(stack_settings.kafka_bootstrap, topic, [(b"rejects", b"x"), (b"flaky", b"x"), (b"busy", b"x")])
+        await produce(
+            stack_settings.kafka_bootstrap,
+            topic,
+            [(b"rejects", b"x"), (b"flaky", b"x"), (b"busy", b"x")],
+        )
 
         def handle(offset: int) -> Any:
             return temporal_client.get_workflow_handle_for(
@@ -199,10 +216,12 @@ async def test_throttled_destination_never_slows_an_unthrottled_one(
                 rest(f"slow-{unique}", f"{receiver.url}/slow", rate_limit=limit),
                 rest(f"fast-{unique}", f"{receiver.url}/fast"),
             ],
-            routes={"rules": [
-                {"prefix": "slow-", "destination": f"slow-{unique}"},
-                {"prefix": "fast-", "destination": f"fast-{unique}"},
-            ]},
+            routes={
+                "rules": [
+                    {"prefix": "slow-", "destination": f"slow-{unique}"},
+                    {"prefix": "fast-", "destination": f"fast-{unique}"},
+                ]
+            },
         )
         topic = config.kafka.topics[0]
         await create_topic(stack_settings.kafka_bootstrap, topic)
@@ -230,4 +249,8 @@ async def _handed_off(ingest: Any, n: int) -> bool:
 
 
 async def _committed_all(ingest: Any, n: int) -> bool:
-    return await _handed_off(ingest, n) and ingest.tracker.committable() == {} and ingest.tracker.in_flight() == 0
+    return (
+        await _handed_off(ingest, n)
+        and ingest.tracker.committable() == {}
+        and ingest.tracker.in_flight() == 0
+    )

@@ -81,8 +81,8 @@ async def test_table_is_created_with_one_row_per_record(
     assert first["value_text"] is None and first["value_bytes"] is None
     assert first["timestamp"] == datetime.fromtimestamp(1_700_000_000.123, tz=UTC)
     assert json.loads(first["headers"]) == [
-        {"name": "trace", "value": "t1"},
-        {"name": "bin", "value": "/w==", "base64": True},
+        {"name": "trace", "value": "t1", "value_encoding": "text"},
+        {"name": "bin", "value": "/w==", "value_encoding": "base64"},
     ]
     assert first["idempotency_key"] == "courier/g/orders/0/1"
     assert first["exported_at"] is not None

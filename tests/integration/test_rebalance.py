@@ -10,7 +10,7 @@ import pytest
 from temporalio.client import Client
 
 from courier.service import run_service
-from courier.topics import create_topic, produce
+from devtools.topics import create_topic, produce
 from ingest.consumer import Ingest
 from tests.integration.harness import (
     courier_running,
@@ -45,7 +45,9 @@ async def test_rebalance_to_a_second_ingest_loses_and_repeats_nothing(
         await eventually(lambda: _started(first, 60), timeout=30)
         second = Ingest(config, temporal_client)
         stop_second = asyncio.Event()
-        joined = asyncio.create_task(run_service(temporal_client, config, ingest=second, stop=stop_second))
+        joined = asyncio.create_task(
+            run_service(temporal_client, config, ingest=second, stop=stop_second)
+        )
         try:
             # The group rebalances: the first ingest gives partitions up, the second takes them.
             await eventually(lambda: _owns_some(second), timeout=30)

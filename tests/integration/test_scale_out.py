@@ -12,8 +12,8 @@ import pytest
 import yaml
 from temporalio.client import Client
 
-from courier.receiver import Receiver
-from courier.topics import create_topic, produce
+from devtools.receiver import Receiver
+from devtools.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
     eventually,
@@ -30,12 +30,21 @@ async def test_two_worker_processes_share_one_rate_limit(
     stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
 ) -> None:
     async with Receiver() as receiver:
+
         def destination(worker: str) -> dict[str, Any]:
-            return {"name": f"api-{unique}", "kind": "rest", "url": f"{receiver.url}/api",
-                    "rate_limit": LIMIT, "max_concurrency": 8, "headers": {"X-Worker": worker}}
+            return {
+                "name": f"api-{unique}",
+                "kind": "rest",
+                "url": f"{receiver.url}/api",
+                "rate_limit": LIMIT,
+                "max_concurrency": 8,
+                "headers": {"X-Worker": worker},
+            }
 
         routes = {"default": f"api-{unique}"}
-        config = pipeline_config(stack_settings, unique, destinations=[destination("in-process")], routes=routes)
+        config = pipeline_config(
+            stack_settings, unique, destinations=[destination("in-process")], routes=routes
+        )
         # The second process reads its own config: same destination, its own header.
         other = config.model_dump(mode="json", exclude_none=True)
         other["destinations"] = [destination("subprocess")]
@@ -44,13 +53,25 @@ async def test_two_worker_processes_share_one_rate_limit(
         await create_topic(stack_settings.kafka_bootstrap, config.kafka.topics[0])
 
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "courier.cli", "worker", "-c", str(other_file), "-d", f"api-{unique}",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=dict(os.environ),
+            sys.executable,
+            "-m",
+            "courier.cli",
+            "worker",
+            "-c",
+            str(other_file),
+            "-d",
+            f"api-{unique}",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=dict(os.environ),
         )
         try:
             await asyncio.sleep(2)  # let the second process start polling
-            await produce(stack_settings.kafka_bootstrap, config.kafka.topics[0],
-                          [(f"k{i}".encode(), b"{}") for i in range(RECORDS)])
+            await produce(
+                stack_settings.kafka_bootstrap,
+                config.kafka.topics[0],
+                [(f"k{i}".encode(), b"{}") for i in range(RECORDS)],
+            )
             async with courier_running(temporal_client, config):
                 await eventually(lambda: _done(receiver), timeout=90)
         finally:
@@ -58,7 +79,9 @@ async def test_two_worker_processes_share_one_rate_limit(
             await asyncio.wait_for(process.wait(), 30)
 
     served = {r.headers.get("x-worker") for r in receiver.effect_requests("/api")}
-    assert served == {"in-process", "subprocess"}, f"both processes should serve the queue: {served}"
+    assert served == {"in-process", "subprocess"}, (
+        f"both processes should serve the queue: {served}"
+    )
     times = sorted(r.time for r in receiver.effect_requests("/api"))
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert rate <= LIMIT * 1.2, f"two workers together ran at {rate:.2f}/s, limit {LIMIT}/s"

@@ -15,7 +15,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
     from temporalio.worker import Worker
 
-    from courier.stack import SEARCH_ATTRIBUTES
+    from devtools.stack import SEARCH_ATTRIBUTES
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,8 @@ async def test_postgres_table_round_trip(pg_pool: asyncpg.Pool, unique: str) -> 
                 f"INSERT INTO {table} (id, body) VALUES ($1, $2)", [(1, "one"), (2, "two")]
             )
             await conn.execute(
-                f"INSERT INTO {table} VALUES (2, 'TWO') ON CONFLICT (id) DO UPDATE SET body = excluded.body"
+                f"INSERT INTO {table} VALUES (2, 'TWO') "
+                "ON CONFLICT (id) DO UPDATE SET body = excluded.body"
             )
             rows = await conn.fetch(f"SELECT id, body FROM {table} ORDER BY id")
             user = await conn.fetchval("SELECT current_user")

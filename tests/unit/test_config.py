@@ -48,22 +48,57 @@ def test_env_references_are_substituted_with_defaults() -> None:
 def test_missing_env_variable_names_the_field() -> None:
     data = base()
     data["destinations"][0]["headers"] = {"Authorization": "Bearer ${TOKEN}"}
-    assert "destinations[0].headers.Authorization: environment variable TOKEN is not set" in error_of(data)
+    assert (
+        "destinations[0].headers.Authorization: environment variable TOKEN is not set"
+        in error_of(data)
+    )
 
 
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda d: d["destinations"][0].pop("url"), "destinations[0].url: required field is missing"),
-        (lambda d: d["destinations"][1].update(rate_limit=-1), "destinations[1].rate_limit: Input should be greater than 0"),
-        (lambda d: d["destinations"][1].update(retry={"initial_interval": "soon"}), "destinations[1].retry.initial_interval: 'soon' is not a duration"),
-        (lambda d: d["destinations"][0].update(colour="red"), "destinations[0].colour: unknown field"),
-        (lambda d: d["kafka"].update(topic_pattern="x.*"), "kafka: give exactly one of `topics` or `topic_pattern`"),
-        (lambda d: d["routes"]["rules"].append({"regex": "(", "destination": "api"}), "routes.rules[1]: regex '(' is invalid"),
-        (lambda d: d["routes"]["rules"].append({"prefix": "a", "exact": "b", "destination": "api"}), "routes.rules[1]: give exactly one of"),
-        (lambda d: d["routes"].update(default="nowhere"), "routes.default: unknown destination 'nowhere'"),
-        (lambda d: d["destinations"].append(dict(d["destinations"][1])), "destination names must be unique; repeated: archive"),
-        (lambda d: d["kafka"].update(security={"protocol": "SASL_SSL"}), "kafka.security: protocol SASL_SSL needs sasl_mechanism"),
+        (
+            lambda d: d["destinations"][0].pop("url"),
+            "destinations[0].url: required field is missing",
+        ),
+        (
+            lambda d: d["destinations"][1].update(rate_limit=-1),
+            "destinations[1].rate_limit: Input should be greater than 0",
+        ),
+        (
+            lambda d: d["destinations"][1].update(retry={"initial_interval": "soon"}),
+            "destinations[1].retry.initial_interval: 'soon' is not a duration",
+        ),
+        (
+            lambda d: d["destinations"][0].update(colour="red"),
+            "destinations[0].colour: unknown field",
+        ),
+        (
+            lambda d: d["kafka"].update(topic_pattern="x.*"),
+            "kafka: give exactly one of `topics` or `topic_pattern`",
+        ),
+        (
+            lambda d: d["routes"]["rules"].append({"regex": "(", "destination": "api"}),
+            "routes.rules[1]: regex '(' is invalid",
+        ),
+        (
+            lambda d: d["routes"]["rules"].append(
+                {"prefix": "a", "exact": "b", "destination": "api"}
+            ),
+            "routes.rules[1]: give exactly one of",
+        ),
+        (
+            lambda d: d["routes"].update(default="nowhere"),
+            "routes.default: unknown destination 'nowhere'",
+        ),
+        (
+            lambda d: d["destinations"].append(dict(d["destinations"][1])),
+            "destination names must be unique; repeated: archive",
+        ),
+        (
+            lambda d: d["kafka"].update(security={"protocol": "SASL_SSL"}),
+            "kafka.security: protocol SASL_SSL needs sasl_mechanism",
+        ),
     ],
 )
 def test_bad_config_names_the_field(mutate: Any, expected: str) -> None:
@@ -76,7 +111,10 @@ def test_unknown_kind_lists_the_known_ones() -> None:
     data = base()
     data["destinations"][1]["kind"] = "ftp"
     message = error_of(data)
-    assert "destinations[1].kind: unknown destination kind 'ftp'; known: 'rest', 'file', 'postgres'" in message
+    assert (
+        "destinations[1].kind: unknown destination kind 'ftp'; known: 'rest', 'file', 'postgres'"
+        in message
+    )
 
 
 def test_load_config_reports_the_file_and_yaml_errors(tmp_path: Path) -> None:
@@ -90,7 +128,9 @@ def test_load_config_reports_the_file_and_yaml_errors(tmp_path: Path) -> None:
     data = base()
     del data["kafka"]
     bad.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match=r"bad.yaml: invalid config\n  kafka: required field is missing"):
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml: invalid config\n  kafka: required field is missing"
+    ):
         load_config(bad)
 
 

@@ -15,8 +15,14 @@ from ingest.routing import Router
 CONFIG = parse_config(
     {
         "kafka": {"topics": ["orders"], "group": "g"},
-        "destinations": [{"name": "api", "kind": "rest", "url": "http://127.0.0.1:9/x",
-                          "headers": {"Authorization": "Bearer ${TOKEN}"}}],
+        "destinations": [
+            {
+                "name": "api",
+                "kind": "rest",
+                "url": "http://127.0.0.1:9/x",
+                "headers": {"Authorization": "Bearer ${TOKEN}"},
+            }
+        ],
         "routes": {"rules": [{"prefix": "o-", "destination": "api"}], "unmatched": "fail"},
     },
     environ={"TOKEN": "s3cret"},
@@ -24,8 +30,19 @@ CONFIG = parse_config(
 
 
 def record(key: bytes | None, value: bytes = b"{}", offset: int = 3) -> ConsumerRecord:
-    return ConsumerRecord("orders", 1, offset, 1700000000000, 0, key, value, None,
-                          len(key or b""), len(value), [("h", b"v")])
+    return ConsumerRecord(
+        "orders",
+        1,
+        offset,
+        1700000000000,
+        0,
+        key,
+        value,
+        None,
+        len(key or b""),
+        len(value),
+        [("h", b"v")],
+    )
 
 
 class FakeClient:
@@ -79,7 +96,9 @@ def test_input_carries_the_policy_not_the_secret() -> None:
 def test_unroutable_and_oversized_records_carry_a_readable_reason() -> None:
     rec = record(b"zzz")
     built = handoff.build_input(rec, Router(CONFIG.routes).route(rec.key), CONFIG)
-    assert built.destination is None and "key 'zzz' matches no rule" in (built.unroutable_reason or "")
+    assert built.destination is None and "key 'zzz' matches no rule" in (
+        built.unroutable_reason or ""
+    )
     huge = record(b"o-1", b"x" * (handoff.MAX_RECORD_BYTES + 1))
     built = handoff.build_input(huge, Router(CONFIG.routes).route(huge.key), CONFIG)
     assert built.destination is None and built.record.value is None
@@ -90,5 +109,10 @@ def test_search_attributes_name_the_record() -> None:
     rec = record(b"o-1")
     attrs = handoff.search_attributes(rec, Router(CONFIG.routes).route(rec.key))
     values = {pair.key.name: pair.value for pair in attrs.search_attributes}
-    assert values == {"CourierTopic": "orders", "CourierPartition": 1, "CourierOffset": 3,
-                      "CourierDestination": "api", "CourierKey": "o-1"}
+    assert values == {
+        "CourierTopic": "orders",
+        "CourierPartition": 1,
+        "CourierOffset": 3,
+        "CourierDestination": "api",
+        "CourierKey": "o-1",
+    }

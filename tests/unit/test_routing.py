@@ -29,7 +29,9 @@ def test_default_takes_unmatched_and_null_keys() -> None:
     for key in (b"zzz", None):
         decision = router.route(key)
         assert (decision.action, decision.destination, decision.rule) == (
-            "export", "fallback", "the default route"
+            "export",
+            "fallback",
+            "the default route",
         )
 
 

@@ -29,7 +29,7 @@ class QueueState:
     workers: int
     rate_limit: float | None
     rate_limit_source: str
-    """``override`` (set by ``courier limit``), ``worker`` (from the workers' config) or ``none``."""
+    """``override`` (``courier limit``), ``worker`` (the workers' config) or ``none``."""
 
 
 async def describe(client: Client, task_queue: str) -> QueueState:
@@ -60,8 +60,10 @@ async def describe(client: Client, task_queue: str) -> QueueState:
     )
 
 
-async def set_rate_limit(client: Client, task_queue: str, rate: float | None, *, reason: str) -> None:
-    """Override the queue's rate limit (records/s) on the server; ``None`` returns it to the workers'."""
+async def set_rate_limit(
+    client: Client, task_queue: str, rate: float | None, *, reason: str
+) -> None:
+    """Override the queue's rate limit (records/s) on the server; ``None`` restores the workers'."""
     update = UpdateTaskQueueConfigRequest.RateLimitUpdate(reason=reason)
     if rate is not None:
         update.rate_limit.CopyFrom(RateLimit(requests_per_second=rate))

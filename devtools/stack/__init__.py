@@ -28,7 +28,7 @@ says what to do.
 
 from __future__ import annotations
 
-from courier.stack.control import (
+from devtools.stack.control import (
     SERVICES,
     ServiceStatus,
     StartResult,
@@ -43,9 +43,9 @@ from courier.stack.control import (
     stop,
     tail_log,
 )
-from courier.stack.errors import MissingToolError, PortInUseError, ServiceStartError, StackError
-from courier.stack.processes import Echo  # noqa: F401 - re-exported, not in __all__ (as before)
-from courier.stack.settings import (
+from devtools.stack.errors import MissingToolError, PortInUseError, ServiceStartError, StackError
+from devtools.stack.processes import Echo  # noqa: F401 - re-exported, not in __all__ (as before)
+from devtools.stack.settings import (
     HOST,  # noqa: F401 - not in __all__ (as before)
     KAFKA_VERSION,  # noqa: F401 - not in __all__ (as before)
     POSTGRES_DB,  # noqa: F401 - not in __all__ (as before)
@@ -58,8 +58,8 @@ from courier.stack.settings import (
 )
 
 __all__ = [
-    "SERVICES",
     "SEARCH_ATTRIBUTES",
+    "SERVICES",
     "MissingToolError",
     "PortInUseError",
     "ServiceStartError",

@@ -111,12 +111,6 @@ class Receiver:
             first=list(first or []), then=then, retry_after=retry_after, delay=delay
         )
 
-    def reset(self) -> None:
-        """Forget requests, effects and scripts."""
-        self.requests.clear()
-        self._effects.clear()
-        self._scripts.clear()
-
     def effects(self, prefix: str = "/") -> int:
         """Unique effects (first 2xx answer per Idempotency-Key) on paths under ``prefix``."""
         return sum(1 for r in self.effect_requests(prefix))
@@ -124,8 +118,9 @@ class Receiver:
     def effect_requests(self, prefix: str = "/") -> list[ReceivedRequest]:
         """The requests that had an effect on paths under ``prefix``, in arrival order."""
         return [
-            r for r in self.requests if r.path.startswith(prefix) and not r.duplicate
-            and 200 <= r.status < 300
+            r
+            for r in self.requests
+            if r.path.startswith(prefix) and not r.duplicate and 200 <= r.status < 300
         ]
 
     def duplicates(self, prefix: str = "/") -> int:

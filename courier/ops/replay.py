@@ -7,7 +7,6 @@ record again; the failed run stays listed in the Temporal UI for the record.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
@@ -26,12 +25,6 @@ def failed_exports_query(destination: str | None = None, extra: str | None = Non
     if extra:
         parts.append(f"({extra})")
     return " AND ".join(parts)
-
-
-async def failed_exports(client: Client, query: str) -> AsyncIterator[Execution]:
-    """The failed runs a query selects."""
-    async for execution in client.list_workflows(query):
-        yield execution
 
 
 async def replay(client: Client, execution: Execution, *, reason: str) -> str:

@@ -11,8 +11,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from courier.stack.errors import MissingToolError, ServiceStartError, StackError
-from courier.stack.processes import (
+from devtools.stack.errors import MissingToolError, ServiceStartError, StackError
+from devtools.stack.processes import (
     Echo,
     _cmdline,
     _is_root,
@@ -22,7 +22,7 @@ from courier.stack.processes import (
     _run,
     _Service,
 )
-from courier.stack.settings import POSTGRES_DB, POSTGRES_PASSWORD, POSTGRES_USER
+from devtools.stack.settings import POSTGRES_DB, POSTGRES_PASSWORD, POSTGRES_USER
 
 
 class _Postgres(_Service):
@@ -96,18 +96,29 @@ class _Postgres(_Service):
             if _is_root():
                 shutil.chown(self.data, "postgres", "postgres")
             _run(
-                self._as_owner([
-                    str(bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
-                    "--auth-local=trust", "--auth-host=trust", "-E", "UTF8", "--no-locale",
-                    "--no-sync",
-                ]),
+                self._as_owner(
+                    [
+                        str(bindir / "initdb"),
+                        "-D",
+                        str(self.data),
+                        "-U",
+                        "postgres",
+                        "--auth-local=trust",
+                        "--auth-host=trust",
+                        "-E",
+                        "UTF8",
+                        "--no-locale",
+                        "--no-sync",
+                    ]
+                ),
                 what="initdb",
                 log=self.log_file,
                 cwd=self.data,
             )
             with (self.data / "postgresql.conf").open("a") as conf:
                 conf.write(
-                    "\n# Added by `courier stack` (courier/stack/postgres.py): a throw-away dev cluster.\n"
+                    "\n# Added by `courier stack` (devtools/stack/postgres.py): "
+                    "a throw-away dev cluster.\n"
                     f"listen_addresses = '{self.s.host}'\n"
                     "unix_socket_directories = ''\n"
                     "fsync = off\n"
@@ -124,7 +135,8 @@ class _Postgres(_Service):
         """As root: make sure the postgres user can reach the data directory."""
         probe = subprocess.run(
             ["runuser", "-u", "postgres", "--", "test", "-x", str(self.data.parent)],
-            stdin=subprocess.DEVNULL, capture_output=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
         )
         if probe.returncode != 0:
             raise StackError(
@@ -152,13 +164,28 @@ class _Postgres(_Service):
         bindir = self.bindir()
         assert bindir is not None
         self._remove_stale_lock()
-        cmd = self._as_owner([
-            str(bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_file),
-            "-w", "-t", str(int(self.start_timeout)), "-o", f"-p {self.s.postgres_port}", "start",
-        ])
+        cmd = self._as_owner(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                str(int(self.start_timeout)),
+                "-o",
+                f"-p {self.s.postgres_port}",
+                "start",
+            ]
+        )
         proc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            cwd=self.data, start_new_session=True,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            cwd=self.data,
+            start_new_session=True,
         )
         if proc.returncode != 0:
             raise ServiceStartError(f"pg_ctl start failed: {(proc.stdout + proc.stderr).strip()}")
@@ -175,7 +202,9 @@ class _Postgres(_Service):
                 await admin.execute(
                     f"CREATE ROLE {POSTGRES_USER} LOGIN CREATEDB PASSWORD '{POSTGRES_PASSWORD}'"
                 )
-            if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", POSTGRES_DB):
+            if not await admin.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", POSTGRES_DB
+            ):
                 await admin.execute(f"CREATE DATABASE {POSTGRES_DB} OWNER {POSTGRES_USER}")
         finally:
             await admin.close()

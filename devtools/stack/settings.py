@@ -6,9 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from courier.search_attributes import DEV_SERVER_FLAGS
-from courier.stack.errors import StackError
+from devtools.stack.errors import StackError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 """The repository root (holds ``stack/kafka/pom.xml`` and ``.stack/``)."""
@@ -49,7 +50,7 @@ class StackSettings:
     stack_dir: Path = REPO_ROOT / ".stack"
 
     #: Environment variable of each port field.
-    ENV_VARS = {
+    ENV_VARS: ClassVar[dict[str, str]] = {
         "kafka_port": "COURIER_KAFKA_PORT",
         "kafka_controller_port": "COURIER_KAFKA_CONTROLLER_PORT",
         "temporal_port": "COURIER_TEMPORAL_PORT",

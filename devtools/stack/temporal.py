@@ -1,4 +1,4 @@
-"""The ``temporal`` service: ``temporal server start-dev`` with the UI, SQLite and search attributes."""
+"""The ``temporal`` service: ``temporal server start-dev`` with UI, SQLite, search attributes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from courier.stack.errors import MissingToolError
-from courier.stack.processes import Echo, _port_open, _Service
-from courier.stack.settings import SEARCH_ATTRIBUTES
+from devtools.stack.errors import MissingToolError
+from devtools.stack.processes import Echo, _port_open, _Service
+from devtools.stack.settings import SEARCH_ATTRIBUTES
 
 
 class _Temporal(_Service):
@@ -46,10 +46,21 @@ class _Temporal(_Service):
     def launch(self) -> int:
         s = self.s
         cmd = [
-            self.binary() or "temporal", "server", "start-dev",
-            "--ip", s.host, "--port", str(s.temporal_port), "--ui-port", str(s.temporal_ui_port),
-            "--db-filename", str(self.db),
-            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+            self.binary() or "temporal",
+            "server",
+            "start-dev",
+            "--ip",
+            s.host,
+            "--port",
+            str(s.temporal_port),
+            "--ui-port",
+            str(s.temporal_ui_port),
+            "--db-filename",
+            str(self.db),
+            "--sqlite-pragma",
+            "journal_mode=wal",
+            "--sqlite-pragma",
+            "synchronous=normal",
             "--ui-disable-news-fetch",
         ]
         for name, kind in SEARCH_ATTRIBUTES.items():

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from courier.stack.errors import StackError
-from courier.stack.settings import StackSettings
+from devtools.stack.errors import StackError
+from devtools.stack.settings import StackSettings
 
 Echo = Callable[[str], None]
 
@@ -45,7 +45,9 @@ def _pid_alive(pid: int) -> bool:
 
 def _cmdline(pid: int) -> str | None:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return None
 
@@ -102,7 +104,7 @@ async def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
     """True if a TCP connection to ``host:port`` succeeds."""
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     with contextlib.suppress(OSError):
@@ -137,7 +139,11 @@ def _rotate(path: Path, max_bytes: int = 50 * 1024 * 1024) -> None:
 def _run(cmd: Sequence[str], *, what: str, log: Path | None = None, **kwargs: object) -> str:
     """Run a short command; raise :class:`StackError` with its output if it fails."""
     proc = subprocess.run(
-        list(cmd), stdin=subprocess.DEVNULL, capture_output=True, text=True, **kwargs  # type: ignore[call-overload]
+        list(cmd),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        **kwargs,  # type: ignore[call-overload]
     )
     output = (proc.stdout or "") + (proc.stderr or "")
     if log is not None:
@@ -187,7 +193,9 @@ class _Service:
         except (OSError, ValueError):
             return None
         cmd = _cmdline(pid)
-        if _pid_alive(pid) and (cmd is None or self.marker in cmd):
+        # An empty command line is a process between fork and exec (or unreadable): not proof
+        # that the pid was reused, so the pid file stays.
+        if _pid_alive(pid) and (not cmd or self.marker in cmd):
             return pid
         for path in (self.pid_file, self.ports_file):
             with contextlib.suppress(OSError):

@@ -12,15 +12,19 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from courier.stack.errors import PortInUseError, ServiceStartError, StackError
-from courier.stack.kafka import _Kafka
-from courier.stack.postgres import _Postgres
-from courier.stack.processes import Echo, _pid_alive, _port_free, _rss_mb, _Service, _tail
-from courier.stack.settings import StackSettings, settings_from_env
-from courier.stack.temporal import _Temporal
+from devtools.stack.errors import PortInUseError, ServiceStartError, StackError
+from devtools.stack.kafka import _Kafka
+from devtools.stack.postgres import _Postgres
+from devtools.stack.processes import Echo, _pid_alive, _port_free, _rss_mb, _Service, _tail
+from devtools.stack.settings import StackSettings, settings_from_env
+from devtools.stack.temporal import _Temporal
 
 # The services, in display order: adding one is a module with a _Service subclass plus a line here.
-_SERVICE_TYPES: dict[str, type[_Service]] = {"kafka": _Kafka, "temporal": _Temporal, "postgres": _Postgres}
+_SERVICE_TYPES: dict[str, type[_Service]] = {
+    "kafka": _Kafka,
+    "temporal": _Temporal,
+    "postgres": _Postgres,
+}
 
 SERVICES: tuple[str, ...] = tuple(_SERVICE_TYPES)
 """Names of the services, in display order."""
@@ -30,7 +34,9 @@ def _services(names: Iterable[str] | None, settings: StackSettings) -> list[_Ser
     chosen = list(SERVICES) if not names else list(dict.fromkeys(names))
     unknown = [n for n in chosen if n not in _SERVICE_TYPES]
     if unknown:
-        raise StackError(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICES)}")
+        raise StackError(
+            f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICES)}"
+        )
     return [_SERVICE_TYPES[n](settings) for n in SERVICES if n in chosen]
 
 
@@ -50,11 +56,9 @@ class ServiceStatus:
 
 @dataclass(frozen=True)
 class StartResult:
-    """What :func:`start_async` did: services it started, found running, and timings."""
+    """What :func:`start_async` did: the services it started (others were running already)."""
 
     started: tuple[str, ...]
-    already_running: tuple[str, ...]
-    seconds: dict[str, float]
     settings: StackSettings
 
 
@@ -110,7 +114,7 @@ async def _wait_ready(
             return
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any probe failure means "not yet"
+        except Exception as exc:
             last = exc
         await asyncio.sleep(0.25)
     raise ServiceStartError(f"{svc.name} not ready after {timeout:.0f}s (last probe: {last!r})")
@@ -118,7 +122,9 @@ async def _wait_ready(
 
 def _with_log_tail(svc: _Service, exc: BaseException, lines: int = 30) -> ServiceStartError:
     tail = "\n".join(_tail(svc.log_file, lines))
-    return ServiceStartError(f"{svc.name} failed to start: {exc}\n--- last lines of {svc.log_file}:\n{tail}")
+    return ServiceStartError(
+        f"{svc.name} failed to start: {exc}\n--- last lines of {svc.log_file}:\n{tail}"
+    )
 
 
 def _locked(echo: Echo | None) -> Echo:
@@ -215,8 +221,6 @@ async def start_async(
             raise
     return StartResult(
         started=tuple(s.name for s in svcs if s.name in launched),
-        already_running=tuple(s.name for s in svcs if s.name in running),
-        seconds=seconds,
         settings=settings,
     )
 
@@ -285,7 +289,7 @@ async def status_async(
             try:
                 await asyncio.wait_for(svc.probe(), timeout=5)
                 healthy = True
-            except Exception:  # noqa: BLE001
+            except Exception:
                 healthy = False
         out.append(
             ServiceStatus(
@@ -302,7 +306,10 @@ async def status_async(
 
 
 def status(
-    services: Iterable[str] | None = None, *, settings: StackSettings | None = None, probe: bool = True
+    services: Iterable[str] | None = None,
+    *,
+    settings: StackSettings | None = None,
+    probe: bool = True,
 ) -> list[ServiceStatus]:
     """Synchronous :func:`status_async`."""
     return asyncio.run(status_async(services, settings=settings, probe=probe))

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
-from typing import Annotated, Optional
+from enum import StrEnum
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from courier import stack
+from devtools import stack
 
 stack_app = typer.Typer(
     help=(
@@ -24,7 +24,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-class Service(str, Enum):
+class Service(StrEnum):
     """A service of the local stack."""
 
     kafka = "kafka"
@@ -48,13 +48,15 @@ def _settings() -> stack.StackSettings:
 @stack_app.command()
 def start(
     services: Annotated[
-        Optional[list[Service]],
+        list[Service] | None,
         typer.Argument(help="Services to start (default: all three).", show_default=False),
     ] = None,
 ) -> None:
     """Start the stack and wait until every service answers; a no-op for services already up.
 
-    The first run fetches the Kafka jars with Maven and initialises the data under .stack/; later runs reuse them. A stale pid file left by a crash is cleaned up. If a service fails, the services this command started are stopped again and the end of its log is shown.
+    The first run fetches the Kafka jars with Maven and initialises the data under .stack/;
+    later runs reuse them. A stale pid file left by a crash is cleaned up. If a service fails,
+    the services this command started are stopped again and the end of its log is shown.
     """
     settings = _settings()
     names = [s.value for s in services] if services else None
@@ -78,13 +80,15 @@ def start(
         state = "started" if st.name in result.started else "already running"
         table.add_row(st.name, f"[green]{state}[/green]", st.listen)
     console.print(table)
-    console.print(f"Temporal UI: [link={settings.temporal_ui_url}]{settings.temporal_ui_url}[/link]")
+    console.print(
+        f"Temporal UI: [link={settings.temporal_ui_url}]{settings.temporal_ui_url}[/link]"
+    )
 
 
 @stack_app.command()
 def stop(
     services: Annotated[
-        Optional[list[Service]],
+        list[Service] | None,
         typer.Argument(help="Services to stop (default: all three).", show_default=False),
     ] = None,
 ) -> None:
@@ -94,7 +98,9 @@ def stop(
     """
     names = [s.value for s in services] if services else None
     try:
-        stopped = stack.stop(names, settings=_settings(), echo=lambda m: console.print(f"[dim]{m}[/dim]"))
+        stopped = stack.stop(
+            names, settings=_settings(), echo=lambda m: console.print(f"[dim]{m}[/dim]")
+        )
     except stack.StackError as err:
         _fail(err)
         return
@@ -103,7 +109,9 @@ def stop(
 
 @stack_app.command()
 def status(
-    probe: Annotated[bool, typer.Option(help="Also check that each running service answers.")] = True,
+    probe: Annotated[
+        bool, typer.Option(help="Also check that each running service answers.")
+    ] = True,
 ) -> None:
     """Show each service: running or stopped, PID, port, memory (RSS in MB) and health."""
     settings = _settings()
@@ -116,8 +124,13 @@ def status(
         state = "[green]running[/green]" if st.running else "[dim]stopped[/dim]"
         healthy = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[st.healthy]
         table.add_row(
-            st.name, state, str(st.pid or "-"), str(st.port),
-            f"{st.rss_mb:.0f}" if st.rss_mb is not None else "-", healthy, st.listen,
+            st.name,
+            state,
+            str(st.pid or "-"),
+            str(st.port),
+            f"{st.rss_mb:.0f}" if st.rss_mb is not None else "-",
+            healthy,
+            st.listen,
         )
     console.print(table)
     console.print(f"Temporal UI: {settings.temporal_ui_url}   data: {settings.stack_dir}")
@@ -126,15 +139,22 @@ def status(
 @stack_app.command()
 def logs(
     service: Annotated[Service, typer.Argument(help="Whose log to show.")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C stops).")] = False,
-    lines: Annotated[int, typer.Option("--lines", "-n", help="How many of the last lines to show.")] = 50,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C stops).")
+    ] = False,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", help="How many of the last lines to show.")
+    ] = 50,
 ) -> None:
     """Print the end of a service's log (.stack/logs/SERVICE.log), optionally following it."""
     settings = _settings()
     console.print(f"[dim]==> {stack.log_path(service.value, settings=settings)} <==[/dim]")
     try:
         stack.logs(
-            service.value, follow=follow, lines=lines, settings=settings,
+            service.value,
+            follow=follow,
+            lines=lines,
+            settings=settings,
             echo=lambda line: console.out(line, highlight=False),
         )
     except KeyboardInterrupt:

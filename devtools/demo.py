@@ -36,12 +36,13 @@ from temporalio.client import Client, WorkflowHandle
 from activities.files import FileConfig
 from activities.postgres import PostgresConfig, qualified_table
 from activities.rest import RestConfig
-from courier import stack as stack_control
-from courier import topics
 from courier.config import CourierConfig, load_config
 from courier.ids import workflow_id
-from courier.receiver import Receiver
-from courier.stack import StackSettings
+from courier.rates import format_rate
+from devtools import stack as stack_control
+from devtools import topics
+from devtools.receiver import Receiver
+from devtools.stack.settings import REPO_ROOT, StackSettings
 from ingest.routing import Router
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ QUIET_LOGGERS = ("courier", "temporalio", "httpx", "aiokafka")
 # ``note-`` matches no rule and falls to the default route (archive).
 KEY_MIX: dict[str, float] = {"order": 0.20, "audit": 0.80 / 3, "event": 0.80 / 3, "note": 0.80 / 3}
 
-log = logging.getLogger("courier.demo")
+log = logging.getLogger("devtools.demo")
 
 
 # ---------------------------------------------------------------------------------- results
@@ -118,9 +119,7 @@ def demo_keys(records: int) -> list[str]:
     for k in by_remainder[: records - sum(counts.values())]:
         counts[k] += 1
     # Spread each prefix evenly over the sequence so that every destination starts at once.
-    slots = sorted(
-        ((j + 0.5) / n, prefix) for prefix, n in counts.items() for j in range(n)
-    )
+    slots = sorted(((j + 0.5) / n, prefix) for prefix, n in counts.items() for j in range(n))
     return [f"{prefix}-{i}" for i, (_, prefix) in enumerate(slots)]
 
 
@@ -144,10 +143,12 @@ async def produce(config: CourierConfig, topic: str, keys: list[str]) -> dict[st
     """Produce one record per key; return ``{workflow ID: destination}`` of the records."""
     router = Router(config.routes)
     sent = await topics.produce(
-        config.kafka.bootstrap_servers, topic, [(key.encode(), demo_value(key, topic)) for key in keys]
+        config.kafka.bootstrap_servers,
+        topic,
+        [(key.encode(), demo_value(key, topic)) for key in keys],
     )
     expected: dict[str, str] = {}
-    for key, meta in zip(keys, sent):
+    for key, meta in zip(keys, sent, strict=False):
         decision = router.route(key.encode())
         if decision.destination is not None:
             wid = workflow_id(
@@ -232,7 +233,8 @@ class Observer:
     def _poll_rest(self, dest: RestConfig, result: DestinationResult) -> None:
         prefix = _rest_path_prefix(dest.url)
         mine = [
-            r for r in self.receiver.requests
+            r
+            for r in self.receiver.requests
             if r.path.startswith(prefix) and self.expected.get(r.idempotency_key or "") == dest.name
         ]
         effects = [r for r in mine if not r.duplicate and 200 <= r.status < 300]
@@ -298,14 +300,18 @@ async def terminate_unfinished(client: Client, topic: str) -> int:
     """
     handles = [
         client.get_workflow_handle(wf.id, run_id=wf.run_id)
-        async for wf in client.list_workflows(f"CourierTopic = '{topic}' AND ExecutionStatus = 'Running'")
+        async for wf in client.list_workflows(
+            f"CourierTopic = '{topic}' AND ExecutionStatus = 'Running'"
+        )
     ]
     limit = asyncio.Semaphore(32)
 
     async def terminate(handle: WorkflowHandle[Any, Any]) -> None:
         async with limit:
             with contextlib.suppress(Exception):  # finished meanwhile
-                await handle.terminate(reason="the Courier demo ended before this record was exported")
+                await handle.terminate(
+                    reason="the Courier demo ended before this record was exported"
+                )
 
     await asyncio.gather(*(terminate(h) for h in handles))
     return len(handles)
@@ -315,7 +321,9 @@ async def terminate_unfinished(client: Client, topic: str) -> int:
 def ui_link(settings: StackSettings, namespace: str, topic: str) -> str:
     """Temporal UI list of this topic's workflows."""
     query = quote(f'CourierTopic="{topic}"', safe="")
-    return f"{settings.temporal_ui_url}/namespaces/{quote(namespace, safe='')}/workflows?query={query}"
+    return (
+        f"{settings.temporal_ui_url}/namespaces/{quote(namespace, safe='')}/workflows?query={query}"
+    )
 
 
 def print_stack(console: Console, start: stack_control.StartResult) -> None:
@@ -344,7 +352,7 @@ def result_table(result: DemoResult) -> Table:
     table.add_column("rate / limit", justify="right", no_wrap=True)
     for d in result.destinations.values():
         complete = d.exported == d.routed and d.failed == 0
-        limit = f"{d.rate_limit:g}/s" if d.rate_limit else "unlimited"
+        limit = format_rate(d.rate_limit)
         observed = f"{d.observed_rate:.2f}/s" if d.observed_rate is not None else "—"
         table.add_row(
             d.name,
@@ -367,8 +375,10 @@ def print_result(console: Console, result: DemoResult) -> None:
                 f"{d.name}: {d.exported} effects at {d.observed_rate:.2f}/s between the first and "
                 f"the last one; the {d.rate_limit:g}/s limit {verdict}"
             )
-    console.print(f"Temporal UI, this run's workflows: [link={result.ui_link}]{result.ui_link}[/link]",
-                  soft_wrap=True)
+    console.print(
+        f"Temporal UI, this run's workflows: [link={result.ui_link}]{result.ui_link}[/link]",
+        soft_wrap=True,
+    )
     total = sum(d.routed for d in result.destinations.values())
     if result.ok:
         console.print(
@@ -377,13 +387,17 @@ def print_result(console: Console, result: DemoResult) -> None:
         )
     else:
         why = result.error or (
-            "interrupted" if result.interrupted
-            else "timed out" if result.timed_out else "some records failed or were duplicated"
+            "interrupted"
+            if result.interrupted
+            else "timed out"
+            if result.timed_out
+            else "some records failed or were duplicated"
         )
         console.print(f"[bold red]Not everything was exported ({why}).[/bold red]")
         if result.terminated:
             console.print(
-                f"Terminated this run's {result.terminated} unfinished workflows (see the UI link), "
+                f"Terminated this run's {result.terminated} unfinished workflows "
+                "(see the UI link), "
                 "so that they do not use the next run's rate budget."
             )
 
@@ -402,10 +416,12 @@ def quiet_loggers(level: int = logging.WARNING) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------- run
-def demo_config(path: Path, settings: StackSettings, receiver_port: int, topic: str) -> CourierConfig:
+def demo_config(
+    path: Path, settings: StackSettings, receiver_port: int, topic: str
+) -> CourierConfig:
     """The example config pointed at this stack and receiver, on this run's topic and group."""
-    if not path.exists() and not path.is_absolute() and (stack_control.REPO_ROOT / path).exists():
-        path = stack_control.REPO_ROOT / path
+    if not path.exists() and not path.is_absolute() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path
     environ = dict(os.environ)
     environ.update(
         COURIER_DEMO_RECEIVER_PORT=str(receiver_port),
@@ -415,7 +431,9 @@ def demo_config(path: Path, settings: StackSettings, receiver_port: int, topic: 
     )
     environ.setdefault("COURIER_DEMO_DIR", str(settings.stack_dir / "demo"))
     config = load_config(path, environ=environ)
-    kafka = config.kafka.model_copy(update={"topics": [topic], "topic_pattern": None, "group": topic})
+    kafka = config.kafka.model_copy(
+        update={"topics": [topic], "topic_pattern": None, "group": topic}
+    )
     return config.model_copy(update={"kafka": kafka})
 
 
@@ -436,7 +454,9 @@ async def run_demo(
     console = console or Console()
     settings = settings or stack_control.settings_from_env()
     console.rule("[bold]Courier demo")
-    started = await stack_control.start_async(settings=settings, echo=lambda m: console.print(f"  {m}"))
+    started = await stack_control.start_async(
+        settings=settings, echo=lambda m: console.print(f"  {m}")
+    )
     try:
         print_stack(console, started)
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
@@ -448,14 +468,21 @@ async def run_demo(
             router = Router(config.routes)
             routed = collections.Counter(router.route(k.encode()).destination for k in keys)
             results = {
-                d.name: DestinationResult(d.name, d.kind, routed.get(d.name, 0), rate_limit=d.rate_limit)
+                d.name: DestinationResult(
+                    d.name, d.kind, routed.get(d.name, 0), rate_limit=d.rate_limit
+                )
                 for d in config.destinations
             }
             result = DemoResult(
-                topic=topic, group=config.kafka.group, records=records, destinations=results,
+                topic=topic,
+                group=config.kafka.group,
+                records=records,
+                destinations=results,
                 ui_link=ui_link(settings, config.temporal.namespace, topic),
             )
-            console.print(f"  [bold]{'topic':<12}[/bold]{topic} ({PARTITIONS} partitions)", soft_wrap=True)
+            console.print(
+                f"  [bold]{'topic':<12}[/bold]{topic} ({PARTITIONS} partitions)", soft_wrap=True
+            )
             console.print(f"  [bold]{'group':<12}[/bold]{config.kafka.group}", soft_wrap=True)
             console.print(f"  [bold]{'receiver':<12}[/bold]{receiver.url}", soft_wrap=True)
             console.print(
@@ -468,19 +495,27 @@ async def run_demo(
             ingest = Ingest(config, client)
             service = asyncio.create_task(
                 run_service(
-                    client, config, ingest=ingest,
-                    destinations=[d.name for d in config.destinations], workflows=True, stop=stop,
+                    client,
+                    config,
+                    ingest=ingest,
+                    destinations=[d.name for d in config.destinations],
+                    workflows=True,
+                    stop=stop,
                 )
             )
             observer = Observer(config, client, receiver, topic, {}, results)
             try:
-                await _export(console, config, topic, keys, ingest, service, observer, result, timeout)
+                await _export(
+                    console, config, topic, keys, ingest, service, observer, result, timeout
+                )
             finally:
                 stop.set()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(service, timeout=60)
                 with contextlib.suppress(Exception):
-                    await observer.poll(failed=True)  # final counts, after ingest and workers stopped
+                    await observer.poll(
+                        failed=True
+                    )  # final counts, after ingest and workers stopped
                 await observer.close()
                 if not all(d.done for d in results.values()):
                     with contextlib.suppress(Exception):
@@ -491,7 +526,10 @@ async def run_demo(
         if started.started and not keep_stack:
             console.print(f"stopping the services the demo started: {', '.join(started.started)}")
             await asyncio.to_thread(
-                stack_control.stop, started.started, settings=settings, echo=lambda m: console.print(f"  {m}")
+                stack_control.stop,
+                started.started,
+                settings=settings,
+                echo=lambda m: console.print(f"  {m}"),
             )
 
 
@@ -520,10 +558,7 @@ async def _export(
         refresh_per_second=4,
     ) as progress:
         handed = progress.add_task("→ Temporal", total=len(keys), note="workflows started")
-        notes = {
-            name: f"{r.kind}, {f'{r.rate_limit:g}/s' if r.rate_limit else 'unlimited'}"
-            for name, r in results.items()
-        }
+        notes = {name: f"{r.kind}, {format_rate(r.rate_limit)}" for name, r in results.items()}
         bars = {
             name: progress.add_task(name, total=r.routed, note=notes[name])
             for name, r in results.items()
@@ -560,22 +595,28 @@ def main(
 ) -> int:
     """Run the demo from the command line; the exit code is 0 if every record was exported."""
     from courier.config import ConfigError
-    from courier.stack import StackError
+    from devtools.stack import StackError
 
     console = Console()
     if not logging.getLogger().handlers:
         from rich.logging import RichHandler
 
         logging.basicConfig(
-            level=logging.WARNING, format="%(name)s: %(message)s",
+            level=logging.WARNING,
+            format="%(name)s: %(message)s",
             handlers=[RichHandler(console=console, show_path=False)],
         )
     t0 = time.monotonic()
     try:
         with quiet_loggers():
             result = asyncio.run(
-                run_demo(config_path=config_path, records=records, timeout=timeout,
-                         keep_stack=keep_stack, console=console)
+                run_demo(
+                    config_path=config_path,
+                    records=records,
+                    timeout=timeout,
+                    keep_stack=keep_stack,
+                    console=console,
+                )
             )
     except (StackError, ConfigError) as err:
         console.print(f"[red]error:[/red] {err}", highlight=False)

@@ -7,9 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
-from courier.stack.errors import MissingToolError
-from courier.stack.processes import Echo, _port_open, _run, _Service
-from courier.stack.settings import KAFKA_VERSION, REPO_ROOT
+from devtools.stack.errors import MissingToolError
+from devtools.stack.processes import Echo, _port_open, _run, _Service
+from devtools.stack.settings import KAFKA_VERSION, REPO_ROOT
 
 
 class _Kafka(_Service):
@@ -61,7 +61,8 @@ class _Kafka(_Service):
     def check_tools(self) -> None:
         if self.java() is None:
             raise MissingToolError(
-                "java not found: Kafka needs Java 17+ (Debian: apt-get install openjdk-17-jre-headless)"
+                "java not found: Kafka needs Java 17+ "
+                "(Debian: apt-get install openjdk-17-jre-headless)"
             )
         if not self._lib_cached() and shutil.which("mvn") is None:
             raise MissingToolError(
@@ -78,8 +79,13 @@ class _Kafka(_Service):
             shutil.rmtree(tmp, ignore_errors=True)
             _run(
                 [
-                    shutil.which("mvn") or "mvn", "-B", "-q", "-f", str(self.pom),
-                    "dependency:copy-dependencies", "-DincludeScope=runtime",
+                    shutil.which("mvn") or "mvn",
+                    "-B",
+                    "-q",
+                    "-f",
+                    str(self.pom),
+                    "dependency:copy-dependencies",
+                    "-DincludeScope=runtime",
                     f"-DoutputDirectory={tmp}",
                 ],
                 what="Fetching the Kafka jars with Maven",
@@ -94,7 +100,13 @@ class _Kafka(_Service):
             cluster_file = self.home / "cluster-id"
             if not cluster_file.exists():
                 out = _run(
-                    [self.java() or "java", "-cp", f"{self.lib}/*", "kafka.tools.StorageTool", "random-uuid"],
+                    [
+                        self.java() or "java",
+                        "-cp",
+                        f"{self.lib}/*",
+                        "kafka.tools.StorageTool",
+                        "random-uuid",
+                    ],
                     what="Generating a Kafka cluster id",
                 )
                 cluster_file.write_text(out.strip().splitlines()[-1].strip() + "\n")
@@ -102,9 +114,18 @@ class _Kafka(_Service):
             echo(f"kafka: formatting storage (cluster id {cluster_id})")
             _run(
                 [
-                    self.java() or "java", "-Xmx256m", *self._log4j(), "-cp", f"{self.lib}/*",
-                    "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                    "-t", cluster_id, "-c", str(self.properties),
+                    self.java() or "java",
+                    "-Xmx256m",
+                    *self._log4j(),
+                    "-cp",
+                    f"{self.lib}/*",
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--ignore-formatted",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(self.properties),
                 ],
                 what="Formatting Kafka storage",
                 log=self.log_file,
@@ -142,9 +163,16 @@ class _Kafka(_Service):
 
     def launch(self) -> int:
         cmd = [
-            self.java() or "java", "-Xmx512m", "-Xms128m", "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true", *self._log4j(),
-            "-cp", f"{self.lib}/*", "kafka.Kafka", str(self.properties),
+            self.java() or "java",
+            "-Xmx512m",
+            "-Xms128m",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            *self._log4j(),
+            "-cp",
+            f"{self.lib}/*",
+            "kafka.Kafka",
+            str(self.properties),
         ]
         return self._popen(cmd, cwd=self.home)
 
@@ -153,7 +181,9 @@ class _Kafka(_Service):
             raise ConnectionError(f"{self.s.kafka_bootstrap} not accepting connections yet")
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.s.kafka_bootstrap, request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.s.kafka_bootstrap, request_timeout_ms=5000
+        )
         try:
             await admin.start()
             await admin.describe_cluster()

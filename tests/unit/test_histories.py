@@ -1,0 +1,28 @@
+"""Histories recorded with earlier releases replay against today's workflow code.
+
+``tests/histories/`` holds ``ExportRecord`` histories (exported, binary value, failed after
+retries, unroutable) recorded with release 0.1.0; a workflow change that would break workflows
+started by that release and still running fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from workflows.export_record import ExportRecord
+
+HISTORIES = sorted((Path(__file__).parents[1] / "histories").glob("*.json"))
+
+
+def test_histories_are_present() -> None:
+    assert len(HISTORIES) >= 4
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+async def test_recorded_history_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    await Replayer(workflows=[ExportRecord]).replay_workflow(history)
