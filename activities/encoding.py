@@ -2,7 +2,8 @@
 
 ::
 
-    {"topic": "orders", "partition": 0, "offset": 17, "timestamp_ms": …,
+    {"topic": "orders", "topic_id": "Fw0ygiNXSnSO1Fhrqe3sDw", "partition": 0, "offset": 17,
+     "timestamp_ms": 1700000000000,
      "key": "order-17", "key_encoding": "text",
      "value": {"total": 12}, "value_encoding": "json",
      "headers": [{"name": "trace", "value": "abc", "value_encoding": "text"}]}
@@ -55,6 +56,7 @@ def record_envelope(record: KafkaRecord) -> dict[str, Any]:
     """The envelope of a record (see the module docstring)."""
     return {
         "topic": record.topic,
+        "topic_id": record.topic_id,
         "partition": record.partition,
         "offset": record.offset,
         "timestamp_ms": record.timestamp_ms,

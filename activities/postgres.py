@@ -1,9 +1,9 @@
 """PostgreSQL destination: one row per record, inserted with ``ON CONFLICT DO NOTHING``.
 
 A batch is one ``INSERT ... SELECT FROM unnest(...)`` statement, so a repeated export of the
-same records (a Temporal retry) inserts nothing. The conflict key is ``(topic, partition,
-"offset")`` (the primary key) unless ``conflict_key`` names other columns; with
-``create_table`` a unique index on those columns is created too.
+same records (a Temporal retry) inserts nothing. The conflict key is the record's identity
+``(topic, topic_id, partition, "offset")`` (the primary key) unless ``conflict_key`` names
+other columns; with ``create_table`` a unique index on the key is created if none exists.
 
 Values that parse as JSON go to the ``value`` jsonb column; others follow ``non_json_values``:
 ``text`` stores UTF-8 text in ``value_text`` (bytes that are not UTF-8, or text with NUL
@@ -37,6 +37,7 @@ from workflows.types import Blob, OutgoingRecord
 
 COLUMNS = (
     "topic",
+    "topic_id",
     "partition",
     "offset",
     "key",
@@ -48,7 +49,7 @@ COLUMNS = (
     "idempotency_key",
     "exported_at",
 )
-DEFAULT_CONFLICT_KEY = ["topic", "partition", "offset"]
+DEFAULT_CONFLICT_KEY = ["topic", "topic_id", "partition", "offset"]
 _IDENT = r"[A-Za-z_][A-Za-z0-9_$]{0,62}"
 _PERMANENT_SQLSTATE_CLASSES = ("22", "23", "54")
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
@@ -80,7 +81,9 @@ class PostgresConfig(DestinationConfig):
     conflict_key: list[str] | None = Field(
         default=None,
         description="Columns that identify a row for ON CONFLICT DO NOTHING; unset means "
-        '(topic, partition, "offset"). Other keys need a unique index (created with the table).',
+        '(topic, topic_id, partition, "offset"): a record\'s identity, so a topic created '
+        "again under the same name never collides with its old rows. A unique index on the "
+        "key is created with the table if none exists.",
     )
     pool_size: int = Field(default=4, ge=1, le=100, description="Connections per worker process.")
 
@@ -127,6 +130,7 @@ def create_table_sql(config: PostgresConfig) -> list[str]:
     statements.append(
         f"""CREATE TABLE IF NOT EXISTS {table} (
             "topic" text NOT NULL,
+            "topic_id" text NOT NULL DEFAULT '',
             "partition" integer NOT NULL,
             "offset" bigint NOT NULL,
             "key" text,
@@ -137,15 +141,34 @@ def create_table_sql(config: PostgresConfig) -> list[str]:
             "headers" jsonb,
             "idempotency_key" text NOT NULL,
             "exported_at" timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY ("topic", "partition", "offset")
+            PRIMARY KEY ("topic", "topic_id", "partition", "offset")
         )"""
     )
-    key = config.conflict_key
-    if key and key != DEFAULT_CONFLICT_KEY:
-        digest = hashlib.sha1(f"{config.table}:{','.join(key)}".encode()).hexdigest()[:10]
-        index = _quote(f"courier_conflict_{digest}")
-        columns = ", ".join(_quote(c) for c in key)
-        statements.append(f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} ({columns})")
+    # Tables made before topic IDs lack the column; records of old workflows store ''.
+    statements.append(
+        f"""ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "topic_id" text NOT NULL DEFAULT ''"""
+    )
+    # ON CONFLICT needs a unique index on exactly the conflict key: make one unless the
+    # primary key (or another unique index) already is one.
+    key = config.conflict_key or DEFAULT_CONFLICT_KEY
+    digest = hashlib.sha1(f"{config.table}:{','.join(key)}".encode()).hexdigest()[:10]
+    index = _quote(f"courier_conflict_{digest}")
+    columns = ", ".join(_quote(c) for c in key)
+    wanted = ", ".join("'" + c + "'" for c in sorted(key))
+    statements.append(
+        f"""DO $$ BEGIN
+            IF NOT EXISTS (
+                SELECT 1 FROM pg_index i
+                WHERE i.indrelid = '{table}'::regclass AND i.indisunique
+                  AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text)
+                       FROM pg_attribute a
+                       WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey))
+                      = ARRAY[{wanted}]
+            ) THEN
+                CREATE UNIQUE INDEX {index} ON {table} ({columns});
+            END IF;
+        END $$"""
+    )
     return statements
 
 
@@ -154,18 +177,19 @@ def insert_sql(config: PostgresConfig) -> str:
     conflict = ", ".join(_quote(c) for c in (config.conflict_key or DEFAULT_CONFLICT_KEY))
     return f"""
         INSERT INTO {qualified_table(config.table)}
-            ("topic", "partition", "offset", "key", "value", "value_text", "value_bytes",
-             "timestamp", "headers", "idempotency_key")
-        SELECT t, p, o, k, v::jsonb, vt, vb, ts, h::jsonb, ik
-        FROM unnest($1::text[], $2::integer[], $3::bigint[], $4::text[], $5::text[],
-                    $6::text[], $7::bytea[], $8::timestamptz[], $9::text[], $10::text[])
-            AS r(t, p, o, k, v, vt, vb, ts, h, ik)
+            ("topic", "topic_id", "partition", "offset", "key", "value", "value_text",
+             "value_bytes", "timestamp", "headers", "idempotency_key")
+        SELECT t, ti, p, o, k, v::jsonb, vt, vb, ts, h::jsonb, ik
+        FROM unnest($1::text[], $2::text[], $3::integer[], $4::bigint[], $5::text[],
+                    $6::text[], $7::text[], $8::bytea[], $9::timestamptz[], $10::text[],
+                    $11::text[])
+            AS r(t, ti, p, o, k, v, vt, vb, ts, h, ik)
         ON CONFLICT ({conflict}) DO NOTHING"""
 
 
 def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list[list[Any]]:
-    """The ten column arrays of the insert; raises PermanentExportError per ``fail`` policy."""
-    columns: list[list[Any]] = [[] for _ in range(10)]
+    """The column arrays of the insert; raises PermanentExportError per ``fail`` policy."""
+    columns: list[list[Any]] = [[] for _ in range(11)]
     for item in batch:
         r = item.record
         value_json: str | None = None
@@ -191,6 +215,7 @@ def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list
         headers = json.dumps(headers_list(r))
         row = (
             r.topic,
+            r.topic_id or "",
             r.partition,
             r.offset,
             r.key.text if r.key is not None else None,

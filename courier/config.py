@@ -78,6 +78,23 @@ class KafkaConfig(_Strict):
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         default="earliest", description="Where a group with no committed offset starts."
     )
+    isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
+        default="read_committed",
+        description="`read_committed` never exports records of aborted transactions; "
+        "`read_uncommitted` also reads records of open and aborted transactions.",
+    )
+    max_poll_interval: Duration = Field(
+        default=timedelta(minutes=5),
+        description="Longest the consumer may go without polling before it leaves the group "
+        "(max.poll.interval.ms). Ingest keeps polling while Temporal is down, pausing full "
+        "partitions, so an outage does not trigger a rebalance.",
+    )
+    metadata_refresh: Duration = Field(
+        default=timedelta(seconds=30),
+        description="How often the consumer refreshes topic metadata (metadata.max.age.ms): "
+        "how soon a new partition, a topic matching `topic_pattern`, or a topic created "
+        "again after a delete is seen.",
+    )
     max_in_flight: int = Field(
         default=256, ge=1, description="Workflow starts ingest keeps in flight at once."
     )
@@ -118,6 +135,14 @@ class TemporalConfig(_Strict):
     api_key: SecretStr | None = Field(default=None, description="API key, e.g. for Temporal Cloud.")
     workflow_task_queue: str = Field(
         default="courier-workflows", description="Task queue of the ExportRecord workflows."
+    )
+    max_input_bytes: int = Field(
+        default=2_000_000,
+        ge=1_000,
+        le=2 * 1024 * 1024,
+        description="Largest workflow input (as encoded, JSON with base64 for binary) ingest "
+        "starts; a record over it gets a workflow that fails with the reason. Temporal "
+        "refuses payloads over 2 MiB; the default leaves room for the rest of the request.",
     )
 
 

@@ -1,13 +1,16 @@
-"""The one function that names a record's workflow."""
+"""The one function that names a record's workflow, and so its identity everywhere."""
 
 from __future__ import annotations
 
 WORKFLOW_ID_PREFIX = "courier"
 
 
-def workflow_id(*, group: str, topic: str, partition: int, offset: int) -> str:
-    """The workflow ID of a record: ``courier/<group>/<topic>/<partition>/<offset>``.
+def workflow_id(*, group: str, topic: str, topic_id: str, partition: int, offset: int) -> str:
+    """The workflow ID of a record: ``courier/<group>/<topic>@<topic ID>/<partition>/<offset>``.
 
-    It is also the record's idempotency key at every destination.
+    The topic ID (Kafka's topic UUID) is the identity: a topic deleted and created again under
+    the same name gets a new ID and restarts its offsets at 0, so its records never collide
+    with the old ones. The name is there for people. The ID is also the record's idempotency
+    key at every destination.
     """
-    return f"{WORKFLOW_ID_PREFIX}/{group}/{topic}/{partition}/{offset}"
+    return f"{WORKFLOW_ID_PREFIX}/{group}/{topic}@{topic_id}/{partition}/{offset}"

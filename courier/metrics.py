@@ -22,6 +22,17 @@ INGESTED = Counter(
     ["topic", "outcome"],
 )
 COMMITS = Counter("courier_offset_commits", "Offset commits ingest made.")
+HAND_OFF_FAILURES = Counter(
+    "courier_hand_off_failures",
+    "Records ingest could not hand off as they are (too large, unencodable, refused, a bug); "
+    "each got a workflow that fails with the reason.",
+    ["topic"],
+)
+TOPIC_ID_CHANGES = Counter(
+    "courier_topic_id_changes",
+    "Topics seen deleted and created again under the same name (a new topic ID).",
+    ["topic"],
+)
 
 
 def record_success(destination: str, *, count: int, seconds: float) -> None:

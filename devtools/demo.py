@@ -147,12 +147,17 @@ async def produce(config: CourierConfig, topic: str, keys: list[str]) -> dict[st
         topic,
         [(key.encode(), demo_value(key, topic)) for key in keys],
     )
+    topic_id = await topics.topic_id(config.kafka.bootstrap_servers, topic)
     expected: dict[str, str] = {}
     for key, meta in zip(keys, sent, strict=False):
         decision = router.route(key.encode())
         if decision.destination is not None:
             wid = workflow_id(
-                group=config.kafka.group, topic=topic, partition=meta.partition, offset=meta.offset
+                group=config.kafka.group,
+                topic=topic,
+                topic_id=topic_id,
+                partition=meta.partition,
+                offset=meta.offset,
             )
             expected[wid] = decision.destination
     return expected

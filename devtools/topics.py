@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
 from aiokafka.structs import RecordMetadata
+
+from ingest.topic_ids import fetch_topic_ids
+
+TOPIC_ALREADY_EXISTS = 36
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
@@ -33,3 +39,37 @@ async def produce(
         return list(await asyncio.gather(*futures))
     finally:
         await producer.stop()
+
+
+async def topic_id(bootstrap: str, topic: str) -> str:
+    """The topic's Kafka ID, as ingest sees it (it names the topic in workflow IDs)."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        found = (await fetch_topic_ids(client, [topic]))[topic]
+    finally:
+        await client.close()
+    if found is None:
+        raise LookupError(f"topic {topic!r} does not exist")
+    return found
+
+
+async def recreate_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
+    """Delete ``topic`` and create it again under the same name (its offsets restart at 0)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+        deadline = time.monotonic() + 30
+        while True:  # the broker finishes a delete asynchronously
+            response = await admin.create_topics(
+                [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
+            )
+            codes = [error[1] for error in response.topic_errors]
+            if codes == [0]:
+                return
+            if codes != [TOPIC_ALREADY_EXISTS] or time.monotonic() > deadline:
+                raise RuntimeError(f"cannot create {topic} again: error codes {codes}")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()

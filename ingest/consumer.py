@@ -2,14 +2,21 @@
 
 Lifecycle, in order (as Kafka Connect's ``SinkTask``):
 
-1. Subscribe with auto-commit off.
-2. For each record: route its key, note the offset as in flight, start its workflow
-   concurrently (at most ``kafka.max_in_flight`` at once; the loop waits when the window is full).
-3. Every ``kafka.commit_interval``: commit each partition's safe point — the lowest offset still
-   in flight, or one past the last record read (see ``ingest.offsets``).
-4. On revoke: wait for the revoked partitions' hand-offs (bounded), commit them, forget them;
-   anything not finished stays uncommitted and is read again by the next owner.
-5. On stop (SIGTERM): stop reading, wait for hand-offs in flight, commit, leave the group.
+1. Subscribe with auto-commit off, read-committed by default, never creating topics.
+2. Poll. Fetched records wait in a per-partition buffer; a partition with buffered records is
+   paused, so the loop keeps polling (and stays in its group) however long Temporal takes.
+3. After every fetch, look up the topics' IDs (Kafka's topic UUIDs). A record is handed off
+   under the ID its topic has *after* it was fetched, so it is never attributed to an older
+   incarnation of a recreated topic. A topic whose ID changed was deleted and created again:
+   one WARNING, its partitions restart at their committed offset (the group's offsets of a
+   deleted topic are gone, so: the beginning).
+4. Hand records off concurrently (at most ``kafka.max_in_flight`` at once), each starting its
+   workflow (``ingest.handoff``, whose failure contract says what happens when that fails).
+5. Every ``kafka.commit_interval``: commit each partition's safe point — the lowest offset
+   still in flight, or one past the last record begun (see ``ingest.offsets``).
+6. On revoke: drop the revoked partitions' buffered records, wait (bounded) for their
+   hand-offs in flight, commit them, forget them; the next owner reads the rest again.
+7. On stop (SIGTERM): stop reading, wait for hand-offs in flight, commit, leave the group.
 """
 
 from __future__ import annotations
@@ -18,46 +25,26 @@ import asyncio
 import collections
 import contextlib
 import logging
-import ssl
+import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
-from aiokafka.helpers import create_ssl_context
 from temporalio.client import Client
 
 from courier import metrics
-from courier.config import CourierConfig, KafkaConfig
-from ingest.handoff import hand_off
+from courier.config import CourierConfig
+from ingest.handoff import coordinates, hand_off
+from ingest.kafka import consumer_options, never_create_topics
 from ingest.offsets import OffsetTracker
 from ingest.routing import Router
+from ingest.topic_ids import TopicIdError, TopicIds
 
 log = logging.getLogger("courier.ingest")
 
 DRAIN_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 30.0
-
-
-def consumer_options(kafka: KafkaConfig) -> dict[str, object]:
-    """aiokafka options for the configured brokers and security."""
-    sec = kafka.security
-    options: dict[str, object] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
-        "security_protocol": sec.protocol,
-    }
-    if sec.protocol in ("SSL", "SASL_SSL"):
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None,
-            certfile=str(sec.ssl_certfile) if sec.ssl_certfile else None,
-            keyfile=str(sec.ssl_keyfile) if sec.ssl_keyfile else None,
-        )
-        options["ssl_context"] = context
-    if sec.protocol.startswith("SASL"):
-        options["sasl_mechanism"] = sec.sasl_mechanism
-        options["sasl_plain_username"] = sec.sasl_username
-        options["sasl_plain_password"] = (
-            sec.sasl_password.get_secret_value() if sec.sasl_password else None
-        )
-    return options
+POLL_TIMEOUT_MS = 200
+MISSING_TOPIC_LOG_S = 30.0
 
 
 class Ingest:
@@ -69,11 +56,19 @@ class Ingest:
         self.router = Router(config.routes)
         self.tracker = OffsetTracker()
         self.counts: collections.Counter[str] = collections.Counter()
-        """Records by outcome: ``started``, ``existing``, ``skipped``, and per destination."""
-        self._window = asyncio.Semaphore(config.kafka.max_in_flight)
+        """Records by outcome (``started``, ``existing``, ``failed``, ``skipped``) and route."""
+        self._pending: dict[TopicPartition, collections.deque[ConsumerRecord]] = {}
+        self._epoch: collections.Counter[TopicPartition] = collections.Counter()
+        self._in_flight = 0
+        self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumer: AIOKafkaConsumer | None = None
+        self._topic_ids: TopicIds | None = None
         self._stopping = asyncio.Event()
+        self._missing_logged: dict[str, float] = {}
+        self._topics_checked = -MISSING_TOPIC_LOG_S
+        self._seen_ids: dict[str, str] = {}
+        """The last ID each topic was seen with (a topic that disappears keeps its entry)."""
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this ingest owns right now."""
@@ -86,31 +81,199 @@ class Ingest:
     async def run(self) -> None:
         """Consume until :meth:`stop` is called (or the task is cancelled)."""
         kafka = self.config.kafka
+        never_create_topics()  # in this task only: the consumer's metadata requests inherit it
         consumer = await self._start_consumer()
         if consumer is None:
             return
         self._consumer = consumer
+        self._topic_ids = TopicIds(consumer._client)
         committer = asyncio.create_task(self._commit_periodically())
         log.info(
             "ingest started: group %s, topics %s", kafka.group, kafka.topics or kafka.topic_pattern
         )
         try:
             while not self._stopping.is_set():
-                batches = await consumer.getmany(timeout_ms=200, max_records=kafka.max_in_flight)
-                for tp, records in batches.items():
-                    for record in records:
-                        await self._dispatch(tp, record)
+                await self._poll_once(consumer)
         finally:
             committer.cancel()
-            await self._drain(self._tasks, DRAIN_TIMEOUT_S)
+            await self._drain(DRAIN_TIMEOUT_S)
             await self.commit()
             await consumer.stop()
             log.info(
-                "ingest stopped: %d started, %d already started, %d skipped",
+                "ingest stopped: %d started, %d already started, %d failed, %d skipped",
                 self.counts["started"],
                 self.counts["existing"],
+                self.counts["failed"],
                 self.counts["skipped"],
             )
+
+    async def _poll_once(self, consumer: AIOKafkaConsumer) -> None:
+        await self._warn_missing_topics()
+        if self._in_flight >= self.config.kafka.max_in_flight:
+            # Window full: wait for a slot, but keep polling so the group keeps us.
+            self._slot_freed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), POLL_TIMEOUT_MS / 1000)
+            timeout_ms = 0
+        else:
+            timeout_ms = 0 if any(self._pending.values()) else POLL_TIMEOUT_MS
+        batches = await consumer.getmany(
+            timeout_ms=timeout_ms, max_records=self.config.kafka.max_in_flight
+        )
+        owned = consumer.assignment()
+        fetched = False
+        for tp, records in batches.items():
+            if tp in owned and records:
+                self._pending.setdefault(tp, collections.deque()).extend(records)
+                fetched = True
+        if fetched or any(self._pending.values()):
+            await self._check_topic_ids(consumer)
+        self._dispatch_pending()
+        self._pause_buffered(consumer)
+
+    async def _warn_missing_topics(self) -> None:
+        """Every 30 s, one WARNING per configured topic that does not exist."""
+        now = time.monotonic()
+        if not self.config.kafka.topics or now - self._topics_checked < MISSING_TOPIC_LOG_S:
+            return
+        self._topics_checked = now
+        assert self._topic_ids is not None
+        try:
+            found = await self._topic_ids.refresh(self.config.kafka.topics)
+        except (KafkaError, TopicIdError) as err:
+            log.warning("cannot look up topics (%s)", err)
+            return
+        for topic, topic_id in found.ids.items():
+            if topic_id is None:
+                log.warning(
+                    "topic %s does not exist; waiting for it (create it, or fix kafka.topics)",
+                    topic,
+                )
+
+    def _pause_buffered(self, consumer: AIOKafkaConsumer) -> None:
+        owned = consumer.assignment()
+        buffered = {tp for tp, records in self._pending.items() if records and tp in owned}
+        paused = consumer.paused()
+        if buffered - paused:
+            consumer.pause(*(buffered - paused))
+        if (paused & owned) - buffered:
+            consumer.resume(*((paused & owned) - buffered))
+
+    async def _check_topic_ids(self, consumer: AIOKafkaConsumer) -> None:
+        """Refresh the IDs of the buffered topics; restart partitions of recreated topics."""
+        assert self._topic_ids is not None
+        topics = {tp.topic for tp, records in self._pending.items() if records}
+        try:
+            refresh = await self._topic_ids.refresh(topics)
+        except (KafkaError, TopicIdError) as err:
+            log.warning("cannot look up topic IDs (%s); fetched records wait", err)
+            return
+        for topic, new in refresh.ids.items():
+            old = self._seen_ids.get(topic)
+            if new is None or new == old:
+                continue
+            self._seen_ids[topic] = new
+            if old is None:
+                continue
+            log.warning(
+                "topic %s was deleted and created again (ID %s → %s): its records are "
+                "handed off under the new ID, from its committed offset or the beginning",
+                topic,
+                old,
+                new,
+            )
+            metrics.TOPIC_ID_CHANGES.labels(topic).inc()
+            for tp in [tp for tp in consumer.assignment() if tp.topic == topic]:
+                self._restart_partition(tp)
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+
+    def _restart_partition(self, tp: TopicPartition) -> None:
+        """Forget what was read of ``tp``: buffered records, offsets, hand-offs in flight."""
+        self._pending.pop(tp, None)
+        self._epoch[tp] += 1
+        self.tracker.forget({tp})
+
+    def _dispatch_pending(self) -> None:
+        """Start hand-offs for buffered records while the window has room, fairly."""
+        assert self._topic_ids is not None
+        window = self.config.kafka.max_in_flight
+        ready = [tp for tp, records in self._pending.items() if records]
+        while ready and self._in_flight < window:
+            for tp in list(ready):
+                records = self._pending[tp]
+                topic_id = self._topic_ids.get(tp.topic)
+                if topic_id is None:
+                    self._log_missing_topic(tp.topic)
+                    ready.remove(tp)
+                    continue
+                record = records.popleft()
+                if not records:
+                    ready.remove(tp)
+                self._begin(tp, record, topic_id)
+                if self._in_flight >= window:
+                    return
+
+    def _begin(self, tp: TopicPartition, record: ConsumerRecord, topic_id: str) -> None:
+        next_offset = self.tracker.next_offset(tp)
+        if next_offset is not None and record.offset < next_offset:
+            # The partition was rewound (a reset or a seek): start its offsets afresh.
+            self._epoch[tp] += 1
+            self.tracker.forget({tp})
+        self.tracker.begin(tp, record.offset)
+        self._in_flight += 1
+        task = asyncio.create_task(self._hand_off(tp, record, topic_id, self._epoch[tp]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _log_missing_topic(self, topic: str) -> None:
+        now = time.monotonic()
+        if now - self._missing_logged.get(topic, -MISSING_TOPIC_LOG_S) >= MISSING_TOPIC_LOG_S:
+            self._missing_logged[topic] = now
+            log.warning(
+                "topic %s does not exist (deleted?); its fetched records wait for it to "
+                "come back or be revoked",
+                topic,
+            )
+
+    async def _hand_off(
+        self, tp: TopicPartition, record: ConsumerRecord, topic_id: str, epoch: int
+    ) -> None:
+        delay = 1.0
+        try:
+            while True:
+                try:
+                    decision = self.router.route(record.key)
+                    if decision.action == "skip":
+                        log.info("skipping %s: %s", coordinates(record), decision.reason)
+                        outcome = "skipped"
+                    else:
+                        result = await hand_off(
+                            self.client, self.config, record, topic_id, decision
+                        )
+                        if result.failed_reason is not None:
+                            outcome = "failed"
+                        else:
+                            outcome = "started" if result.started else "existing"
+                        self.counts[f"to:{decision.destination or '(unroutable)'}"] += 1
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug: never lose the record, never drop the error
+                    log.exception("hand-off of %s failed; retrying", coordinates(record))
+                    metrics.HAND_OFF_FAILURES.labels(record.topic).inc()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_BACKOFF_S)
+            self.counts[outcome] += 1
+            metrics.INGESTED.labels(tp.topic, outcome).inc()
+            if self._epoch[tp] == epoch:
+                self.tracker.finish(tp, record.offset)
+        finally:
+            self._in_flight -= 1
+            self._slot_freed.set()
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         kafka = self.config.kafka
@@ -121,12 +284,17 @@ class Ingest:
             client_id=f"courier-ingest-{kafka.group}",
             **consumer_options(kafka),
         )
+        return consumer
+
+    def _subscribe(self, consumer: AIOKafkaConsumer) -> None:
+        # After start(): subscribing before would make start() wait for (and, with
+        # auto-creation off, fail on) every missing topic. Missing topics are warned about.
+        kafka = self.config.kafka
         listener = _Rebalance(self)
         if kafka.topic_pattern:
             consumer.subscribe(pattern=kafka.topic_pattern, listener=listener)
         else:
             consumer.subscribe(topics=kafka.topics, listener=listener)
-        return consumer
 
     async def _start_consumer(self) -> AIOKafkaConsumer | None:
         """A started consumer; retries while Kafka is unreachable (None once stopped)."""
@@ -135,6 +303,7 @@ class Ingest:
             consumer = self._new_consumer()
             try:
                 await consumer.start()
+                self._subscribe(consumer)
                 return consumer
             except KafkaConnectionError as err:
                 await consumer.stop()
@@ -148,34 +317,6 @@ class Ingest:
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(delay * 2, MAX_BACKOFF_S)
         return None
-
-    async def _dispatch(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        await self._window.acquire()
-        if tp not in self._consumer.assignment():  # type: ignore[union-attr]
-            self._window.release()  # revoked while we waited: the new owner reads it again
-            return
-        self.tracker.begin(tp, record.offset)
-        task = asyncio.create_task(self._hand_off(tp, record))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _hand_off(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        try:
-            decision = self.router.route(record.key)
-            if decision.action == "skip":
-                log.info(
-                    "skipping %s/%d/%d: %s", tp.topic, tp.partition, record.offset, decision.reason
-                )
-                outcome = "skipped"
-            else:
-                result = await hand_off(self.client, self.config, record, decision)
-                outcome = "started" if result.started else "existing"
-                self.counts[f"to:{decision.destination or '(unroutable)'}"] += 1
-            self.counts[outcome] += 1
-            metrics.INGESTED.labels(tp.topic, outcome).inc()
-            self.tracker.finish(tp, record.offset)
-        finally:
-            self._window.release()
 
     async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
         """Commit the safe point of every owned partition (or only of ``partitions``)."""
@@ -198,23 +339,40 @@ class Ingest:
         interval = self.config.kafka.commit_interval.total_seconds()
         while True:
             await asyncio.sleep(interval)
-            await self.commit()
+            try:
+                await self.commit()
+            except Exception:  # never let the committer die silently
+                log.exception("periodic commit failed; retrying at the next interval")
 
-    async def _drain(self, tasks: set[asyncio.Task[None]], timeout: float) -> None:
-        pending = set(tasks)
+    async def _drain(self, timeout: float) -> None:
+        pending = set(self._tasks)
         if pending:
             _, still = await asyncio.wait(pending, timeout=timeout)
             if still:
                 log.warning(
                     "%d hand-offs unfinished after %.0fs; left uncommitted", len(still), timeout
                 )
+                for task in still:
+                    task.cancel()
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Finish (bounded) the revoked partitions' hand-offs, commit them, forget them."""
-        deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
-        while self.tracker.in_flight(revoked) and asyncio.get_running_loop().time() < deadline:
+        """Drop buffered records of ``revoked``, finish (bounded) their hand-offs, commit."""
+        for tp in revoked:
+            self._pending.pop(tp, None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        while self.tracker.in_flight(revoked) and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        if self.tracker.in_flight(revoked):
+            log.warning(
+                "%d hand-offs of revoked partitions unfinished after %.0fs; their offsets stay "
+                "uncommitted and the next owner reads them again",
+                self.tracker.in_flight(revoked),
+                DRAIN_TIMEOUT_S,
+            )
         await self.commit(revoked)
+        for tp in revoked:
+            self._epoch[tp] += 1
         self.tracker.forget(revoked)
 
 
@@ -224,9 +382,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
-            log.info(
-                "partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked)
-            )
+            names = sorted(f"{tp.topic}/{tp.partition}" for tp in revoked)
+            log.info("partitions revoked: %s", names)
             await self._ingest.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:

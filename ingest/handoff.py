@@ -1,17 +1,43 @@
-"""The durable hand-off: start one ``ExportRecord`` workflow for one Kafka record."""
+"""The durable hand-off: start one ``ExportRecord`` workflow for one Kafka record.
+
+Failure contract — every hand-off ends in exactly one of these, and only the first two let the
+partition's commit point pass the record:
+
+1. **Started, or already there.** The workflow was started, or one with the same ID exists
+   (``REJECT_DUPLICATE``): the record is handed off.
+2. **Something about this record.** Temporal rejects the input (``INVALID_ARGUMENT``: too
+   large, a bad search attribute, …), the input cannot be encoded, or anything unexpected
+   happens building it: the record still gets a durable, visible outcome — a workflow with its
+   coordinates only (no payload) that fails with the reason (``HandOffFailed``), shown in the
+   UI, in ``courier status`` and ``courier replay``. The failure is logged with the record's
+   coordinates and counted (``courier_hand_off_failures``).
+3. **Temporal unreachable or busy** (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``,
+   ``RESOURCE_EXHAUSTED``, ``ABORTED``, ``CANCELLED``, ``UNKNOWN``, ``INTERNAL``, connection
+   errors): retried with backoff (WARNING at most once a minute per record); the partition
+   waits, nothing is lost.
+4. **Something about Courier itself** (``PERMISSION_DENIED``, ``UNAUTHENTICATED``,
+   ``NOT_FOUND`` such as an unknown namespace, ``UNIMPLEMENTED``, ``FAILED_PRECONDITION``, or a
+   record whose fallback workflow cannot be started either): logged as ERROR with what to do,
+   at most once a minute, and retried; the partition waits.
+
+The size guard measures what Temporal measures: the workflow input encoded by the client's
+data converter, against ``temporal.max_input_bytes``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
+from courier import metrics
 from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ids import workflow_id
@@ -21,23 +47,46 @@ from workflows.types import Blob, ExportRecordInput, Header, KafkaRecord
 
 log = logging.getLogger("courier.ingest")
 
-# Temporal rejects payloads over 2 MiB; keep a margin for the envelope.
-MAX_RECORD_BYTES = 1_800_000
 _SEARCH_KEY_LIMIT = 256
+_REPEAT_LOG_S = 60.0
+_REASON_LIMIT = 2_000
+
+TRANSIENT_STATUSES = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.ABORTED,
+        RPCStatusCode.CANCELLED,
+        RPCStatusCode.UNKNOWN,
+        RPCStatusCode.INTERNAL,
+    }
+)
+"""Temporal answers that mean "try again later"."""
+
+RECORD_STATUSES = frozenset({RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.OUT_OF_RANGE})
+"""Temporal answers about this record's start request: it gets a failed workflow instead."""
 
 
 @dataclass(frozen=True)
 class HandOff:
-    """Outcome of a hand-off: the workflow ID and whether this call started it."""
+    """Outcome of a hand-off: the workflow ID and what happened."""
 
     workflow_id: str
     started: bool
+    failed_reason: str | None = None
+    """Set when the record could not be handed off and got a failed workflow instead."""
 
 
-def to_kafka_record(record: ConsumerRecord) -> KafkaRecord:
+class RecordRejected(Exception):
+    """This record cannot travel as a workflow input; the message says why."""
+
+
+def to_kafka_record(record: ConsumerRecord, topic_id: str) -> KafkaRecord:
     """The workflow-safe copy of a consumed record."""
     return KafkaRecord(
         topic=record.topic,
+        topic_id=topic_id,
         partition=record.partition,
         offset=record.offset,
         key=None if record.key is None else Blob.of(record.key),
@@ -51,81 +100,203 @@ def to_kafka_record(record: ConsumerRecord) -> KafkaRecord:
 
 
 def build_input(
-    record: ConsumerRecord, decision: RouteDecision, config: CourierConfig
+    record: ConsumerRecord, topic_id: str, decision: RouteDecision, config: CourierConfig
 ) -> ExportRecordInput:
     """The workflow input: the record plus its destination's name and policies, no secrets."""
-    size = len(record.key or b"") + len(record.value or b"")
-    if size > MAX_RECORD_BYTES:
-        # Too large for Temporal history: hand off the coordinates only, and fail readably.
-        stripped = KafkaRecord(
-            record.topic, record.partition, record.offset, None, None, record.timestamp
-        )
-        return ExportRecordInput(
-            record=stripped,
-            destination=None,
-            unroutable_reason=f"record of {size:,} bytes exceeds the {MAX_RECORD_BYTES:,}-byte "
-            "limit of a workflow input",
-        )
+    kafka_record = to_kafka_record(record, topic_id)
     if decision.destination is None:
         return ExportRecordInput(
-            record=to_kafka_record(record), destination=None, unroutable_reason=decision.reason
+            record=kafka_record, destination=None, unroutable_reason=decision.reason
         )
     return ExportRecordInput(
-        record=to_kafka_record(record),
-        destination=config.destination(decision.destination).policy(),
+        record=kafka_record, destination=config.destination(decision.destination).policy()
     )
 
 
-def search_attributes(record: ConsumerRecord, decision: RouteDecision) -> TypedSearchAttributes:
+def failed_input(
+    record: ConsumerRecord, topic_id: str, decision: RouteDecision, reason: str
+) -> ExportRecordInput:
+    """An input with the record's coordinates only, whose workflow fails with ``reason``."""
+    coordinates = KafkaRecord(
+        topic=record.topic,
+        topic_id=topic_id,
+        partition=record.partition,
+        offset=record.offset,
+        key=None,
+        value=None,
+        timestamp_ms=record.timestamp,
+    )
+    return ExportRecordInput(
+        record=coordinates,
+        destination=None,
+        unroutable_reason=None if decision.destination else decision.reason,
+        hand_off_failure=reason,
+    )
+
+
+async def encoded_size(client: Client, value: object) -> int:
+    """Bytes of ``value`` as Temporal receives it, encoded by the client's data converter."""
+    payloads = await client.data_converter.encode([value])
+    return sum(p.ByteSize() for p in payloads)
+
+
+async def checked_input(
+    client: Client,
+    config: CourierConfig,
+    record: ConsumerRecord,
+    topic_id: str,
+    decision: RouteDecision,
+) -> ExportRecordInput:
+    """The record's workflow input; :class:`RecordRejected` if it cannot be one."""
+    try:
+        workflow_input = build_input(record, topic_id, decision, config)
+        size = await encoded_size(client, workflow_input)
+    except Exception as err:  # any conversion problem is about this record
+        raise RecordRejected(f"cannot encode the record: {type(err).__name__}: {err}") from err
+    limit = config.temporal.max_input_bytes
+    if size > limit:
+        raw = len(record.key or b"") + len(record.value or b"")
+        raise RecordRejected(
+            f"record of {raw:,} bytes encodes to a {size:,}-byte workflow input, over the "
+            f"{limit:,}-byte limit (temporal.max_input_bytes; Temporal refuses payloads over "
+            "2 MiB)"
+        )
+    return workflow_input
+
+
+def search_attributes(
+    record: ConsumerRecord, decision: RouteDecision, *, with_key: bool = True
+) -> TypedSearchAttributes:
     """Attributes operators filter on in the Temporal UI."""
-    pairs = [
+    pairs: list[SearchAttributePair[str] | SearchAttributePair[int]] = [
         SearchAttributePair(sa.TOPIC, record.topic),
         SearchAttributePair(sa.PARTITION, record.partition),
         SearchAttributePair(sa.OFFSET, record.offset),
         SearchAttributePair(sa.DESTINATION, decision.destination or "(unroutable)"),
     ]
     key = key_text(record.key)
-    if key is not None:
+    if with_key and key is not None:
         pairs.append(SearchAttributePair(sa.RECORD_KEY, key[:_SEARCH_KEY_LIMIT]))
     return TypedSearchAttributes(pairs)
+
+
+def coordinates(record: ConsumerRecord) -> str:
+    """``topic/partition/offset`` of a record, for logs."""
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+class _Throttled:
+    """Logs a repeating condition at most once a minute, saying how often it recurred."""
+
+    def __init__(self) -> None:
+        self._last = -_REPEAT_LOG_S
+        self._repeats = 0
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        now = time.monotonic()
+        self._repeats += 1
+        if now - self._last >= _REPEAT_LOG_S:
+            suffix = f" ({self._repeats} times so far)" if self._repeats > 1 else ""
+            log.log(level, message + suffix, *args)
+            self._last = now
 
 
 async def hand_off(
     client: Client,
     config: CourierConfig,
     record: ConsumerRecord,
+    topic_id: str,
     decision: RouteDecision,
     *,
     max_backoff: float = 30.0,
 ) -> HandOff:
-    """Start the record's workflow, retrying while Temporal is unreachable.
+    """Start the record's workflow following the failure contract of this module.
 
-    An existing workflow with the same ID counts as handed off (``REJECT_DUPLICATE``).
+    Returns once the record is handed off (its workflow or its failed workflow exists); retries
+    for as long as Temporal is unreachable or Courier is misconfigured.
     """
     wid = workflow_id(
         group=config.kafka.group,
         topic=record.topic,
+        topic_id=topic_id,
         partition=record.partition,
         offset=record.offset,
     )
-    workflow_input = build_input(record, decision, config)
-    summary = f"{key_text(record.key)!r} → {decision.destination or 'no route'}"
+    summary = f"{key_text(record.key)!r} → {decision.destination or 'no route'}"[:200]
+    warning = _Throttled()
     delay = 0.5
+    failed_reason: str | None = None
     while True:
         try:
+            if failed_reason is None:
+                workflow_input = await checked_input(client, config, record, topic_id, decision)
+                attributes = search_attributes(record, decision)
+            else:
+                workflow_input = failed_input(record, topic_id, decision, failed_reason)
+                attributes = search_attributes(record, decision, with_key=False)
             await client.start_workflow(
                 ExportRecord.run,
                 workflow_input,
                 id=wid,
                 task_queue=config.temporal.workflow_task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=search_attributes(record, decision),
-                static_summary=summary[:200],
+                search_attributes=attributes,
+                static_summary=summary if failed_reason is None else None,
             )
-            return HandOff(wid, started=True)
+            return HandOff(wid, started=True, failed_reason=failed_reason)
         except WorkflowAlreadyStartedError:
-            return HandOff(wid, started=False)
+            return HandOff(wid, started=False, failed_reason=failed_reason)
+        except RecordRejected as err:
+            failed_reason = _record_failure(record, str(err))
+            continue
         except RPCError as err:
-            log.warning("starting %s failed (%s); retrying in %.1fs", wid, err.message, delay)
+            if err.status in TRANSIENT_STATUSES:
+                warning.log(
+                    logging.WARNING,
+                    "starting %s failed (%s: %s); retrying",
+                    wid,
+                    err.status.name,
+                    err.message,
+                )
+            elif err.status in RECORD_STATUSES and failed_reason is None:
+                failed_reason = _record_failure(
+                    record, f"Temporal refused the record's workflow: {err.message}"
+                )
+                continue
+            else:
+                warning.log(
+                    logging.ERROR,
+                    "cannot start workflows (%s: %s) — check temporal.address, namespace, "
+                    "credentials and that the Courier workers are deployed; %s waits",
+                    err.status.name,
+                    err.message,
+                    coordinates(record),
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            if failed_reason is not None:  # even the coordinates-only start failed: a bug
+                warning.log(
+                    logging.ERROR,
+                    "cannot hand off %s even without its payload (%s: %s); %s waits",
+                    wid,
+                    type(err).__name__,
+                    err,
+                    coordinates(record),
+                )
+            else:
+                failed_reason = _record_failure(
+                    record, f"hand-off failed: {type(err).__name__}: {err}"
+                )
+                continue
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_backoff)
+
+
+def _record_failure(record: ConsumerRecord, reason: str) -> str:
+    """Log and count a record that gets a failed workflow instead of its export."""
+    if len(reason) > _REASON_LIMIT:  # an error message may quote the very data that failed
+        reason = reason[:_REASON_LIMIT] + "…"
+    log.error("%s cannot be handed off, its workflow fails: %s", coordinates(record), reason)
+    metrics.HAND_OFF_FAILURES.labels(record.topic).inc()
+    return reason

@@ -35,6 +35,11 @@ class OffsetTracker:
         part.in_flight[offset] = None
         part.next_offset = offset + 1
 
+    def next_offset(self, tp: TopicPartition) -> int | None:
+        """One past the last offset begun on ``tp``, or None if none was."""
+        part = self._partitions.get(tp)
+        return None if part is None else part.next_offset
+
     def finish(self, tp: TopicPartition, offset: int) -> None:
         """Record that ``offset`` has been handed off (its workflow started or already existed)."""
         part = self._partitions.get(tp)

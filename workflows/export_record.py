@@ -29,6 +29,7 @@ EXPORT_ACTIVITY = "export"
 PERMANENT_ERROR_TYPE = "PermanentExportError"
 UNROUTABLE_ERROR_TYPE = "Unroutable"
 EXPORT_FAILED_ERROR_TYPE = "ExportFailed"
+HAND_OFF_FAILED_ERROR_TYPE = "HandOffFailed"
 
 
 def retry_policy(policy: DestinationPolicy) -> RetryPolicy:
@@ -50,6 +51,10 @@ class ExportRecord:
     async def run(self, input: ExportRecordInput) -> ExportReceipt:
         """Run the export activity on the destination's queue; fail readably if it cannot."""
         record = input.record
+        if input.hand_off_failure is not None:
+            raise ApplicationError(
+                input.hand_off_failure, type=HAND_OFF_FAILED_ERROR_TYPE, non_retryable=True
+            )
         if input.destination is None:
             raise ApplicationError(
                 input.unroutable_reason or "the record's key has no route",

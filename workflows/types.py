@@ -55,6 +55,8 @@ class KafkaRecord:
     value: Blob | None
     timestamp_ms: int
     headers: list[Header] = field(default_factory=list)
+    topic_id: str | None = None
+    """Kafka's ID of the topic (None only in workflows started before topic IDs were used)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ class ExportRecordInput:
     record: KafkaRecord
     destination: DestinationPolicy | None
     unroutable_reason: str | None = None
+    hand_off_failure: str | None = None
+    """Set when ingest could not hand the record itself off (too large, unencodable, a bug):
+    the input carries the coordinates only and the workflow fails with this reason."""
 
 
 @dataclass(frozen=True)

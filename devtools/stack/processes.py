@@ -43,13 +43,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _cmdline(pid: int) -> str | None:
-    try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        return None
+def _cmdline(pid: int, *, settle_s: float = 1.0) -> str | None:
+    """The process's command line; None if unreadable (not Linux, or gone).
+
+    Right around exec the kernel shows an empty command line for a moment, which would make a
+    fresh process look like a stranger (or a stranger like ours): wait for it to settle.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        if raw or time.monotonic() >= deadline:
+            return raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.01)
 
 
 def _children_of(pid: int) -> list[int]:
@@ -193,9 +201,7 @@ class _Service:
         except (OSError, ValueError):
             return None
         cmd = _cmdline(pid)
-        # An empty command line is a process between fork and exec (or unreadable): not proof
-        # that the pid was reused, so the pid file stays.
-        if _pid_alive(pid) and (not cmd or self.marker in cmd):
+        if _pid_alive(pid) and (cmd is None or self.marker in cmd):
             return pid
         for path in (self.pid_file, self.ports_file):
             with contextlib.suppress(OSError):

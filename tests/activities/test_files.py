@@ -46,6 +46,7 @@ async def test_line_format(tmp_path: Path) -> None:
     first, second = (json.loads(line) for line in path.read_text().splitlines())
     assert first == {
         "topic": "orders",
+        "topic_id": None,
         "partition": 0,
         "offset": 1,
         "key": "k1",

@@ -130,6 +130,7 @@ async def test_json_body_is_the_record_envelope() -> None:
 
     assert bodies[0] == {
         "topic": "orders",
+        "topic_id": None,
         "partition": 3,
         "offset": 7,
         "key": "order-1",

@@ -114,3 +114,16 @@ async def eventually(check: Any, *, timeout: float = 30.0, interval: float = 0.2
 
 def _status_name(status: WorkflowExecutionStatus) -> str:
     return status.name.title().replace("_", "")
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    """The group's committed offset of each partition of ``topic`` (-1 where none)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        found = [await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)]
+        return [-1 if offset is None else offset for offset in found]
+    finally:
+        await consumer.stop()

@@ -12,7 +12,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 
 from courier.ids import workflow_id
 from devtools.receiver import Receiver
-from devtools.topics import create_topic, produce
+from devtools.topics import create_topic, produce, topic_id
 from tests.integration.harness import (
     courier_running,
     eventually,
@@ -90,7 +90,8 @@ async def test_every_record_reaches_its_destination_exactly_once(
         # REST: one effect per record, keyed by the record's workflow ID.
         keys = {r.idempotency_key for r in receiver.effect_requests("/orders/")}
         assert len(keys) == 30
-        assert all(k.startswith(f"courier/{group}/{topic}/") for k in keys)
+        tid = await topic_id(stack_settings.kafka_bootstrap, topic)
+        assert all(k.startswith(f"courier/{group}/{topic}@{tid}/") for k in keys)
         assert receiver.duplicates() == 0
         # File: one line per record.
         lines = [json.loads(line) for line in archive.read_text().splitlines()]
@@ -138,12 +139,13 @@ async def test_unroutable_key_fails_its_own_workflow_and_blocks_nothing(
 
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 10
     group = config.kafka.group
+    tid = await topic_id(stack_settings.kafka_bootstrap, topic)
     for offset, expected in (
         (5, "key 'nowhere' matches no rule"),
         (6, "a null key matches no rule"),
     ):
         handle = temporal_client.get_workflow_handle(
-            workflow_id(group=group, topic=topic, partition=0, offset=offset)
+            workflow_id(group=group, topic=topic, topic_id=tid, partition=0, offset=offset)
         )
         with pytest.raises(WorkflowFailureError) as failure:
             await handle.result()
@@ -179,10 +181,12 @@ async def test_rest_statuses_decide_retries(
             topic,
             [(b"rejects", b"x"), (b"flaky", b"x"), (b"busy", b"x")],
         )
+        tid = await topic_id(stack_settings.kafka_bootstrap, topic)
 
         def handle(offset: int) -> Any:
             return temporal_client.get_workflow_handle_for(
-                ExportRecord.run, workflow_id(group=group, topic=topic, partition=0, offset=offset)
+                ExportRecord.run,
+                workflow_id(group=group, topic=topic, topic_id=tid, partition=0, offset=offset),
             )
 
         async with courier_running(temporal_client, config):

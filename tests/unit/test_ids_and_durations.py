@@ -8,13 +8,20 @@ from courier.ids import workflow_id
 from workflows.types import Blob
 
 
-def test_workflow_id_names_group_topic_partition_offset() -> None:
-    assert workflow_id(group="g", topic="orders", partition=2, offset=41) == "courier/g/orders/2/41"
+def test_workflow_id_names_group_topic_and_its_id_partition_offset() -> None:
+    wid = workflow_id(group="g", topic="orders", topic_id="AAAA", partition=2, offset=41)
+    assert wid == "courier/g/orders@AAAA/2/41"
+
+
+def test_a_recreated_topic_gets_other_workflow_ids() -> None:
+    old = workflow_id(group="g", topic="t", topic_id="old", partition=0, offset=0)
+    new = workflow_id(group="g", topic="t", topic_id="new", partition=0, offset=0)
+    assert old != new
 
 
 def test_workflow_ids_differ_by_partition() -> None:
-    a = workflow_id(group="g", topic="t", partition=1, offset=10)
-    b = workflow_id(group="g", topic="t", partition=11, offset=0)
+    a = workflow_id(group="g", topic="t", topic_id="x", partition=1, offset=10)
+    b = workflow_id(group="g", topic="t", topic_id="x", partition=11, offset=0)
     assert a != b
 
 

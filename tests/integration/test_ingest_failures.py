@@ -1,0 +1,297 @@
+"""Ingest against the real stack when records are unusual: transactions, unencodable inputs and
+inputs over the size limit (the hand-off failure contract of ``ingest.handoff``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from temporalio.api.common.v1 import Payload
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.converter import DataConverter, PayloadCodec
+from temporalio.exceptions import ApplicationError
+
+from courier import metrics
+from courier.config import CourierConfig
+from devtools.topics import create_topic, produce
+from ingest.consumer import Ingest
+from tests.integration.harness import (
+    courier_running,
+    eventually,
+    pipeline_config,
+    wait_for_workflows,
+)
+from workflows.export_record import HAND_OFF_FAILED_ERROR_TYPE
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 30.0
+POISON = b"POISON"
+
+
+def file_config(
+    settings: Any, unique: str, out: Path, kafka: dict[str, Any] | None = None
+) -> CourierConfig:
+    """This test's config: every record goes to one file destination."""
+    return pipeline_config(
+        settings,
+        unique,
+        destinations=[{"name": f"file-{unique}", "kind": "file", "path": str(out)}],
+        routes={"default": f"file-{unique}"},
+        kafka=kafka,
+    )
+
+
+def exported_keys(out: Path) -> list[str]:
+    """Keys of the records in the file destination, sorted (empty if nothing was written)."""
+    if not out.exists():
+        return []
+    return sorted(json.loads(line)["key"] for line in out.read_text().splitlines())
+
+
+async def committed_offset(bootstrap: str, group: str, topic: str, partition: int = 0) -> int:
+    """The group's committed offset of ``topic/partition`` (-1 if none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    for tp, meta in offsets.items():
+        if tp.topic == topic and tp.partition == partition:
+            return int(meta.offset)
+    return -1
+
+
+async def wait_committed(bootstrap: str, group: str, topic: str, offset: int) -> None:
+    """Wait until the group's committed offset of ``topic/0`` reaches ``offset``."""
+
+    async def reached() -> int | None:
+        found = await committed_offset(bootstrap, group, topic)
+        return found if found >= offset else None
+
+    try:
+        await eventually(reached, timeout=TIMEOUT)
+    except AssertionError:
+        found = await committed_offset(bootstrap, group, topic)
+        raise AssertionError(f"committed offset of {topic}/0 is {found}, not {offset}") from None
+
+
+async def failure_of(client: Client, query: str) -> ApplicationError:
+    """The failure of the one workflow matching ``query``, which must have failed."""
+    ids = [wf.id async for wf in client.list_workflows(query)]
+    assert len(ids) == 1, f"{query!r} matched {ids}"
+    with pytest.raises(WorkflowFailureError) as failure:
+        await client.get_workflow_handle(ids[0]).result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError), f"unexpected failure {cause!r}"
+    assert cause.type == HAND_OFF_FAILED_ERROR_TYPE
+    return cause
+
+
+def handed_off(ingest: Ingest, n: int) -> Any:
+    """A check for :func:`eventually`: ``n`` records finished, their offsets committed."""
+
+    async def check() -> bool:
+        finished = sum(ingest.counts[k] for k in ("started", "existing", "failed", "skipped"))
+        return finished >= n and ingest.tracker.committable() == {}
+
+    return check
+
+
+# --- Transactions --------------------------------------------------------------------------
+
+
+async def produce_transactions(bootstrap: str, topic: str, transactional_id: str) -> None:
+    """Five records in an aborted transaction (offsets 0-4, marker 5), then ten in a committed
+    one (offsets 6-15, marker 16). The aborted records are in the log before the abort."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=transactional_id,
+        enable_idempotence=True,
+        acks="all",
+    )
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        for i in range(5):
+            await producer.send_and_wait(topic, key=f"aborted-{i}".encode(), value=b"{}")
+        await producer.abort_transaction()
+        await producer.begin_transaction()
+        for i in range(10):
+            await producer.send_and_wait(topic, key=f"committed-{i}".encode(), value=b"{}")
+        await producer.commit_transaction()
+    finally:
+        await producer.stop()
+
+
+COMMITTED_KEYS = sorted(f"committed-{i}" for i in range(10))
+ABORTED_KEYS = sorted(f"aborted-{i}" for i in range(5))
+
+
+async def run_transactions(
+    settings: Any,
+    temporal_client: Client,
+    unique: str,
+    out: Path,
+    kafka: dict[str, Any] | None = None,
+    *,
+    expected: int,
+) -> Ingest:
+    """Produce :func:`produce_transactions`, run Courier until ``expected`` records are out."""
+    config = file_config(settings, unique, out, kafka)
+    topic, group = config.kafka.topics[0], config.kafka.group
+    bootstrap = settings.kafka_bootstrap
+    await create_topic(bootstrap, topic, partitions=1)
+    await produce_transactions(bootstrap, topic, f"tx-{unique}")
+    query = f"CourierTopic = '{topic}'"
+    async with courier_running(temporal_client, config) as ingest:
+        assert ingest is not None
+        await wait_for_workflows(temporal_client, query, expected, timeout=TIMEOUT)
+        await eventually(handed_off(ingest, expected), timeout=TIMEOUT)
+        # The last record is offset 15 of the partition: everything before it was read (or
+        # skipped, in read_committed) once 16 is committed.
+        await wait_committed(bootstrap, group, topic, 16)
+    assert (await temporal_client.count_workflows(query)).count == expected
+    return ingest
+
+
+async def test_only_committed_transactions_are_exported(
+    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    ingest = await run_transactions(stack_settings, temporal_client, unique, out, expected=10)
+    assert ingest.config.kafka.isolation_level == "read_committed"  # the default
+    assert ingest.counts["started"] == 10 and ingest.counts["failed"] == 0
+    assert exported_keys(out) == COMMITTED_KEYS
+
+
+async def test_read_uncommitted_exports_aborted_transactions_too(
+    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    ingest = await run_transactions(
+        stack_settings,
+        temporal_client,
+        unique,
+        out,
+        {"isolation_level": "read_uncommitted"},
+        expected=15,
+    )
+    assert ingest.counts["started"] == 15
+    assert exported_keys(out) == sorted(ABORTED_KEYS + COMMITTED_KEYS)
+
+
+# --- A record whose input cannot be encoded ------------------------------------------------
+
+
+class PoisonCodec(PayloadCodec):
+    """Refuses to encode any payload carrying the value ``POISON``; decodes as is.
+
+    A codec rather than a payload converter class: it sees the encoded JSON, so it finds the
+    marker without knowing Courier's types, and it never runs inside the workflow sandbox (the
+    workers in ``courier_running`` share this client's data converter).
+    """
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        for payload in payloads:
+            if b'"' + POISON + b'"' in payload.data:
+                # The message must not quote the marker: it becomes the fallback's input.
+                raise ValueError("this codec refuses the marked record")
+        return list(payloads)
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+
+async def test_a_record_whose_input_cannot_be_encoded_fails_visibly_and_the_partition_moves_on(
+    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
+) -> None:
+    client = await Client.connect(
+        stack_settings.temporal_address,
+        namespace=stack_settings.temporal_namespace,
+        data_converter=dataclasses.replace(DataConverter.default, payload_codec=PoisonCodec()),
+    )
+    out = tmp_path / "out.jsonl"
+    config = file_config(stack_settings, unique, out)
+    topic, group = config.kafka.topics[0], config.kafka.group
+    bootstrap = stack_settings.kafka_bootstrap
+    await create_topic(bootstrap, topic, partitions=1)
+    records: list[tuple[bytes | None, bytes | None]] = [
+        (f"good-{i}".encode(), b"{}") for i in range(5)
+    ]
+    records.append((b"poison", POISON))
+    records += [(f"good-{i}".encode(), b"{}") for i in range(5, 10)]
+    await produce(bootstrap, topic, records)
+    failures_before = metrics.HAND_OFF_FAILURES.labels(topic)._value.get()
+
+    query = f"CourierTopic = '{topic}'"
+    async with courier_running(client, config) as ingest:
+        assert ingest is not None
+        await wait_for_workflows(client, query, 10, timeout=TIMEOUT)
+        await wait_for_workflows(
+            client, query, 1, status=WorkflowExecutionStatus.FAILED, timeout=TIMEOUT
+        )
+        await eventually(handed_off(ingest, 11), timeout=TIMEOUT)
+        await wait_committed(bootstrap, group, topic, 11)
+
+    assert exported_keys(out) == sorted(f"good-{i}" for i in range(10))
+    cause = await failure_of(temporal_client, f"{query} AND CourierOffset = 5")
+    assert "cannot encode the record" in cause.message, cause.message
+    assert ingest.counts["failed"] == 1 and ingest.counts["started"] == 10
+    assert metrics.HAND_OFF_FAILURES.labels(topic)._value.get() == failures_before + 1
+
+
+# --- Records over the encoded size limit ---------------------------------------------------
+
+
+async def test_records_over_the_encoded_size_limit_fail_readably_and_block_nothing(
+    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    config = file_config(stack_settings, unique, out)
+    topic, group = config.kafka.topics[0], config.kafka.group
+    bootstrap = stack_settings.kafka_bootstrap
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "5000000"})]
+        )
+        assert [code for _, code, *_ in response.topic_errors] == [0], response
+    finally:
+        await admin.close()
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=6_000_000)
+    await producer.start()
+    try:
+        # Not UTF-8: travels as base64, a third larger (~2.27 MB encoded).
+        await producer.send_and_wait(topic, key=b"binary", value=b"\xff" * 1_700_000)
+        # Each '"' is escaped to '\"' in the JSON input (~2.4 MB encoded).
+        await producer.send_and_wait(topic, key=b"quotes", value=b'"' * 1_200_000)
+        await producer.send_and_wait(topic, key=b"small", value=b"{}")
+    finally:
+        await producer.stop()
+
+    query = f"CourierTopic = '{topic}'"
+    async with courier_running(temporal_client, config) as ingest:
+        assert ingest is not None
+        await wait_for_workflows(temporal_client, query, 1, timeout=TIMEOUT)
+        await wait_for_workflows(
+            temporal_client, query, 2, status=WorkflowExecutionStatus.FAILED, timeout=TIMEOUT
+        )
+        await eventually(handed_off(ingest, 3), timeout=TIMEOUT)
+        await wait_committed(bootstrap, group, topic, 3)
+
+    assert exported_keys(out) == ["small"]
+    assert ingest.counts["failed"] == 2 and ingest.counts["started"] == 1
+    for offset, size in ((0, 6 + 1_700_000), (1, 6 + 1_200_000)):  # key and value bytes
+        cause = await failure_of(temporal_client, f"{query} AND CourierOffset = {offset}")
+        assert f"record of {size:,} bytes" in cause.message, cause.message
+        assert "encodes to a" in cause.message and "over the" in cause.message, cause.message
