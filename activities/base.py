@@ -79,6 +79,13 @@ class DestinationConfig(BaseModel):
         description="Records per second across all workers of this destination, enforced by "
         "the Temporal server on its task queue; unset means unlimited.",
     )
+    batch_size: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Batch mode: most records one export activity carries; the queue's "
+        "activity rate is rate_limit / batch_size, so rate_limit stays in records/s.",
+    )
     max_concurrency: int = Field(
         default=16, ge=1, description="Exports one worker process runs at once."
     )

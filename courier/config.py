@@ -181,6 +181,31 @@ class RoutesConfig(_Strict):
     )
 
 
+class IngestConfig(_Strict):
+    """How ingest hands records to Temporal."""
+
+    mode: Literal["per_record", "batch"] = Field(
+        default="per_record",
+        description="`per_record`: one ExportRecord workflow per record. `batch`: one "
+        "ExportRange workflow per contiguous offset range of a partition (up to `max_records`), "
+        "records by reference, one activity per destination and `batch_size` records.",
+    )
+    payloads: Literal["inline", "reference"] = Field(
+        default="inline",
+        description="Per-record mode: `inline` carries the record in the workflow input (visible "
+        "in the UI; retries do not depend on Kafka retention); `reference` carries only its "
+        "coordinates and the worker reads it from Kafka. Records whose encoded input is over "
+        "temporal.max_input_bytes always go by reference. Batch mode is always by reference.",
+    )
+    max_records: int = Field(
+        default=500, ge=1, le=10_000, description="Batch mode: most records in one range."
+    )
+    max_wait: Duration = Field(
+        default=timedelta(milliseconds=200),
+        description="Batch mode: longest a partly filled range waits for more records.",
+    )
+
+
 class CourierConfig(_Strict):
     """The whole Courier configuration."""
 
@@ -193,6 +218,9 @@ class CourierConfig(_Strict):
     )
     routes: RoutesConfig = Field(
         default_factory=RoutesConfig, description="How a key picks its destination."
+    )
+    ingest: IngestConfig = Field(
+        default_factory=IngestConfig, description="How records are handed to Temporal."
     )
 
     @model_validator(mode="after")

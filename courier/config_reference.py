@@ -14,6 +14,7 @@ from activities.base import RetryConfig, TimeoutConfig
 from activities.registry import KINDS
 from courier.config import (
     CourierConfig,
+    IngestConfig,
     KafkaConfig,
     KafkaSecurity,
     RouteRule,
@@ -31,6 +32,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("temporal.tls", TemporalTLS),
     ("routes", RoutesConfig),
     ("routes.rules[]", RouteRule),
+    ("ingest", IngestConfig),
     *((f"destinations[] with kind: {name}", config) for name, config in KINDS.items()),
     ("destinations[].retry", RetryConfig),
     ("destinations[].timeouts", TimeoutConfig),
