@@ -17,19 +17,22 @@ from temporalio.worker import Worker
 
 from activities.export import ExportActivity
 from activities.registry import create_destination
+from activities.source import RecordSource
 from courier.config import CourierConfig
 from courier.rates import format_rate
+from ingest.fetch import KafkaRecordSource
+from workflows.export_range import ExportRange
 from workflows.export_record import ExportRecord
 
 log = logging.getLogger("courier.worker")
 
 
 def workflow_worker(client: Client, config: CourierConfig) -> Worker:
-    """The worker that runs ``ExportRecord`` workflows (no activities, eager activities off)."""
+    """The worker of the export workflows (no activities, eager activities off)."""
     return Worker(
         client,
         task_queue=config.temporal.workflow_task_queue,
-        workflows=[ExportRecord],
+        workflows=[ExportRecord, ExportRange],
         # Eager activities would run on this worker, bypassing the destination's queue limit.
         disable_eager_activity_execution=True,
         max_concurrent_workflow_tasks=200,
@@ -39,22 +42,36 @@ def workflow_worker(client: Client, config: CourierConfig) -> Worker:
 
 @contextlib.asynccontextmanager
 async def destination_worker(
-    client: Client, config: CourierConfig, name: str
+    client: Client, config: CourierConfig, name: str, source: RecordSource
 ) -> AsyncIterator[Worker]:
     """An opened destination and the worker of its task queue; closes the destination after."""
     dest_config = config.destination(name)
     destination = create_destination(dest_config)
     await destination.open()
+    activity = ExportActivity(name, destination, source)
     try:
         yield Worker(
             client,
             task_queue=dest_config.task_queue,
-            activities=[ExportActivity(name, destination).export],
+            activities=[activity.export, activity.export_range],
             max_concurrent_activities=dest_config.max_concurrency,
-            max_task_queue_activities_per_second=dest_config.rate_limit,
+            max_task_queue_activities_per_second=activity_rate(config, name),
         )
     finally:
         await destination.close()
+
+
+def activity_rate(config: CourierConfig, name: str) -> float | None:
+    """Activities/s of a destination's queue that keep its records/s at ``rate_limit``.
+
+    In batch mode an activity carries up to ``batch_size`` records.
+    """
+    dest = config.destination(name)
+    if dest.rate_limit is None:
+        return None
+    if config.ingest.mode == "batch":
+        return dest.rate_limit / dest.batch_size
+    return dest.rate_limit
 
 
 async def run_workers(
@@ -68,8 +85,10 @@ async def run_workers(
     if not destinations and not workflows:
         raise ValueError("choose at least one destination or the workflow worker")
     async with contextlib.AsyncExitStack() as stack:
+        source = KafkaRecordSource(config.kafka)  # connects on first use
+        stack.push_async_callback(source.close)
         workers = [
-            await stack.enter_async_context(destination_worker(client, config, name))
+            await stack.enter_async_context(destination_worker(client, config, name, source))
             for name in destinations
         ]
         if workflows:

@@ -1,9 +1,18 @@
-"""The ``export`` activity, and the one place that maps export errors to retry decisions."""
+"""The export activities, and the one place that maps export errors to retry decisions.
+
+``export`` writes the records of one ``ExportRecord`` workflow (inline, or read back from Kafka
+when handed off by reference). ``export_range`` writes part of an ``ExportRange``: it reads the
+records from Kafka, gives each its own idempotency key (the same as in per-record mode), and
+reports records that fail for good one by one (a failing batch is split until the bad records
+are found) instead of failing the others.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 from temporalio import activity
@@ -11,9 +20,19 @@ from temporalio.exceptions import ApplicationError
 
 from activities.base import Destination
 from activities.errors import PermanentExportError, RetryableExportError
+from activities.source import RecordSource
 from courier import metrics
+from courier.ids import workflow_id
+from workflows.export_range import EXPORT_RANGE_ACTIVITY
 from workflows.export_record import EXPORT_ACTIVITY, PERMANENT_ERROR_TYPE
-from workflows.types import ExportBatch, ExportResult
+from workflows.types import (
+    ExportBatch,
+    ExportResult,
+    FailedRecord,
+    OutgoingRecord,
+    RangeBatch,
+    RangeBatchResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,39 +42,160 @@ RETRYABLE_ERROR_TYPE = "RetryableExportError"
 class ExportActivity:
     """Runs one destination's writes; one instance per destination per worker process."""
 
-    def __init__(self, name: str, destination: Destination) -> None:
+    def __init__(
+        self, name: str, destination: Destination, source: RecordSource | None = None
+    ) -> None:
         self.name = name
         self.destination = destination
+        self.source = source
 
     @activity.defn(name=EXPORT_ACTIVITY)
     async def export(self, batch: ExportBatch) -> ExportResult:
         """Write a batch to this worker's destination, idempotently."""
-        if batch.destination != self.name:
+        self._check_destination(batch.destination)
+        records = batch.records
+        if batch.by_reference:
+            records = await self._read_back(records)
+        detail = await self._write(records)
+        return ExportResult(
+            destination=self.name,
+            written=len(records),
+            detail=detail,
+            attempt=activity.info().attempt,
+        )
+
+    @activity.defn(name=EXPORT_RANGE_ACTIVITY)
+    async def export_range(self, batch: RangeBatch) -> RangeBatchResult:
+        """Read part of a range from Kafka and write it; report records that fail for good."""
+        self._check_destination(batch.destination)
+        fetched = await self._source().fetch(
+            topic=batch.topic,
+            topic_id=batch.topic_id,
+            partition=batch.partition,
+            offsets=batch.offsets,
+        )
+        failed = [
+            FailedRecord(o, self.name, fetched.missing)
+            for o in batch.offsets
+            if o not in fetched.records
+        ]
+        items = [
+            OutgoingRecord(
+                idempotency_key=workflow_id(
+                    group=batch.group,
+                    topic=batch.topic,
+                    topic_id=batch.topic_id,
+                    partition=batch.partition,
+                    offset=o,
+                ),
+                record=fetched.records[o],
+            )
+            for o in batch.offsets
+            if o in fetched.records
+        ]
+        written = 0
+        for part, reason in await self._write_isolating_failures(items):
+            if reason is None:
+                written += len(part)
+            else:
+                failed.extend(FailedRecord(i.record.offset, self.name, reason) for i in part)
+        return RangeBatchResult(
+            destination=self.name,
+            written=written,
+            failed=failed,
+            detail=f"{written} written, {len(failed)} failed",
+            attempt=activity.info().attempt,
+        )
+
+    def _check_destination(self, destination: str) -> None:
+        if destination != self.name:
             raise ApplicationError(
-                f"batch for {batch.destination!r} reached the worker of {self.name!r}",
+                f"batch for {destination!r} reached the worker of {self.name!r}",
                 type=PERMANENT_ERROR_TYPE,
                 non_retryable=True,
             )
+
+    def _source(self) -> RecordSource:
+        if self.source is None:
+            raise ApplicationError(
+                f"the worker of {self.name!r} has no Kafka source for records by reference",
+                type=RETRYABLE_ERROR_TYPE,
+            )
+        return self.source
+
+    async def _read_back(self, records: Sequence[OutgoingRecord]) -> list[OutgoingRecord]:
+        """The records of a by-reference ``ExportRecord``, read from Kafka and checked."""
+        result = []
+        for item in records:
+            ref = item.record
+            if ref.topic_id is None:
+                raise self._permanent(f"{ref.topic}/{ref.partition}/{ref.offset} has no topic ID")
+            fetched = await self._source().fetch(
+                topic=ref.topic,
+                topic_id=ref.topic_id,
+                partition=ref.partition,
+                offsets=[ref.offset],
+            )
+            record = fetched.records.get(ref.offset)
+            if record is None:
+                raise self._permanent(
+                    f"{ref.topic}/{ref.partition}/{ref.offset}: {fetched.missing}"
+                )
+            if record.key != ref.key:
+                raise self._permanent(
+                    f"{ref.topic}/{ref.partition}/{ref.offset} now has another key than at "
+                    "hand-off: the topic changed under Courier"
+                )
+            result.append(replace(item, record=record))
+        return result
+
+    def _permanent(self, reason: str) -> ApplicationError:
+        metrics.record_failure(self.name, permanent=True, count=1)
+        log.warning("%s: permanent failure: %s", self.name, reason)
+        return ApplicationError(reason, type=PERMANENT_ERROR_TYPE, non_retryable=True)
+
+    async def _write(self, records: Sequence[OutgoingRecord]) -> str:
+        """Write records; map export errors to Temporal's retry decisions."""
         attempt = activity.info().attempt
         started = time.perf_counter()
         try:
-            detail = await self.destination.write(batch.records)
+            detail = await self.destination.write(records)
         except PermanentExportError as err:
-            metrics.record_failure(self.name, permanent=True, count=len(batch.records))
+            metrics.record_failure(self.name, permanent=True, count=len(records))
             log.warning("%s: permanent failure: %s", self.name, err.reason)
             raise ApplicationError(
                 err.reason, type=PERMANENT_ERROR_TYPE, non_retryable=True
             ) from err
         except RetryableExportError as err:
-            metrics.record_failure(self.name, permanent=False, count=len(batch.records))
+            metrics.record_failure(self.name, permanent=False, count=len(records))
             log.info("%s: attempt %d failed, will retry: %s", self.name, attempt, err.reason)
             delay = timedelta(seconds=err.retry_after) if err.retry_after is not None else None
             raise ApplicationError(
                 err.reason, type=RETRYABLE_ERROR_TYPE, next_retry_delay=delay
             ) from err
-        metrics.record_success(
-            self.name, count=len(batch.records), seconds=time.perf_counter() - started
-        )
-        return ExportResult(
-            destination=self.name, written=len(batch.records), detail=detail, attempt=attempt
-        )
+        metrics.record_success(self.name, count=len(records), seconds=time.perf_counter() - started)
+        return detail
+
+    async def _write_isolating_failures(
+        self, items: list[OutgoingRecord]
+    ) -> list[tuple[list[OutgoingRecord], str | None]]:
+        """Write ``items``; on a permanent failure split them until the bad records are alone.
+
+        Returns ``(records, None)`` for written parts and ``(records, reason)`` for records that
+        failed for good. Retryable failures raise: the whole batch is retried (idempotently).
+        """
+        if not items:
+            return []
+        try:
+            await self._write(items)
+            return [(items, None)]
+        except ApplicationError as err:
+            if err.non_retryable is False or err.type != PERMANENT_ERROR_TYPE:
+                raise
+            if len(items) == 1:
+                return [(items, err.message)]
+        middle = len(items) // 2
+        return [
+            *await self._write_isolating_failures(items[:middle]),
+            *await self._write_isolating_failures(items[middle:]),
+        ]

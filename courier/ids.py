@@ -14,3 +14,14 @@ def workflow_id(*, group: str, topic: str, topic_id: str, partition: int, offset
     key at every destination.
     """
     return f"{WORKFLOW_ID_PREFIX}/{group}/{topic}@{topic_id}/{partition}/{offset}"
+
+
+def range_workflow_id(*, group: str, topic: str, topic_id: str, partition: int, first: int) -> str:
+    """The workflow ID of a batch-mode range, from its first offset: ``…/<first>/range``.
+
+    Each record of the range keeps its own identity (:func:`workflow_id`) at the sinks.
+    """
+    offset_id = workflow_id(
+        group=group, topic=topic, topic_id=topic_id, partition=partition, offset=first
+    )
+    return f"{offset_id}/range"

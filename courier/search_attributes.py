@@ -9,8 +9,10 @@ RECORD_KEY = SearchAttributeKey.for_keyword("CourierKey")
 TOPIC = SearchAttributeKey.for_keyword("CourierTopic")
 PARTITION = SearchAttributeKey.for_int("CourierPartition")
 OFFSET = SearchAttributeKey.for_int("CourierOffset")
+FAILED_COUNT = SearchAttributeKey.for_int("CourierFailedCount")
+"""Batch mode: records of a range that failed (set when the range's workflow fails)."""
 
-ALL = (DESTINATION, RECORD_KEY, TOPIC, PARTITION, OFFSET)
+ALL = (DESTINATION, RECORD_KEY, TOPIC, PARTITION, OFFSET, FAILED_COUNT)
 
 DEV_SERVER_FLAGS: dict[str, str] = {
     key.name: key.indexed_value_type.name.title().replace("_", "") for key in ALL

@@ -36,6 +36,7 @@ from courier.config import CourierConfig
 from ingest.handoff import coordinates, hand_off
 from ingest.kafka import consumer_options, never_create_topics
 from ingest.offsets import OffsetTracker
+from ingest.ranges import OpenRange, hand_off_range
 from ingest.routing import Router
 from ingest.topic_ids import TopicIdError, TopicIds
 
@@ -67,6 +68,10 @@ class Ingest:
         self._stopping = asyncio.Event()
         self._missing_logged: dict[str, float] = {}
         self._topics_checked = -MISSING_TOPIC_LOG_S
+        self._open_ranges: dict[TopicPartition, OpenRange] = {}
+        self._ranges_in_flight: set[TopicPartition] = set()
+        self._covered: dict[TopicPartition, int] = {}
+        """Batch mode: last offset of a partition that earlier runs' ranges cover."""
         self._seen_ids: dict[str, str] = {}
         """The last ID each topic was seen with (a topic that disappears keeps its entry)."""
 
@@ -194,11 +199,142 @@ class Ingest:
     def _restart_partition(self, tp: TopicPartition) -> None:
         """Forget what was read of ``tp``: buffered records, offsets, hand-offs in flight."""
         self._pending.pop(tp, None)
+        self._open_ranges.pop(tp, None)
+        self._covered.pop(tp, None)
         self._epoch[tp] += 1
         self.tracker.forget({tp})
 
+    # ------------------------------------------------------------------------------ batch mode
+    def _gather_ranges(self) -> None:
+        """Move buffered records into each partition's open range (offsets and keys only)."""
+        assert self._topic_ids is not None
+        max_records = self.config.ingest.max_records
+        for tp, records in self._pending.items():
+            if not records:
+                continue
+            if self._topic_ids.get(tp.topic) is None:
+                self._log_missing_topic(tp.topic)
+                continue
+            open_range = self._open_ranges.get(tp)
+            while records:
+                record = records[0]
+                expected = (
+                    open_range.offsets[-1] + 1
+                    if open_range is not None and open_range.offsets
+                    else self.tracker.next_offset(tp)
+                )
+                if expected is not None and record.offset < expected:
+                    # The partition was rewound (a reset or a seek): start afresh.
+                    self._epoch[tp] += 1
+                    self.tracker.forget({tp})
+                    self._covered.pop(tp, None)
+                    self._open_ranges.pop(tp, None)
+                    open_range = None
+                if record.offset <= self._covered.get(tp, -1):
+                    records.popleft()  # in a range an earlier run handed off already
+                    self.tracker.begin(tp, record.offset)
+                    self.tracker.finish(tp, record.offset)
+                    self.counts["existing"] += 1
+                    continue
+                if open_range is None:
+                    open_range = self._open_ranges[tp] = OpenRange()
+                if len(open_range.offsets) >= max_records:
+                    break
+                records.popleft()
+                open_range.add(record.offset, record.key)
+
+    def _close_ranges(self) -> None:
+        """Hand off ranges that are full or waited long enough, one at a time per partition."""
+        assert self._topic_ids is not None
+        ingest = self.config.ingest
+        max_wait = ingest.max_wait.total_seconds()
+        for tp, open_range in list(self._open_ranges.items()):
+            if self._in_flight >= self.config.kafka.max_in_flight:
+                return
+            if tp in self._ranges_in_flight or not open_range.ready(ingest.max_records, max_wait):
+                continue
+            topic_id = self._topic_ids.get(tp.topic)
+            if topic_id is None:
+                continue
+            del self._open_ranges[tp]
+            for offset in open_range.offsets:
+                self.tracker.begin(tp, offset)
+            self._in_flight += 1
+            self._ranges_in_flight.add(tp)
+            task = asyncio.create_task(
+                self._hand_off_range(tp, open_range, topic_id, self._epoch[tp])
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _hand_off_range(
+        self, tp: TopicPartition, open_range: OpenRange, topic_id: str, epoch: int
+    ) -> None:
+        offsets = open_range.offsets
+        delay = 1.0
+        try:
+            while True:
+                try:
+                    result = await hand_off_range(
+                        self.client,
+                        self.config,
+                        self.router,
+                        topic=tp.topic,
+                        topic_id=topic_id,
+                        partition=tp.partition,
+                        offsets=offsets,
+                        keys=open_range.keys,
+                    )
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug: never lose the range, never drop the error
+                    log.exception(
+                        "hand-off of %s/%d [%d..%d] failed; retrying",
+                        tp.topic,
+                        tp.partition,
+                        offsets[0],
+                        offsets[-1],
+                    )
+                    metrics.HAND_OFF_FAILURES.labels(tp.topic).inc()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_BACKOFF_S)
+            outcome = "started" if result.started else "existing"
+            self.counts[outcome] += len(offsets) - result.skipped
+            self.counts["skipped"] += result.skipped
+            metrics.INGESTED.labels(tp.topic, outcome).inc(len(offsets) - result.skipped)
+            if self._epoch[tp] == epoch:
+                for offset in offsets:
+                    self.tracker.finish(tp, offset)
+                if result.covered_until > offsets[-1]:
+                    self._cover(tp, result.covered_until)
+        finally:
+            self._in_flight -= 1
+            self._ranges_in_flight.discard(tp)
+            self._slot_freed.set()
+
+    def _cover(self, tp: TopicPartition, last: int) -> None:
+        """Records up to ``last`` are in a range an earlier run handed off: skip them."""
+        self._covered[tp] = last
+        open_range = self._open_ranges.get(tp)
+        if open_range is None:
+            return
+        keep = [i for i, offset in enumerate(open_range.offsets) if offset > last]
+        for offset in open_range.offsets[: len(open_range.offsets) - len(keep)]:
+            self.tracker.begin(tp, offset)
+            self.tracker.finish(tp, offset)
+            self.counts["existing"] += 1
+        open_range.offsets = [open_range.offsets[i] for i in keep]
+        open_range.keys = [open_range.keys[i] for i in keep]
+        if not open_range.offsets:
+            del self._open_ranges[tp]
+
     def _dispatch_pending(self) -> None:
         """Start hand-offs for buffered records while the window has room, fairly."""
+        if self.config.ingest.mode == "batch":
+            self._gather_ranges()
+            self._close_ranges()
+            return
         assert self._topic_ids is not None
         window = self.config.kafka.max_in_flight
         ready = [tp for tp, records in self._pending.items() if records]
@@ -359,6 +495,8 @@ class Ingest:
         """Drop buffered records of ``revoked``, finish (bounded) their hand-offs, commit."""
         for tp in revoked:
             self._pending.pop(tp, None)
+            self._open_ranges.pop(tp, None)  # never begun: the next owner reads them again
+            self._covered.pop(tp, None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_TIMEOUT_S
         while self.tracker.in_flight(revoked) and loop.time() < deadline:

@@ -78,6 +78,8 @@ class DestinationPolicy:
     retry: RetrySpec
     start_to_close_s: float
     schedule_to_close_s: float | None = None
+    batch_size: int = 500
+    """Batch mode: most records one export activity carries."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,10 @@ class ExportRecordInput:
     destination: DestinationPolicy | None
     unroutable_reason: str | None = None
     hand_off_failure: str | None = None
-    """Set when ingest could not hand the record itself off (too large, unencodable, a bug):
+    """Set when ingest could not hand the record itself off (unencodable, refused, a bug):
     the input carries the coordinates only and the workflow fails with this reason."""
+    by_reference: bool = False
+    """The record carries its coordinates and key only; the worker reads it from Kafka."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,8 @@ class ExportBatch:
 
     destination: str
     records: list[OutgoingRecord]
+    by_reference: bool = False
+    """The records carry coordinates and keys only: read them from Kafka before writing."""
 
 
 @dataclass(frozen=True)
@@ -130,3 +136,70 @@ class ExportReceipt:
     destination: str
     attempts: int
     detail: str
+
+
+@dataclass(frozen=True)
+class FailedRecord:
+    """A record of a range that could not be exported, and why."""
+
+    offset: int
+    destination: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class RangeSlice:
+    """The records of a range that go to one destination."""
+
+    destination: DestinationPolicy
+    offsets: list[int]
+
+
+@dataclass(frozen=True)
+class ExportRangeInput:
+    """Input of the ``ExportRange`` workflow: a contiguous offset range of one partition.
+
+    Records travel by reference (Kafka holds them); every record keeps its own identity and
+    idempotency key, the same as in per-record mode.
+    """
+
+    group: str
+    topic: str
+    topic_id: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    slices: list[RangeSlice]
+    failed: list[FailedRecord] = field(default_factory=list)
+    """Records that failed at ingest already (no route under ``unmatched: fail``)."""
+
+
+@dataclass(frozen=True)
+class RangeBatch:
+    """Input of the ``export_range`` activity: some records of a range for one destination."""
+
+    destination: str
+    group: str
+    topic: str
+    topic_id: str
+    partition: int
+    offsets: list[int]
+
+
+@dataclass(frozen=True)
+class RangeBatchResult:
+    """What one ``export_range`` activity wrote, and the records that failed for good."""
+
+    destination: str
+    written: int
+    failed: list[FailedRecord]
+    detail: str
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class ExportRangeResult:
+    """Result of the ``ExportRange`` workflow."""
+
+    exported: int
+    failed: list[FailedRecord]
