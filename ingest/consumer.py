@@ -68,6 +68,11 @@ class Ingest:
         self._stopping = asyncio.Event()
         self._missing_logged: dict[str, float] = {}
         self._topics_checked = -MISSING_TOPIC_LOG_S
+        self._ids_checked = 0.0
+        self._ids_failure_logged = -MISSING_TOPIC_LOG_S
+        self._moved = True
+        """Whether the last dispatch started or gathered anything (else waiting records are
+        blocked on hand-offs in flight or a missing topic, and the loop must not spin)."""
         self._open_ranges: dict[TopicPartition, OpenRange] = {}
         self._ranges_in_flight: set[TopicPartition] = set()
         self._covered: dict[TopicPartition, int] = {}
@@ -114,14 +119,22 @@ class Ingest:
 
     async def _poll_once(self, consumer: AIOKafkaConsumer) -> None:
         await self._warn_missing_topics()
-        if self._in_flight >= self.config.kafka.max_in_flight:
-            # Window full: wait for a slot, but keep polling so the group keeps us.
+        waiting = any(self._pending.values())
+        if self._in_flight >= self.config.kafka.max_in_flight or (waiting and not self._moved):
+            # Records wait for a hand-off to finish: wait for one (briefly), but keep polling
+            # so the group keeps us.
             self._slot_freed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), POLL_TIMEOUT_MS / 1000)
             timeout_ms = 0
+        elif waiting:
+            timeout_ms = 0
+        elif self._open_ranges:
+            timeout_ms = min(
+                POLL_TIMEOUT_MS, int(self.config.ingest.max_wait.total_seconds() * 1000)
+            )
         else:
-            timeout_ms = 0 if any(self._pending.values()) else POLL_TIMEOUT_MS
+            timeout_ms = POLL_TIMEOUT_MS
         batches = await consumer.getmany(
             timeout_ms=timeout_ms, max_records=self.config.kafka.max_in_flight
         )
@@ -131,9 +144,13 @@ class Ingest:
             if tp in owned and records:
                 self._pending.setdefault(tp, collections.deque()).extend(records)
                 fetched = True
-        if fetched or any(self._pending.values()):
+        now = time.monotonic()
+        if fetched or (any(self._pending.values()) and now - self._ids_checked >= 1.0):
+            self._ids_checked = now
             await self._check_topic_ids(consumer)
+        before = self._in_flight, sum(len(r) for r in self._pending.values())
         self._dispatch_pending()
+        self._moved = before != (self._in_flight, sum(len(r) for r in self._pending.values()))
         self._pause_buffered(consumer)
 
     async def _warn_missing_topics(self) -> None:
@@ -171,7 +188,9 @@ class Ingest:
         try:
             refresh = await self._topic_ids.refresh(topics)
         except (KafkaError, TopicIdError) as err:
-            log.warning("cannot look up topic IDs (%s); fetched records wait", err)
+            if time.monotonic() - self._ids_failure_logged >= MISSING_TOPIC_LOG_S:
+                self._ids_failure_logged = time.monotonic()
+                log.warning("cannot look up topic IDs (%s); fetched records wait", err)
             return
         for topic, new in refresh.ids.items():
             old = self._seen_ids.get(topic)
@@ -498,7 +517,9 @@ class Ingest:
             self._open_ranges.pop(tp, None)  # never begun: the next owner reads them again
             self._covered.pop(tp, None)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + DRAIN_TIMEOUT_S
+        # Well inside the rebalance timeout (max_poll_interval), or the group evicts us.
+        wait_s = min(DRAIN_TIMEOUT_S, self.config.kafka.max_poll_interval.total_seconds() / 3)
+        deadline = loop.time() + wait_s
         while self.tracker.in_flight(revoked) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if self.tracker.in_flight(revoked):
@@ -506,7 +527,7 @@ class Ingest:
                 "%d hand-offs of revoked partitions unfinished after %.0fs; their offsets stay "
                 "uncommitted and the next owner reads them again",
                 self.tracker.in_flight(revoked),
-                DRAIN_TIMEOUT_S,
+                wait_s,
             )
         await self.commit(revoked)
         for tp in revoked:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiokafka import ConsumerRecord
 from temporalio.client import Client
@@ -113,6 +113,15 @@ def build_input(
     )
 
 
+def reference_input(
+    record: ConsumerRecord, topic_id: str, decision: RouteDecision, config: CourierConfig
+) -> ExportRecordInput:
+    """An input with the record's coordinates and key; the worker reads the rest from Kafka."""
+    full = build_input(record, topic_id, decision, config)
+    reference = replace(full.record, value=None, headers=[])
+    return replace(full, record=reference, by_reference=True)
+
+
 def failed_input(
     record: ConsumerRecord, topic_id: str, decision: RouteDecision, reason: str
 ) -> ExportRecordInput:
@@ -148,18 +157,28 @@ async def checked_input(
     decision: RouteDecision,
 ) -> ExportRecordInput:
     """The record's workflow input; :class:`RecordRejected` if it cannot be one."""
+    limit = config.temporal.max_input_bytes
     try:
         workflow_input = build_input(record, topic_id, decision, config)
+        if config.ingest.payloads == "inline":
+            size = await encoded_size(client, workflow_input)
+            if size <= limit:
+                return workflow_input
+            log.info(
+                "%s goes by reference: its inline workflow input would be %s bytes, over "
+                "temporal.max_input_bytes",
+                coordinates(record),
+                f"{size:,}",
+            )
+        workflow_input = reference_input(record, topic_id, decision, config)
         size = await encoded_size(client, workflow_input)
     except Exception as err:  # any conversion problem is about this record
         raise RecordRejected(f"cannot encode the record: {type(err).__name__}: {err}") from err
-    limit = config.temporal.max_input_bytes
     if size > limit:
-        raw = len(record.key or b"") + len(record.value or b"")
         raise RecordRejected(
-            f"record of {raw:,} bytes encodes to a {size:,}-byte workflow input, over the "
-            f"{limit:,}-byte limit (temporal.max_input_bytes; Temporal refuses payloads over "
-            "2 MiB)"
+            f"even without its value the record's workflow input is {size:,} bytes, over the "
+            f"{limit:,}-byte limit (temporal.max_input_bytes): its key of "
+            f"{len(record.key or b''):,} bytes is too large"
         )
     return workflow_input
 

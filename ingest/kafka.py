@@ -44,6 +44,8 @@ def consumer_options(kafka: KafkaConfig) -> dict[str, object]:
         "security_protocol": sec.protocol,
         "isolation_level": kafka.isolation_level,
         "max_poll_interval_ms": int(kafka.max_poll_interval.total_seconds() * 1000),
+        # As the Java client: members have as long to finish a revoke as between polls.
+        "rebalance_timeout_ms": int(kafka.max_poll_interval.total_seconds() * 1000),
         "metadata_max_age_ms": int(kafka.metadata_refresh.total_seconds() * 1000),
     }
     if sec.protocol in ("SSL", "SASL_SSL"):

@@ -69,6 +69,7 @@ class ExportRecord:
                 ExportBatch(
                     destination=policy.name,
                     records=[OutgoingRecord(idempotency_key=workflow_id, record=record)],
+                    by_reference=input.by_reference,
                 ),
                 task_queue=policy.task_queue,
                 start_to_close_timeout=timedelta(seconds=policy.start_to_close_s),

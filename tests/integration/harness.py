@@ -22,6 +22,7 @@ def pipeline_config(
     destinations: list[dict[str, Any]],
     routes: dict[str, Any],
     kafka: dict[str, Any] | None = None,
+    ingest: dict[str, Any] | None = None,
 ) -> CourierConfig:
     """A config whose topic, group, task queues and destination names are this test's own."""
     return parse_config(
@@ -37,6 +38,7 @@ def pipeline_config(
                 "address": settings.temporal_address,
                 "workflow_task_queue": f"courier-workflows-{unique}",
             },
+            "ingest": ingest or {},
             "destinations": destinations,
             "routes": routes,
         },

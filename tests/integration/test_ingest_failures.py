@@ -3,6 +3,7 @@ inputs over the size limit (the hand-off failure contract of ``ingest.handoff``)
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.converter import DataConverter, PayloadCodec
@@ -19,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from courier import metrics
 from courier.config import CourierConfig
+from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce
 from ingest.consumer import Ingest
 from tests.integration.harness import (
@@ -251,47 +254,117 @@ async def test_a_record_whose_input_cannot_be_encoded_fails_visibly_and_the_part
 # --- Records over the encoded size limit ---------------------------------------------------
 
 
-async def test_records_over_the_encoded_size_limit_fail_readably_and_block_nothing(
-    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
-) -> None:
-    out = tmp_path / "out.jsonl"
-    config = file_config(stack_settings, unique, out)
-    topic, group = config.kafka.topics[0], config.kafka.group
-    bootstrap = stack_settings.kafka_bootstrap
+async def create_big_topic(bootstrap: str, topic: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         response = await admin.create_topics(
-            [NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "5000000"})]
+            [NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "8000000"})]
         )
         assert [code for _, code, *_ in response.topic_errors] == [0], response
     finally:
         await admin.close()
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=6_000_000)
-    await producer.start()
-    try:
-        # Not UTF-8: travels as base64, a third larger (~2.27 MB encoded).
-        await producer.send_and_wait(topic, key=b"binary", value=b"\xff" * 1_700_000)
-        # Each '"' is escaped to '\"' in the JSON input (~2.4 MB encoded).
-        await producer.send_and_wait(topic, key=b"quotes", value=b'"' * 1_200_000)
-        await producer.send_and_wait(topic, key=b"small", value=b"{}")
-    finally:
-        await producer.stop()
 
-    query = f"CourierTopic = '{topic}'"
-    async with courier_running(temporal_client, config) as ingest:
-        assert ingest is not None
-        await wait_for_workflows(temporal_client, query, 1, timeout=TIMEOUT)
-        await wait_for_workflows(
-            temporal_client, query, 2, status=WorkflowExecutionStatus.FAILED, timeout=TIMEOUT
+def payload_data(message: Message) -> bytes:
+    """The data of every Payload anywhere inside a protobuf message, concatenated."""
+    found = b""
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        for item in value if field.is_repeated else [value]:
+            if isinstance(item, Payload):
+                found += item.data
+            elif isinstance(item, Message):
+                found += payload_data(item)
+    return found
+
+
+async def history_bytes(client: Client, query: str) -> bytes:
+    """The payload data of every history event of the matching workflows."""
+    found = b""
+    async for execution in client.list_workflows(query):
+        history = await client.get_workflow_handle(execution.id).fetch_history()
+        for event in history.events:
+            found += payload_data(event)
+    return found
+
+
+@pytest.mark.parametrize("payloads", ["inline", "reference"])
+async def test_records_over_the_input_limit_go_by_reference_to_every_kind(
+    stack_settings: Any,
+    temporal_client: Client,
+    pg_pool: Any,
+    unique: str,
+    tmp_path: Path,
+    payloads: str,
+) -> None:
+    out = tmp_path / "out.jsonl"
+    table = f"big_{unique}"
+    async with Receiver() as receiver:
+        config = pipeline_config(
+            stack_settings,
+            unique,
+            destinations=[
+                {"name": f"file-{unique}", "kind": "file", "path": str(out)},
+                {
+                    "name": f"pg-{unique}",
+                    "kind": "postgres",
+                    "dsn": stack_settings.postgres_dsn,
+                    "table": table,
+                },
+                {"name": f"api-{unique}", "kind": "rest", "url": f"{receiver.url}/big/{{key}}"},
+            ],
+            routes={
+                "rules": [
+                    {"prefix": "f-", "destination": f"file-{unique}"},
+                    {"prefix": "p-", "destination": f"pg-{unique}"},
+                    {"prefix": "r-", "destination": f"api-{unique}"},
+                ]
+            },
+            ingest={"payloads": payloads},
         )
-        await eventually(handed_off(ingest, 3), timeout=TIMEOUT)
-        await wait_committed(bootstrap, group, topic, 3)
+        topic, bootstrap = config.kafka.topics[0], stack_settings.kafka_bootstrap
+        await create_big_topic(bootstrap, topic)
+        binary = bytes(range(256)) * (5_000_000 // 256)  # 5 MB, not UTF-8: base64 inline
+        quotes = b'"' * 1_200_000  # 1.2 MB; escaping doubles it inline
+        big_json = json.dumps({"blob": "x" * 5_000_000}).encode()
+        records = [
+            (b"f-binary", binary),
+            (b"f-quotes", quotes),
+            (b"p-json", big_json),
+            (b"r-binary", binary),
+            (b"f-small", b"{}"),
+        ]
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", max_request_size=7_000_000
+        )
+        await producer.start()
+        try:
+            for key, value in records:
+                await producer.send_and_wait(topic, key=key, value=value)
+        finally:
+            await producer.stop()
 
-    assert exported_keys(out) == ["small"]
-    assert ingest.counts["failed"] == 2 and ingest.counts["started"] == 1
-    for offset, size in ((0, 6 + 1_700_000), (1, 6 + 1_200_000)):  # key and value bytes
-        cause = await failure_of(temporal_client, f"{query} AND CourierOffset = {offset}")
-        assert f"record of {size:,} bytes" in cause.message, cause.message
-        assert "encodes to a" in cause.message and "over the" in cause.message, cause.message
+        query = f"CourierTopic = '{topic}'"
+        async with courier_running(temporal_client, config) as ingest:
+            assert ingest is not None
+            await wait_for_workflows(temporal_client, query, len(records), timeout=60)
+            await wait_committed(bootstrap, config.kafka.group, topic, len(records))
+        assert ingest.counts["failed"] == 0
+
+        lines = {json.loads(line)["key"]: json.loads(line) for line in out.read_text().splitlines()}
+        assert sorted(lines) == ["f-binary", "f-quotes", "f-small"]
+        assert lines["f-binary"]["value_encoding"] == "base64"
+        assert base64.b64decode(lines["f-binary"]["value"]) == binary
+        assert lines["f-quotes"]["value"] == quotes.decode()
+        row = await pg_pool.fetchrow(f'SELECT value FROM "{table}"')
+        assert json.loads(row["value"]) == json.loads(big_json)
+        [request] = receiver.effect_requests("/big/")
+        assert base64.b64decode(json.loads(request.body)["value"]) == binary
+
+    history = await history_bytes(temporal_client, query)
+    assert b"f-binary" in history and b"p-json" in history  # keys travel; the walk sees them
+    assert b"x" * 1000 not in history
+    assert b'\\"' * 1000 not in history
+    assert base64.b64encode(binary)[:1000] not in history

@@ -131,20 +131,27 @@ def failed_start(client: FakeClient) -> ExportRecordInput:
 
 
 @pytest.mark.parametrize(
-    ("value", "raw"),
-    [(bytes([0xFF]) * 1_700_000, "1,700,003"), (b'"' * 1_200_000, "1,200,003")],
+    "value",
+    [bytes([0xFF]) * 1_700_000, b'"' * 1_200_000],
     ids=["binary-1.7MB-grows-under-base64", "quotes-1.2MB-double-under-escaping"],
 )
-async def test_a_record_over_the_encoded_limit_gets_a_failed_workflow(
-    value: bytes, raw: str
-) -> None:
+async def test_a_record_over_the_encoded_limit_goes_by_reference(value: bytes) -> None:
     client = FakeClient([])
     result = await run_hand_off(client, record(b"o-1", value))
-    assert result.started and result.failed_reason is not None
-    assert f"record of {raw} bytes encodes to a" in result.failed_reason
-    assert "2,000,000-byte limit" in result.failed_reason
-    assert len(client.calls) == 1
-    assert failed_start(client).hand_off_failure == result.failed_reason
+    assert result == handoff.HandOff(WID, started=True)
+    built = client.calls[-1]["args"][1]
+    assert isinstance(built, ExportRecordInput) and built.by_reference
+    assert built.record.value is None and built.record.headers == []
+    assert built.record.key is not None and built.record.key.text == "o-1"
+    assert await handoff.encoded_size(client, built) < 2_000  # type: ignore[arg-type]
+
+
+async def test_a_key_too_large_even_by_reference_gets_a_failed_workflow() -> None:
+    client = FakeClient([])
+    result = await run_hand_off(client, record(b"o-" + b"k" * 2_100_000))
+    assert result.failed_reason is not None
+    assert "its key of 2,100,002 bytes is too large" in result.failed_reason
+    failed_start(client)
 
 
 async def test_invalid_argument_gives_a_failed_workflow_without_the_key(
