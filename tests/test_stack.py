@@ -112,6 +112,7 @@ def test_search_attributes_fit_the_sqlite_dev_server() -> None:
         "CourierTopic",
         "CourierPartition",
         "CourierOffset",
+        "CourierFailedCount",
     }
 
 

@@ -70,18 +70,15 @@ class _Temporal(_Service):
     async def probe(self) -> None:
         if not await _port_open(self.s.host, self.s.temporal_port):
             raise ConnectionError(f"{self.s.temporal_address} not accepting connections yet")
-        from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
         from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
         from temporalio.client import Client
+
+        from courier.ops.setup import ensure_search_attributes
 
         ns = self.s.temporal_namespace
         client = await Client.connect(self.s.temporal_address, namespace=ns)
         await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=ns))
-        resp = await client.operator_service.list_search_attributes(
-            ListSearchAttributesRequest(namespace=ns)
-        )
-        missing = set(SEARCH_ATTRIBUTES) - set(resp.custom_attributes)
-        if missing:
-            raise RuntimeError(f"search attributes not registered yet: {sorted(missing)}")
+        # The flags register them in a new database; an existing one may predate an attribute.
+        await ensure_search_attributes(client)
         if not await _port_open(self.s.host, self.s.temporal_ui_port):
             raise ConnectionError(f"Temporal UI {self.s.temporal_ui_url} not up yet")
