@@ -243,7 +243,7 @@ def status(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
 
 
 async def _status(cfg: CourierConfig) -> None:
-    from courier.ops.status import destination_statuses
+    from courier.ops.status import destination_statuses, range_status
 
     client = await _client(cfg)
     table = Table(
@@ -265,7 +265,8 @@ async def _status(cfg: CourierConfig) -> None:
         table.add_column(
             column, justify="left" if column == "destination" else "right", no_wrap=True
         )
-    for dest in await destination_statuses(client, cfg):
+    statuses = await destination_statuses(client, cfg)
+    for dest in statuses:
         queue = dest.queue
         limit = format_rate(queue.rate_limit)
         if queue.rate_limit is not None:
@@ -281,6 +282,38 @@ async def _status(cfg: CourierConfig) -> None:
             str(dest.failed),
         )
     console.print(table)
+    await _warn_retention(cfg, [(d.name, d.queue.backlog_age_s) for d in statuses])
+    ranges = await range_status(client, cfg)
+    if ranges.running or ranges.completed or ranges.failed:
+        console.print(
+            f"batch mode ranges: {ranges.running} running, {ranges.completed} done, "
+            f"{ranges.failed} failed ({ranges.failed_records} records could not be exported; "
+            "per-destination record counts: the courier_records_exported metric)"
+        )
+
+
+async def _warn_retention(cfg: CourierConfig, backlogs: list[tuple[str, float]]) -> None:
+    """Warn where a backlog is older than half the shortest retention of the topics."""
+    from aiokafka.errors import KafkaError
+
+    from courier.ops.retention import topic_retention_s
+
+    try:
+        retention = [s for s in (await topic_retention_s(cfg.kafka)).values() if s is not None]
+    except (KafkaError, OSError) as err:
+        err_console.print(f"[yellow]warning:[/yellow] cannot read topic retention: {err}")
+        return
+    if not retention:
+        return
+    shortest = min(retention)
+    for name, age in backlogs:
+        if age > shortest / 2:
+            err_console.print(
+                f"[yellow]warning:[/yellow] {name}'s oldest pending export waits {age:.0f}s, "
+                f"over half the topics' retention ({shortest:.0f}s): records by reference "
+                "that outlive the retention can no longer be exported",
+                highlight=False,
+            )
 
 
 @app.command()

@@ -1,7 +1,10 @@
-"""Replaying failed exports: reset each Failed ``ExportRecord`` run to its first workflow task.
+"""Replaying failed exports: reset each Failed export run to its first workflow task.
 
-The reset run keeps the workflow ID (so the idempotency key is unchanged) and exports the
-record again; the failed run stays listed in the Temporal UI for the record.
+The reset run keeps the workflow ID (so every record keeps its idempotency key) and exports
+again; the failed run stays listed in the Temporal UI. A batch-mode ``ExportRange`` is reset
+whole: its records that were exported already are written again with the same idempotency
+keys, so the file and PostgreSQL sinks skip them and REST endpoints see a repeated
+``Idempotency-Key``; only the records that failed have a new effect.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from courier import search_attributes as sa
 
 def failed_exports_query(destination: str | None = None, extra: str | None = None) -> str:
     """Visibility query for Failed exports, optionally of one destination and a further filter."""
-    parts = ["WorkflowType = 'ExportRecord'", "ExecutionStatus = 'Failed'"]
+    parts = ["WorkflowType IN ('ExportRecord', 'ExportRange')", "ExecutionStatus = 'Failed'"]
     if destination:
         parts.append(f"{sa.DESTINATION.name} = '{destination}'")
     if extra:

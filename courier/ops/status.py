@@ -41,3 +41,30 @@ async def destination_statuses(client: Client, config: CourierConfig) -> list[De
             )
         )
     return result
+
+
+@dataclass(frozen=True)
+class RangeStatus:
+    """Batch mode: the ``ExportRange`` workflows of this deployment's workflow queue."""
+
+    running: int
+    completed: int
+    failed: int
+    failed_records: int
+    """Records of the failed ranges that could not be exported (``CourierFailedCount``)."""
+
+
+async def range_status(client: Client, config: CourierConfig) -> RangeStatus:
+    """Ranges by outcome, and how many records the failed ones could not export."""
+    base = f"WorkflowType = 'ExportRange' AND TaskQueue = '{config.temporal.workflow_task_queue}'"
+    counts = await client.count_workflows(f"{base} GROUP BY ExecutionStatus")
+    by_status = {str(g.group_values[0]): g.count for g in counts.groups}
+    failed_records = 0
+    async for execution in client.list_workflows(f"{base} AND ExecutionStatus = 'Failed'"):
+        failed_records += execution.typed_search_attributes.get(sa.FAILED_COUNT) or 0
+    return RangeStatus(
+        running=by_status.get("Running", 0),
+        completed=by_status.get("Completed", 0),
+        failed=by_status.get("Failed", 0),
+        failed_records=failed_records,
+    )
