@@ -36,6 +36,11 @@ def workflow_worker(client: Client, config: CourierConfig) -> Worker:
         # Eager activities would run on this worker, bypassing the destination's queue limit.
         disable_eager_activity_execution=True,
         max_concurrent_workflow_tasks=200,
+        # Export workflows are short: most workflow tasks are a new workflow's first, which
+        # come from the normal queue, not the sticky one. With the SDK's default (5 polls,
+        # ratio 0.2) one poller serves it and tasks wait seconds on a busy queue.
+        max_concurrent_workflow_task_polls=16,
+        nonsticky_to_sticky_poll_ratio=1.0,
         workflow_task_executor=ThreadPoolExecutor(max_workers=4),
     )
 
