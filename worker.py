@@ -60,6 +60,7 @@ async def destination_worker(
             task_queue=dest_config.task_queue,
             activities=[activity.export, activity.export_range],
             max_concurrent_activities=dest_config.max_concurrency,
+            max_concurrent_activity_task_polls=min(dest_config.max_concurrency, 8),
             max_task_queue_activities_per_second=activity_rate(config, name),
         )
     finally:

@@ -46,6 +46,7 @@ DRAIN_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 30.0
 POLL_TIMEOUT_MS = 200
 MISSING_TOPIC_LOG_S = 30.0
+MAX_RANGES_PER_PARTITION = 4
 
 
 class Ingest:
@@ -74,7 +75,11 @@ class Ingest:
         """Whether the last dispatch started or gathered anything (else waiting records are
         blocked on hand-offs in flight or a missing topic, and the loop must not spin)."""
         self._open_ranges: dict[TopicPartition, OpenRange] = {}
-        self._ranges_in_flight: set[TopicPartition] = set()
+        self._ranges_in_flight: collections.Counter[TopicPartition] = collections.Counter()
+        self._fresh: set[TopicPartition] = set()
+        """Batch mode: partitions where a range was started anew since assignment. Earlier
+        runs' ranges are contiguous from the committed offset, so past the first fresh start
+        none can follow, and ranges of the partition may be handed off several at a time."""
         self._covered: dict[TopicPartition, int] = {}
         """Batch mode: last offset of a partition that earlier runs' ranges cover."""
         self._seen_ids: dict[str, str] = {}
@@ -220,6 +225,7 @@ class Ingest:
         self._pending.pop(tp, None)
         self._open_ranges.pop(tp, None)
         self._covered.pop(tp, None)
+        self._fresh.discard(tp)
         self._epoch[tp] += 1
         self.tracker.forget({tp})
 
@@ -247,6 +253,7 @@ class Ingest:
                     self._epoch[tp] += 1
                     self.tracker.forget({tp})
                     self._covered.pop(tp, None)
+                    self._fresh.discard(tp)
                     self._open_ranges.pop(tp, None)
                     open_range = None
                 if record.offset <= self._covered.get(tp, -1):
@@ -270,7 +277,10 @@ class Ingest:
         for tp, open_range in list(self._open_ranges.items()):
             if self._in_flight >= self.config.kafka.max_in_flight:
                 return
-            if tp in self._ranges_in_flight or not open_range.ready(ingest.max_records, max_wait):
+            busy = self._ranges_in_flight[tp]
+            if busy and (tp not in self._fresh or busy >= MAX_RANGES_PER_PARTITION):
+                continue
+            if not open_range.ready(ingest.max_records, max_wait):
                 continue
             topic_id = self._topic_ids.get(tp.topic)
             if topic_id is None:
@@ -279,7 +289,7 @@ class Ingest:
             for offset in open_range.offsets:
                 self.tracker.begin(tp, offset)
             self._in_flight += 1
-            self._ranges_in_flight.add(tp)
+            self._ranges_in_flight[tp] += 1
             task = asyncio.create_task(
                 self._hand_off_range(tp, open_range, topic_id, self._epoch[tp])
             )
@@ -327,9 +337,11 @@ class Ingest:
                     self.tracker.finish(tp, offset)
                 if result.covered_until > offsets[-1]:
                     self._cover(tp, result.covered_until)
+                elif result.started:
+                    self._fresh.add(tp)
         finally:
             self._in_flight -= 1
-            self._ranges_in_flight.discard(tp)
+            self._ranges_in_flight[tp] -= 1
             self._slot_freed.set()
 
     def _cover(self, tp: TopicPartition, last: int) -> None:
@@ -516,6 +528,7 @@ class Ingest:
             self._pending.pop(tp, None)
             self._open_ranges.pop(tp, None)  # never begun: the next owner reads them again
             self._covered.pop(tp, None)
+            self._fresh.discard(tp)
         loop = asyncio.get_running_loop()
         # Well inside the rebalance timeout (max_poll_interval), or the group evicts us.
         wait_s = min(DRAIN_TIMEOUT_S, self.config.kafka.max_poll_interval.total_seconds() / 3)
