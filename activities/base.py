@@ -120,6 +120,7 @@ class DestinationConfig(BaseModel):
             schedule_to_close_s=(
                 self.timeouts.total.total_seconds() if self.timeouts.total else None
             ),
+            batch_size=self.batch_size,
         )
 
 

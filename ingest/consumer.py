@@ -328,10 +328,13 @@ class Ingest:
                     metrics.HAND_OFF_FAILURES.labels(tp.topic).inc()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_BACKOFF_S)
-            outcome = "started" if result.started else "existing"
-            self.counts[outcome] += len(offsets) - result.skipped
-            self.counts["skipped"] += result.skipped
-            metrics.INGESTED.labels(tp.topic, outcome).inc(len(offsets) - result.skipped)
+            for outcome, count in (
+                ("started", result.started),
+                ("existing", result.existing),
+                ("skipped", result.skipped),
+            ):
+                self.counts[outcome] += count
+                metrics.INGESTED.labels(tp.topic, outcome).inc(count)
             if self._epoch[tp] == epoch:
                 for offset in offsets:
                     self.tracker.finish(tp, offset)

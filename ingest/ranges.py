@@ -63,7 +63,9 @@ class RangeHandOff:
 
     covered_until: int
     started: int
+    """Records handed off in ranges started by this call (skipped ones not counted)."""
     existing: int
+    """Records found in ranges an earlier run had started."""
     skipped: int
 
 
@@ -144,11 +146,11 @@ async def hand_off_range(
         )
         last = await _start(client, config, wid, workflow_input, max_backoff=max_backoff)
         if last is None:
-            started += 1
+            started += len(offsets) - skipped_here
             skipped += skipped_here
             covered = offsets[-1]
         else:
-            existing += 1
+            existing += sum(1 for o in offsets if o <= last)
             covered = last
     return RangeHandOff(covered, started=started, existing=existing, skipped=skipped)
 

@@ -48,9 +48,18 @@ def pipeline_config(
 
 @contextlib.asynccontextmanager
 async def courier_running(
-    client: Client, config: CourierConfig, *, ingest: bool = True, workers: bool = True
+    client: Client,
+    config: CourierConfig,
+    *,
+    ingest: bool = True,
+    workers: bool = True,
+    destinations: list[str] | None = None,
 ) -> AsyncIterator[Ingest | None]:
-    """Courier's ingest and all its workers in this process, until the block ends."""
+    """Courier's ingest and all its workers in this process, until the block ends.
+
+    ``destinations`` chooses which destinations' workers run here (default: all of them; ``[]``:
+    only the workflow worker, e.g. when worker processes serve the destinations).
+    """
     stop = asyncio.Event()
     ingest_ = Ingest(config, client) if ingest else None
     task = asyncio.create_task(
@@ -58,7 +67,13 @@ async def courier_running(
             client,
             config,
             ingest=ingest_,
-            destinations=[d.name for d in config.destinations] if workers else [],
+            destinations=(
+                []
+                if not workers
+                else [d.name for d in config.destinations]
+                if destinations is None
+                else destinations
+            ),
             workflows=workers,
             stop=stop,
         )
