@@ -38,4 +38,4 @@ stack-status: venv
 	$(BIN)/courier stack status
 
 bench: venv
-	$(BIN)/python -m benchmarks.throughput
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)

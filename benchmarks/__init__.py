@@ -1,1 +1,1 @@
-"""Benchmarks of Courier against the local stack (run them as ``python -m benchmarks.<name>``)."""
+"""Benchmarks of Courier against the local stack: run the suite with ``python -m benchmarks``."""
