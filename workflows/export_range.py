@@ -18,7 +18,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from courier import search_attributes as sa
-    from workflows.export_record import retry_policy
+    from workflows.export_record import failure_reason, retry_policy, total_timeout
     from workflows.types import (
         DestinationPolicy,
         ExportRangeInput,
@@ -90,18 +90,13 @@ class ExportRange:
                 ),
                 task_queue=policy.task_queue,
                 start_to_close_timeout=timedelta(seconds=policy.start_to_close_s),
-                schedule_to_close_timeout=(
-                    timedelta(seconds=policy.schedule_to_close_s)
-                    if policy.schedule_to_close_s
-                    else None
-                ),
+                schedule_to_close_timeout=total_timeout(policy),
                 retry_policy=retry_policy(policy),
                 result_type=RangeBatchResult,
             )
             return result
         except ActivityError as err:
-            cause = err.cause
-            reason = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            reason = failure_reason(err)
             return RangeBatchResult(
                 destination=policy.name,
                 written=0,

@@ -43,6 +43,17 @@ def retry_policy(policy: DestinationPolicy) -> RetryPolicy:
     )
 
 
+def total_timeout(policy: DestinationPolicy) -> timedelta | None:
+    """The destination's limit over all attempts of an export, if it has one."""
+    return timedelta(seconds=policy.schedule_to_close_s) if policy.schedule_to_close_s else None
+
+
+def failure_reason(err: ActivityError) -> str:
+    """The readable reason an export activity failed with."""
+    cause = err.cause
+    return cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+
+
 @workflow.defn(name="ExportRecord")
 class ExportRecord:
     """Exports one Kafka record to the destination its key was routed to."""
@@ -73,17 +84,12 @@ class ExportRecord:
                 ),
                 task_queue=policy.task_queue,
                 start_to_close_timeout=timedelta(seconds=policy.start_to_close_s),
-                schedule_to_close_timeout=(
-                    timedelta(seconds=policy.schedule_to_close_s)
-                    if policy.schedule_to_close_s
-                    else None
-                ),
+                schedule_to_close_timeout=total_timeout(policy),
                 retry_policy=retry_policy(policy),
                 result_type=ExportResult,
             )
         except ActivityError as err:
-            cause = err.cause
-            reason = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            reason = failure_reason(err)
             raise ApplicationError(
                 f"export of {record.topic}/{record.partition}/{record.offset} "
                 f"to {policy.name} failed: {reason}",
