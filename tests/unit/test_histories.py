@@ -1,8 +1,9 @@
 """Histories recorded with earlier releases replay against today's workflow code.
 
 ``tests/histories/`` holds ``ExportRecord`` histories (exported, binary value, failed after
-retries, unroutable) recorded with release 0.1.0; a workflow change that would break workflows
-started by that release and still running fails here.
+retries, unroutable) recorded with release 0.1.0, and ``ExportRange`` histories (exported,
+partly failed) recorded when batch mode was added; a workflow change that would break workflows
+started by those releases and still running fails here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from workflows.export_range import ExportRange
 from workflows.export_record import ExportRecord
 
 HISTORIES = sorted((Path(__file__).parents[1] / "histories").glob("*.json"))
@@ -25,4 +27,4 @@ def test_histories_are_present() -> None:
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_recorded_history_replays(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    await Replayer(workflows=[ExportRecord]).replay_workflow(history)
+    await Replayer(workflows=[ExportRecord, ExportRange]).replay_workflow(history)
