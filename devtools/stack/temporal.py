@@ -62,6 +62,12 @@ class _Temporal(_Service):
             "--sqlite-pragma",
             "synchronous=normal",
             "--ui-disable-news-fetch",
+            # One partition per task queue: the queue rate limits hold evenly (with the dev
+            # server's default 4 partitions, a destination's activities arrive in bursts).
+            "--dynamic-config-value",
+            "matching.numTaskqueueReadPartitions=1",
+            "--dynamic-config-value",
+            "matching.numTaskqueueWritePartitions=1",
         ]
         for name, kind in SEARCH_ATTRIBUTES.items():
             cmd += ["--search-attribute", f"{name}={kind}"]
