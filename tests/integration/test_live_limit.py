@@ -18,7 +18,7 @@ from tests.integration.harness import (
 
 pytestmark = pytest.mark.integration
 
-RECORDS = 12
+RECORDS = 16
 OVERRIDE = 2.0
 
 
@@ -57,10 +57,13 @@ async def test_rate_limit_override_holds_and_can_be_reset(
             state = await queues.describe(temporal_client, queue)
             assert (state.rate_limit, state.rate_limit_source) == (50, "worker")
 
+    # Temporal's limiter lets the first second burst (about 2 x limit + 1): steady state after.
     times = sorted(r.time for r in receiver.effect_requests("/api"))
-    rate = (len(times) - 1) / (times[-1] - times[0])
+    steady = [t for t in times if t >= times[0] + 1.0]
+    rate = (len(steady) - 1) / (steady[-1] - steady[0])
     assert rate <= OVERRIDE * 1.2, (
-        f"ran at {rate:.2f}/s under a {OVERRIDE}/s override (worker says 50/s)"
+        f"ran at {rate:.2f}/s after the first second under a {OVERRIDE}/s override "
+        "(worker says 50/s)"
     )
 
 
