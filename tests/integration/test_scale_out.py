@@ -83,8 +83,12 @@ async def test_two_worker_processes_share_one_rate_limit(
         f"both processes should serve the queue: {served}"
     )
     times = sorted(r.time for r in receiver.effect_requests("/api"))
-    rate = (len(times) - 1) / (times[-1] - times[0])
-    assert rate <= LIMIT * 1.2, f"two workers together ran at {rate:.2f}/s, limit {LIMIT}/s"
+    # Temporal's limiter lets the first second burst (about 2 x limit + 1): steady state after.
+    steady = [t for t in times if t >= times[0] + 1.0]
+    rate = (len(steady) - 1) / (steady[-1] - steady[0])
+    assert rate <= LIMIT * 1.2, (
+        f"two workers together ran at {rate:.2f}/s after the first second, limit {LIMIT}/s"
+    )
 
 
 async def _done(receiver: Receiver) -> bool:
