@@ -238,7 +238,13 @@ async def test_throttled_destination_never_slows_an_unthrottled_one(
             await eventually(lambda: _at_least(receiver, "/slow", 100), timeout=120)
 
     # Were the fast destination held back by the slow one, both would finish together (~100).
-    assert slow_when_fast_done < 75, "the throttled destination held the unthrottled one back"
+    fast = sorted(r.time for r in receiver.effect_requests("/fast"))
+    slow = sorted(r.time for r in receiver.effect_requests("/slow"))
+    t0 = min(fast[0], slow[0])
+    assert slow_when_fast_done < 75, (
+        "the throttled destination held the unthrottled one back: fast effects at "
+        f"{[round(t - t0, 1) for t in fast[::10]]}s, slow at {[round(t - t0, 1) for t in slow[::10]]}s"
+    )
     times = sorted(r.time for r in receiver.effect_requests("/slow"))
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert rate <= limit * 1.2, f"throttled destination ran at {rate:.2f}/s, limit {limit}/s"
