@@ -243,7 +243,8 @@ async def test_throttled_destination_never_slows_an_unthrottled_one(
     t0 = min(fast[0], slow[0])
     assert slow_when_fast_done < 75, (
         "the throttled destination held the unthrottled one back: fast effects at "
-        f"{[round(t - t0, 1) for t in fast[::10]]}s, slow at {[round(t - t0, 1) for t in slow[::10]]}s"
+        f"{[round(t - t0, 1) for t in fast[::10]]}s, "
+        f"slow at {[round(t - t0, 1) for t in slow[::10]]}s"
     )
     times = sorted(r.time for r in receiver.effect_requests("/slow"))
     rate = (len(times) - 1) / (times[-1] - times[0])
