@@ -36,11 +36,13 @@ def workflow_worker(client: Client, config: CourierConfig) -> Worker:
         # Eager activities would run on this worker, bypassing the destination's queue limit.
         disable_eager_activity_execution=True,
         max_concurrent_workflow_tasks=200,
-        # Export workflows are short: most workflow tasks are a new workflow's first, which
-        # come from the normal queue, not the sticky one. With the SDK's default (5 polls,
-        # ratio 0.2) one poller serves it and tasks wait seconds on a busy queue.
+        # Export workflows are short: half their workflow tasks are a new workflow's first, from
+        # the normal queue, half come back on the sticky queue. The SDK's default (5 polls,
+        # ratio 0.2) leaves one poller on the normal queue, where tasks then wait seconds; a
+        # ratio of 1.0 would leave none on the sticky queue, whose tasks then time out (10 s)
+        # before moving to the normal one. Half and half.
         max_concurrent_workflow_task_polls=16,
-        nonsticky_to_sticky_poll_ratio=1.0,
+        nonsticky_to_sticky_poll_ratio=0.5,
         workflow_task_executor=ThreadPoolExecutor(max_workers=4),
     )
 
