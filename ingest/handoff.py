@@ -245,14 +245,18 @@ async def hand_off(
     warning = _Throttled()
     delay = 0.5
     failed_reason: str | None = None
+    request: tuple[ExportRecordInput, TypedSearchAttributes] | None = None
     while True:
         try:
-            if failed_reason is None:
+            if request is not None:
+                workflow_input, attributes = request  # built once; retries only resend it
+            elif failed_reason is None:
                 workflow_input = await checked_input(client, config, record, topic_id, decision)
                 attributes = search_attributes(record, decision)
             else:
                 workflow_input = failed_input(record, topic_id, decision, failed_reason)
                 attributes = search_attributes(record, decision, with_key=False)
+            request = workflow_input, attributes
             await client.start_workflow(
                 ExportRecord.run,
                 workflow_input,
@@ -266,7 +270,7 @@ async def hand_off(
         except WorkflowAlreadyStartedError:
             return HandOff(wid, started=False, failed_reason=failed_reason)
         except RecordRejected as err:
-            failed_reason = _record_failure(record, str(err))
+            failed_reason, request = _record_failure(record, str(err)), None
             continue
         except RPCError as err:
             if err.status in TRANSIENT_STATUSES:
@@ -281,6 +285,7 @@ async def hand_off(
                 failed_reason = _record_failure(
                     record, f"Temporal refused the record's workflow: {err.message}"
                 )
+                request = None
                 continue
             else:
                 warning.log(
@@ -307,6 +312,7 @@ async def hand_off(
                 failed_reason = _record_failure(
                     record, f"hand-off failed: {type(err).__name__}: {err}"
                 )
+                request = None
                 continue
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_backoff)
