@@ -204,7 +204,7 @@ def coordinates(record: ConsumerRecord) -> str:
     return f"{record.topic}/{record.partition}/{record.offset}"
 
 
-class _Throttled:
+class ThrottledLog:
     """Logs a repeating condition at most once a minute, saying how often it recurred."""
 
     def __init__(self) -> None:
@@ -242,7 +242,7 @@ async def hand_off(
         offset=record.offset,
     )
     summary = f"{key_text(record.key)!r} → {decision.destination or 'no route'}"[:200]
-    warning = _Throttled()
+    warning = ThrottledLog()
     delay = 0.5
     failed_reason: str | None = None
     request: tuple[ExportRecordInput, TypedSearchAttributes] | None = None

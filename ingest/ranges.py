@@ -26,15 +26,13 @@ from temporalio.service import RPCError
 from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ids import range_workflow_id
-from ingest.handoff import TRANSIENT_STATUSES
+from ingest.handoff import TRANSIENT_STATUSES, ThrottledLog
 from ingest.routing import Router
 from workflows.export_range import ExportRange
 from workflows.types import ExportRangeInput, FailedRecord, RangeSlice
 
-log = logging.getLogger("courier.ingest")
 
 LAST_OFFSET_MEMO = "last_offset"
-_REPEAT_LOG_S = 60.0
 
 
 @dataclass
@@ -175,7 +173,7 @@ async def _start(
             ),
         ]
     )
-    delay, last_logged = 0.5, -_REPEAT_LOG_S
+    delay, warning = 0.5, ThrottledLog()
     while True:
         try:
             await client.start_workflow(
@@ -195,16 +193,13 @@ async def _start(
             return int(await description.memo_value(LAST_OFFSET_MEMO, type_hint=int))
         except RPCError as err:
             transient = err.status in TRANSIENT_STATUSES
-            now = time.monotonic()
-            if now - last_logged >= _REPEAT_LOG_S:
-                last_logged = now
-                log.log(
-                    logging.WARNING if transient else logging.ERROR,
-                    "starting %s failed (%s: %s); retrying%s",
-                    wid,
-                    err.status.name,
-                    err.message,
-                    "" if transient else " — check temporal.address, namespace and credentials",
-                )
+            warning.log(
+                logging.WARNING if transient else logging.ERROR,
+                "starting %s failed (%s: %s); retrying%s",
+                wid,
+                err.status.name,
+                err.message,
+                "" if transient else " — check temporal.address, namespace and credentials",
+            )
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_backoff)
