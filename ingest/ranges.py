@@ -31,7 +31,6 @@ from ingest.routing import Router
 from workflows.export_range import ExportRange
 from workflows.types import ExportRangeInput, FailedRecord, RangeSlice
 
-
 LAST_OFFSET_MEMO = "last_offset"
 
 
