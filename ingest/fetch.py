@@ -38,9 +38,7 @@ class _Reader:
     def __init__(self, kafka: KafkaConfig, tp: TopicPartition) -> None:
         self.tp = tp
         self.lock = asyncio.Lock()
-        options = consumer_options(kafka)
-        options.pop("max_poll_interval_ms", None)
-        options.pop("rebalance_timeout_ms", None)
+        options = consumer_options(kafka, group=False)
         self.consumer = AIOKafkaConsumer(
             group_id=None,
             enable_auto_commit=False,

@@ -36,18 +36,23 @@ def never_create_topics() -> None:
     _CREATE_TOPICS.set(False)
 
 
-def consumer_options(kafka: KafkaConfig) -> dict[str, object]:
-    """aiokafka options for the configured brokers, security and read semantics."""
+def consumer_options(kafka: KafkaConfig, *, group: bool = True) -> dict[str, object]:
+    """aiokafka options for the configured brokers, security and read semantics.
+
+    ``group``: add the options of a group member (poll interval, rebalance timeout).
+    """
     sec = kafka.security
     options: dict[str, object] = {
         "bootstrap_servers": kafka.bootstrap_servers,
         "security_protocol": sec.protocol,
         "isolation_level": kafka.isolation_level,
-        "max_poll_interval_ms": int(kafka.max_poll_interval.total_seconds() * 1000),
-        # As the Java client: members have as long to finish a revoke as between polls.
-        "rebalance_timeout_ms": int(kafka.max_poll_interval.total_seconds() * 1000),
         "metadata_max_age_ms": int(kafka.metadata_refresh.total_seconds() * 1000),
     }
+    if group:
+        poll_interval_ms = int(kafka.max_poll_interval.total_seconds() * 1000)
+        options["max_poll_interval_ms"] = poll_interval_ms
+        # As the Java client: members have as long to finish a revoke as between polls.
+        options["rebalance_timeout_ms"] = poll_interval_ms
     if sec.protocol in ("SSL", "SASL_SSL"):
         context: ssl.SSLContext = create_ssl_context(
             cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None,
