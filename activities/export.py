@@ -190,7 +190,7 @@ class ExportActivity:
             await self._write(items)
             return [(items, None)]
         except ApplicationError as err:
-            if err.non_retryable is False or err.type != PERMANENT_ERROR_TYPE:
+            if err.type != PERMANENT_ERROR_TYPE:
                 raise
             if len(items) == 1:
                 return [(items, err.message)]
