@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -43,6 +44,25 @@ def pipeline_config(
             "routes": routes,
         },
         environ={},
+    )
+
+
+def file_config(
+    settings: Any,
+    unique: str,
+    out: Path,
+    *,
+    kafka: dict[str, Any] | None = None,
+    ingest: dict[str, Any] | None = None,
+) -> CourierConfig:
+    """This test's config: every record goes to one file destination at ``out``."""
+    return pipeline_config(
+        settings,
+        unique,
+        destinations=[{"name": f"file-{unique}", "kind": "file", "path": str(out)}],
+        routes={"default": f"file-{unique}"},
+        kafka=kafka,
+        ingest=ingest,
     )
 
 

@@ -13,7 +13,7 @@ from aiokafka.admin.records_to_delete import RecordsToDelete
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
 from devtools.topics import create_topic, produce
-from tests.integration.harness import courier_running, pipeline_config, wait_for_workflows
+from tests.integration.harness import courier_running, file_config, wait_for_workflows
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +22,7 @@ async def test_a_record_deleted_from_kafka_before_its_export_fails_readably(
     stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "out.jsonl"
-    config = pipeline_config(
-        stack_settings,
-        unique,
-        destinations=[{"name": f"file-{unique}", "kind": "file", "path": str(out)}],
-        routes={"default": f"file-{unique}"},
-        ingest={"payloads": "reference"},
-    )
+    config = file_config(stack_settings, unique, out, ingest={"payloads": "reference"})
     topic, bootstrap = config.kafka.topics[0], stack_settings.kafka_bootstrap
     await create_topic(bootstrap, topic, partitions=1)
     await produce(bootstrap, topic, [(f"k{i}".encode(), b"{}") for i in range(4)])

@@ -20,13 +20,13 @@ from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.exceptions import ApplicationError
 
 from courier import metrics
-from courier.config import CourierConfig
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce
 from ingest.consumer import Ingest
 from tests.integration.harness import (
     courier_running,
     eventually,
+    file_config,
     pipeline_config,
     wait_for_workflows,
 )
@@ -36,19 +36,6 @@ pytestmark = pytest.mark.integration
 
 TIMEOUT = 30.0
 POISON = b"POISON"
-
-
-def file_config(
-    settings: Any, unique: str, out: Path, kafka: dict[str, Any] | None = None
-) -> CourierConfig:
-    """This test's config: every record goes to one file destination."""
-    return pipeline_config(
-        settings,
-        unique,
-        destinations=[{"name": f"file-{unique}", "kind": "file", "path": str(out)}],
-        routes={"default": f"file-{unique}"},
-        kafka=kafka,
-    )
 
 
 def exported_keys(out: Path) -> list[str]:
@@ -148,7 +135,7 @@ async def run_transactions(
     expected: int,
 ) -> Ingest:
     """Produce :func:`produce_transactions`, run Courier until ``expected`` records are out."""
-    config = file_config(settings, unique, out, kafka)
+    config = file_config(settings, unique, out, kafka=kafka)
     topic, group = config.kafka.topics[0], config.kafka.group
     bootstrap = settings.kafka_bootstrap
     await create_topic(bootstrap, topic, partitions=1)

@@ -20,7 +20,7 @@ from tests.integration.harness import (
     committed_offsets,
     courier_running,
     eventually,
-    pipeline_config,
+    file_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -36,12 +36,7 @@ async def test_recreated_while_ingest_is_stopped(
     stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "out.jsonl"
-    config = pipeline_config(
-        stack_settings,
-        unique,
-        destinations=[{"name": f"file-{unique}", "kind": "file", "path": str(out)}],
-        routes={"default": f"file-{unique}"},
-    )
+    config = file_config(stack_settings, unique, out)
     bootstrap, topic = stack_settings.kafka_bootstrap, config.kafka.topics[0]
     await create_topic(bootstrap, topic, partitions=1)
     old_id = await topic_id(bootstrap, topic)
@@ -74,13 +69,7 @@ async def test_recreated_while_ingest_runs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     out = tmp_path / "out.jsonl"
-    config = pipeline_config(
-        stack_settings,
-        unique,
-        destinations=[{"name": f"file-{unique}", "kind": "file", "path": str(out)}],
-        routes={"default": f"file-{unique}"},
-        kafka={"metadata_refresh": "1s"},
-    )
+    config = file_config(stack_settings, unique, out, kafka={"metadata_refresh": "1s"})
     bootstrap, topic = stack_settings.kafka_bootstrap, config.kafka.topics[0]
     await create_topic(bootstrap, topic, partitions=1)
     await produce(bootstrap, topic, [(f"old-{i}".encode(), b"{}") for i in range(5)])
@@ -112,12 +101,8 @@ async def test_ingest_never_creates_a_missing_topic(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config = pipeline_config(
-        stack_settings,
-        unique,
-        destinations=[{"name": f"file-{unique}", "kind": "file", "path": str(tmp_path / "o")}],
-        routes={"default": f"file-{unique}"},
-        kafka={"metadata_refresh": "500ms"},
+    config = file_config(
+        stack_settings, unique, tmp_path / "o", kafka={"metadata_refresh": "500ms"}
     )
     topic = config.kafka.topics[0]
     caplog.set_level(logging.INFO, logger="courier.ingest")
