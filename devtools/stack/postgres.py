@@ -10,6 +10,7 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devtools.stack.errors import MissingToolError, ServiceStartError, StackError
 from devtools.stack.processes import (
@@ -22,7 +23,49 @@ from devtools.stack.processes import (
     _run,
     _Service,
 )
-from devtools.stack.settings import POSTGRES_DB, POSTGRES_PASSWORD, POSTGRES_USER
+from devtools.stack.settings import POSTGRES_DB, POSTGRES_PASSWORD, POSTGRES_USER, StackSettings
+
+if TYPE_CHECKING:
+    import asyncpg
+
+SECURE_USER = "courier_secure"
+"""A role that must give its password (scram-sha-256) on 127.0.0.1, unlike every other role of
+the stack (trusted): for tests of a destination whose credentials are wrong."""
+SECURE_PASSWORD = "courier-secure"
+_HBA_COMMENT = f"# Added by `courier stack` (devtools/stack): {SECURE_USER} must give its password"
+
+
+def secure_dsn(settings: StackSettings, password: str = SECURE_PASSWORD) -> str:
+    """DSN of the ``courier`` database as :data:`SECURE_USER` with ``password``."""
+    return (
+        f"postgresql://{SECURE_USER}:{password}@{settings.host}:{settings.postgres_port}/"
+        f"{POSTGRES_DB}"
+    )
+
+
+def secure_hba_rule(host: str) -> str:
+    """The pg_hba.conf rule that makes :data:`SECURE_USER` give its password from ``host``."""
+    return f"host all {SECURE_USER} {host}/32 scram-sha-256"
+
+
+def with_hba_rule_first(text: str, rule: str) -> str | None:
+    """``text`` (a pg_hba.conf) with ``rule`` as its first rule; None if it is already.
+
+    pg_hba.conf is read top down and the first matching rule wins, so the rule must come before
+    the cluster's ``trust`` rules. Copies of it further down are removed.
+    """
+    lines = text.splitlines(keepends=True)
+    wanted = rule.split()
+    rules = [i for i, line in enumerate(lines) if line.split("#", 1)[0].strip()]
+    if rules and lines[rules[0]].split("#", 1)[0].split() == wanted:
+        return None
+    kept = [
+        line
+        for line in lines
+        if line.split("#", 1)[0].split() != wanted and line.rstrip("\n") != _HBA_COMMENT
+    ]
+    first = next((i for i, line in enumerate(kept) if line.split("#", 1)[0].strip()), len(kept))
+    return "".join([*kept[:first], _HBA_COMMENT + "\n", rule + "\n", *kept[first:]])
 
 
 class _Postgres(_Service):
@@ -206,6 +249,7 @@ class _Postgres(_Service):
                 "SELECT 1 FROM pg_database WHERE datname = $1", POSTGRES_DB
             ):
                 await admin.execute(f"CREATE DATABASE {POSTGRES_DB} OWNER {POSTGRES_USER}")
+            await self._ensure_secure_role(admin)
         finally:
             await admin.close()
         conn = await asyncpg.connect(self.s.postgres_dsn, timeout=5)
@@ -213,3 +257,43 @@ class _Postgres(_Service):
             await conn.fetchval("SELECT 1")
         finally:
             await conn.close()
+
+    async def _ensure_secure_role(self, admin: asyncpg.Connection) -> None:
+        """Create :data:`SECURE_USER` and put its password rule first in pg_hba.conf.
+
+        Runs on every start (the probe), so a cluster made before the role existed gets it too;
+        it changes nothing when all is in place. A changed pg_hba.conf is reloaded at once.
+        """
+        import asyncpg
+
+        if not await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", SECURE_USER):
+            await admin.execute("SET password_encryption = 'scram-sha-256'")
+            await admin.execute(f"CREATE ROLE {SECURE_USER} LOGIN PASSWORD '{SECURE_PASSWORD}'")
+        database = await asyncpg.connect(
+            f"postgresql://postgres@{self.s.host}:{self.s.postgres_port}/{POSTGRES_DB}", timeout=5
+        )
+        try:
+            if not await database.fetchval(
+                "SELECT has_schema_privilege($1, 'public', 'CREATE')", SECURE_USER
+            ):
+                await database.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {SECURE_USER}")
+        finally:
+            await database.close()
+
+        hba = Path(await admin.fetchval("SHOW hba_file"))
+        updated = with_hba_rule_first(hba.read_text(), secure_hba_rule(self.s.host))
+        if updated is None:
+            return
+        st = hba.stat()
+        tmp = hba.with_name(hba.name + ".tmp")
+        tmp.write_text(updated)
+        os.chmod(tmp, st.st_mode & 0o777)
+        if _is_root():
+            os.chown(tmp, st.st_uid, st.st_gid)
+        tmp.replace(hba)
+        errors = await admin.fetch(
+            "SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL"
+        )
+        if errors:
+            raise StackError(f"{hba} has errors: {[tuple(e) for e in errors]}")
+        await admin.execute("SELECT pg_reload_conf()")
