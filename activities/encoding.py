@@ -11,11 +11,14 @@
 ``*_encoding`` says how to read the field next to it: ``json`` (the value was JSON and is
 embedded as such; values only), ``text`` (UTF-8 text) or ``base64`` (bytes that are not UTF-8).
 A null key or value has no encoding field. The REST ``json`` body and the file sink's lines are
-this envelope; the PostgreSQL sink stores its ``headers`` list.
+this envelope; the PostgreSQL sink stores its ``headers`` list, built with ``nul_as_base64``:
+there text containing NUL (which PostgreSQL text and jsonb cannot hold) is ``base64`` too, and
+a header name containing NUL is base64 with ``"name_encoding": "base64"``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -34,12 +37,19 @@ def parse_json_text(text: str) -> tuple[bool, Any]:
         return False, None
 
 
-def blob_field(name: str, blob: Blob | None, *, embed_json: bool = False) -> dict[str, Any]:
-    """``{name: …, name_encoding: …}`` for a blob; ``{name: None}`` for a null one."""
+def blob_field(
+    name: str, blob: Blob | None, *, embed_json: bool = False, nul_as_base64: bool = False
+) -> dict[str, Any]:
+    """``{name: …, name_encoding: …}`` for a blob; ``{name: None}`` for a null one.
+
+    With ``nul_as_base64``, text containing NUL is given as ``base64`` too.
+    """
     if blob is None:
         return {name: None}
     if blob.base64:
         return {name: blob.text, f"{name}_encoding": "base64"}
+    if nul_as_base64 and "\0" in blob.text:
+        return {name: _base64(blob.text), f"{name}_encoding": "base64"}
     if embed_json:
         parsed, data = parse_json_text(blob.text)
         if parsed:
@@ -47,9 +57,22 @@ def blob_field(name: str, blob: Blob | None, *, embed_json: bool = False) -> dic
     return {name: blob.text, f"{name}_encoding": "text"}
 
 
-def headers_list(record: KafkaRecord) -> list[dict[str, Any]]:
-    """The record's headers as envelope entries, in order."""
-    return [{"name": h.name, **blob_field("value", h.value)} for h in record.headers]
+def headers_list(record: KafkaRecord, *, nul_as_base64: bool = False) -> list[dict[str, Any]]:
+    """The record's headers as envelope entries, in order.
+
+    With ``nul_as_base64``, names and values containing NUL are given base64-encoded.
+    """
+    entries = []
+    for h in record.headers:
+        name: dict[str, Any] = {"name": h.name}
+        if nul_as_base64 and "\0" in h.name:
+            name = {"name": _base64(h.name), "name_encoding": "base64"}
+        entries.append({**name, **blob_field("value", h.value, nul_as_base64=nul_as_base64)})
+    return entries
+
+
+def _base64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
 def record_envelope(record: KafkaRecord) -> dict[str, Any]:

@@ -5,11 +5,26 @@ same records (a Temporal retry) inserts nothing. The conflict key is the record'
 ``(topic, topic_id, partition, "offset")`` (the primary key) unless ``conflict_key`` names
 other columns; with ``create_table`` a unique index on the key is created if none exists.
 
-Values that parse as JSON go to the ``value`` jsonb column; others follow ``non_json_values``:
-``text`` stores UTF-8 text in ``value_text`` (bytes that are not UTF-8, or text with NUL
-characters PostgreSQL cannot store, go to ``value_bytes``), ``bytes`` stores the raw bytes in
-``value_bytes``, ``fail`` fails the record permanently. Keys that are not UTF-8 are stored
-base64; headers are a jsonb list as in the record envelope (``activities.encoding``).
+Every valid record is stored, and its exact key, value and header bytes can be read back:
+
+- ``key`` text holds a key that is UTF-8 without NUL (``text`` cannot hold NUL); any other key
+  goes, raw, to ``key_bytes`` bytea. At most one is set; both are NULL for a null key. Bytes:
+  ``coalesce(key_bytes, convert_to(key, 'UTF8'))``.
+- ``value_text`` / ``value_bytes`` hold the value's exact bytes (at most one is set; both are
+  NULL for a null value): ``value_text`` for JSON, and for other UTF-8 text without NUL under
+  ``non_json_values: text``; ``value_bytes`` for everything else. ``fail`` fails a record whose
+  value is not JSON. Bytes: ``coalesce(value_bytes, convert_to(value_text, 'UTF8'))``.
+- ``value`` jsonb additionally holds a JSON value for queries when jsonb can (not a ``\\u0000``
+  escape, a lone surrogate escape or a number outside ``numeric``'s range). jsonb is a parsed
+  form: it drops whitespace, duplicate keys and key order and respells numbers and escapes, so
+  it is the value's meaning, not its bytes; that is why JSON values are kept as text too, at
+  the cost of storing them twice.
+- ``headers`` jsonb is the envelope's list (``activities.encoding``), in order; a name or value
+  that is not UTF-8 or contains NUL is base64 (``"name_encoding"``/``"value_encoding"``).
+
+Rows written before ``key_bytes`` existed hold non-UTF-8 keys base64 in ``key`` and JSON values
+in ``value`` only. A conflict key on a nullable column (``key``, ``value``, ...) does not
+deduplicate rows where it is NULL: unique indexes treat NULLs as distinct.
 
 Errors: data problems (SQLSTATE classes 22 data exception, 23 integrity violation, 54 program
 limit exceeded, e.g. a value too large) are permanent; everything else (lost connections,
@@ -25,13 +40,14 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 import asyncpg
 from pydantic import Field, field_validator
 
 from activities.base import DestinationConfig
-from activities.encoding import headers_list, parse_json_text
+from activities.encoding import headers_list
 from activities.errors import PermanentExportError, RetryableExportError
 from workflows.types import Blob, OutgoingRecord
 
@@ -41,6 +57,7 @@ COLUMNS = (
     "partition",
     "offset",
     "key",
+    "key_bytes",
     "value",
     "value_text",
     "value_bytes",
@@ -52,6 +69,7 @@ COLUMNS = (
 DEFAULT_CONFLICT_KEY = ["topic", "topic_id", "partition", "offset"]
 _IDENT = r"[A-Za-z_][A-Za-z0-9_$]{0,62}"
 _PERMANENT_SQLSTATE_CLASSES = ("22", "23", "54")
+_JSONB_REFUSED = re.compile("[\0\ud800-\udfff]")
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
 
@@ -134,6 +152,7 @@ def create_table_sql(config: PostgresConfig) -> list[str]:
             "partition" integer NOT NULL,
             "offset" bigint NOT NULL,
             "key" text,
+            "key_bytes" bytea,
             "value" jsonb,
             "value_text" text,
             "value_bytes" bytea,
@@ -148,6 +167,8 @@ def create_table_sql(config: PostgresConfig) -> list[str]:
     statements.append(
         f"""ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "topic_id" text NOT NULL DEFAULT ''"""
     )
+    # Tables made before key_bytes held binary keys as base64 text in "key".
+    statements.append(f"""ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "key_bytes" bytea""")
     # ON CONFLICT needs a unique index on exactly the conflict key: make one unless the
     # primary key (or another unique index) already is one.
     key = config.conflict_key or DEFAULT_CONFLICT_KEY
@@ -177,28 +198,35 @@ def insert_sql(config: PostgresConfig) -> str:
     conflict = ", ".join(_quote(c) for c in (config.conflict_key or DEFAULT_CONFLICT_KEY))
     return f"""
         INSERT INTO {qualified_table(config.table)}
-            ("topic", "topic_id", "partition", "offset", "key", "value", "value_text",
-             "value_bytes", "timestamp", "headers", "idempotency_key")
-        SELECT t, ti, p, o, k, v::jsonb, vt, vb, ts, h::jsonb, ik
+            ("topic", "topic_id", "partition", "offset", "key", "key_bytes", "value",
+             "value_text", "value_bytes", "timestamp", "headers", "idempotency_key")
+        SELECT t, ti, p, o, k, kb, v::jsonb, vt, vb, ts, h::jsonb, ik
         FROM unnest($1::text[], $2::text[], $3::integer[], $4::bigint[], $5::text[],
-                    $6::text[], $7::text[], $8::bytea[], $9::timestamptz[], $10::text[],
-                    $11::text[])
-            AS r(t, ti, p, o, k, v, vt, vb, ts, h, ik)
+                    $6::bytea[], $7::text[], $8::text[], $9::bytea[], $10::timestamptz[],
+                    $11::text[], $12::text[])
+            AS r(t, ti, p, o, k, kb, v, vt, vb, ts, h, ik)
         ON CONFLICT ({conflict}) DO NOTHING"""
 
 
 def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list[list[Any]]:
     """The column arrays of the insert; raises PermanentExportError per ``fail`` policy."""
-    columns: list[list[Any]] = [[] for _ in range(11)]
+    columns: list[list[Any]] = [[] for _ in range(12)]
     for item in batch:
         r = item.record
+        key_text: str | None = None
+        key_bytes: bytes | None = None
+        if r.key is not None and _storable_text(r.key):
+            key_text = r.key.text
+        elif r.key is not None:
+            key_bytes = r.key.to_bytes()
         value_json: str | None = None
         value_text: str | None = None
         value_bytes: bytes | None = None
         if r.value is not None:
-            parsed = not r.value.base64 and parse_json_text(r.value.text)[0]
-            if parsed:
-                value_json = r.value.text
+            fit = _json_fit(r.value.text) if _storable_text(r.value) else None
+            if fit is not None:
+                value_text = r.value.text
+                value_json = r.value.text if fit == "jsonb" else None
             elif config.non_json_values == "fail":
                 raise PermanentExportError(
                     f"value of {r.topic}/{r.partition}/{r.offset} is not JSON and table "
@@ -212,13 +240,14 @@ def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list
         timestamp = (
             datetime.fromtimestamp(r.timestamp_ms / 1000, tz=UTC) if r.timestamp_ms >= 0 else None
         )
-        headers = json.dumps(headers_list(r))
+        headers = json.dumps(headers_list(r, nul_as_base64=True))
         row = (
             r.topic,
             r.topic_id or "",
             r.partition,
             r.offset,
-            r.key.text if r.key is not None else None,
+            key_text,
+            key_bytes,
             value_json,
             value_text,
             value_bytes,
@@ -226,7 +255,7 @@ def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list
             headers,
             item.idempotency_key,
         )
-        for column, cell in zip(columns, row, strict=False):
+        for column, cell in zip(columns, row, strict=True):
             column.append(cell)
     return columns
 
@@ -234,6 +263,50 @@ def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list
 def _storable_text(blob: Blob) -> bool:
     """Whether PostgreSQL ``text`` can hold the blob (UTF-8 without NUL characters)."""
     return not blob.base64 and "\0" not in blob.text
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _numeric_holds(number: Decimal) -> bool:
+    """Whether PostgreSQL ``numeric`` (so jsonb) holds the number: at most 16383 digits after
+    the point and 131072 before it."""
+    exponent = number.as_tuple().exponent
+    return isinstance(exponent, int) and -exponent <= 16383 and number.adjusted() <= 131071
+
+
+def _json_fit(text: str) -> Literal["jsonb", "json"] | None:
+    """``jsonb`` for JSON jsonb can hold, ``json`` for other JSON, None for not JSON.
+
+    JSON is what ``encoding.parse_json_text`` accepts. jsonb refuses ``\\u0000``, lone
+    surrogates (both appear in the parsed strings) and numbers beyond ``numeric``.
+    """
+    out_of_range = False
+
+    def number(literal: str) -> Decimal:
+        nonlocal out_of_range
+        parsed = Decimal(literal)
+        out_of_range = out_of_range or not _numeric_holds(parsed)
+        return parsed
+
+    try:
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=number)
+    except (ValueError, RecursionError):  # nesting too deep to check is stored as non-JSON
+        return None
+    if out_of_range:
+        return "json"
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str) and _JSONB_REFUSED.search(item):
+            return "json"
+    return "jsonb"
 
 
 def _preview(text: str, is_base64: bool) -> str:

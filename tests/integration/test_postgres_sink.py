@@ -77,8 +77,9 @@ async def test_table_is_created_with_one_row_per_record(
     assert [r["offset"] for r in rows] == [1, 2]
     first = rows[0]
     assert (first["topic"], first["partition"], first["key"]) == ("orders", 0, "order-1")
+    assert first["key_bytes"] is None
     assert json.loads(first["value"]) == {"total": 42}
-    assert first["value_text"] is None and first["value_bytes"] is None
+    assert first["value_text"] == '{"total": 42}' and first["value_bytes"] is None
     assert first["timestamp"] == datetime.fromtimestamp(1_700_000_000.123, tz=UTC)
     assert json.loads(first["headers"]) == [
         {"name": "trace", "value": "t1", "value_encoding": "text"},
@@ -137,12 +138,121 @@ async def test_non_json_value_under_fail_policy_is_permanent(
     assert await pg_pool.fetchval(f'SELECT count(*) FROM "courier_test_{unique}"') == 0
 
 
-async def test_value_postgres_cannot_take_is_permanent(open_sink: Opener) -> None:
-    sink = await open_sink()
-    with pytest.raises(PermanentExportError) as caught:
-        await sink.write([outgoing(1, b'{"a": "\\u0000"}')])  # valid JSON, not valid jsonb
+# The README's recovery queries: every key, value and header as its exact bytes.
+RECOVER_RECORDS = """
+SELECT "offset", coalesce(key_bytes, convert_to(key, 'UTF8')) AS key,
+       coalesce(value_bytes, convert_to(value_text, 'UTF8')) AS value
+FROM {table}"""
+RECOVER_HEADERS = """
+SELECT "offset", n AS position,
+       CASE h->>'name_encoding' WHEN 'base64' THEN decode(h->>'name', 'base64')
+            ELSE convert_to(h->>'name', 'UTF8') END AS name,
+       CASE h->>'value_encoding' WHEN 'base64' THEN decode(h->>'value', 'base64')
+            ELSE convert_to(h->>'value', 'UTF8') END AS value
+FROM {table}, jsonb_array_elements(headers) WITH ORDINALITY AS e(h, n)"""
 
-    assert "SQLSTATE 22" in caught.value.reason
+HeaderBytes = tuple[bytes, bytes | None]
+RecordBytes = tuple[bytes | None, bytes | None, list[HeaderBytes]]
+
+AWKWARD: list[RecordBytes] = [
+    (b"\xff\xfe binary", b'{"total": 1}', []),
+    (b"nul\x00key", b'{"total": 2}', [(b"trace", b"t1")]),
+    (b"k3", b"v", [(b"nul", b"\x00\x01"), (b"bin", b"\xff"), (b"none", None)]),
+    (b"k4", b'{"a": "\\u0000",   "b": 1e-20000, "a": 2}', []),
+    (b"k5", b"text\x00with nul", [(b"name\x00nul", b"v")]),
+    (b"k6", b"", []),
+    (None, b"[1,2]", []),
+    (None, None, []),
+]
+
+
+def awkward_record(
+    offset: int, key: bytes | None, value: bytes | None, headers: list[HeaderBytes]
+) -> OutgoingRecord:
+    record = KafkaRecord(
+        topic="orders",
+        partition=0,
+        offset=offset,
+        key=Blob.of(key) if key is not None else None,
+        value=Blob.of(value) if value is not None else None,
+        timestamp_ms=1_700_000_000_000,
+        headers=[Header(n.decode(), Blob.of(v) if v is not None else None) for n, v in headers],
+        topic_id="Fw0ygiNXSnSO1Fhrqe3sDw",
+    )
+    return OutgoingRecord(idempotency_key=f"courier/g/orders/0/{offset}", record=record)
+
+
+async def recovered(pg_pool: asyncpg.Pool, table: str) -> list[RecordBytes]:
+    """Each row's key, value and headers as bytes, by offset, read with the README's queries."""
+    headers: dict[int, list[HeaderBytes]] = {}
+    for h in await pg_pool.fetch(RECOVER_HEADERS.format(table=table) + " ORDER BY 1, 2"):
+        headers.setdefault(h["offset"], []).append((h["name"], h["value"]))
+    rows = await pg_pool.fetch(RECOVER_RECORDS.format(table=table) + ' ORDER BY "offset"')
+    return [(r["key"], r["value"], headers.get(r["offset"], [])) for r in rows]
+
+
+@pytest.mark.parametrize("policy", ["text", "bytes"])
+async def test_every_record_is_stored_with_its_exact_bytes(
+    open_sink: Opener, pg_pool: asyncpg.Pool, unique: str, policy: str
+) -> None:
+    sink = await open_sink(non_json_values=policy)
+    batch = [awkward_record(i, *fields) for i, fields in enumerate(AWKWARD)]
+
+    assert await sink.write(batch) == f"{len(AWKWARD)} rows inserted"
+    assert await recovered(pg_pool, f'"courier_test_{unique}"') == AWKWARD
+    assert await sink.write(batch) == "0 rows inserted (already present)"
+    assert await pg_pool.fetchval(f'SELECT count(*) FROM "courier_test_{unique}"') == len(AWKWARD)
+
+    rows = await pg_pool.fetch(f'SELECT * FROM "courier_test_{unique}" ORDER BY "offset"')
+    assert [(r["key"], r["key_bytes"]) for r in rows[:3]] == [
+        (None, b"\xff\xfe binary"),
+        (None, b"nul\x00key"),
+        ("k3", None),
+    ]
+    assert json.loads(rows[0]["value"]) == {"total": 1}  # JSON is queryable as jsonb too
+    assert rows[3]["value"] is None  # jsonb cannot hold \u0000; value_text has it
+    assert json.loads(rows[6]["value"]) == [1, 2]
+    assert json.loads(rows[2]["headers"])[0] == {
+        "name": "nul",
+        "value": "AAE=",
+        "value_encoding": "base64",
+    }
+
+
+async def test_table_made_before_key_bytes_is_migrated(
+    open_sink: Opener, pg_pool: asyncpg.Pool, unique: str
+) -> None:
+    table = f'"courier_test_{unique}"'
+    await pg_pool.execute(
+        f"""CREATE TABLE {table} (
+            "topic" text NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL,
+            "key" text, "value" jsonb, "value_text" text, "value_bytes" bytea,
+            "timestamp" timestamptz, "headers" jsonb, "idempotency_key" text NOT NULL,
+            "exported_at" timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY ("topic", "partition", "offset"))"""
+    )
+    await pg_pool.execute(
+        f'INSERT INTO {table} (topic, partition, "offset", key, idempotency_key) '
+        "VALUES ('orders', 0, 0, 'old', 'courier/g/orders/0/0')"
+    )
+    sink = await open_sink()
+
+    assert await sink.write([awkward_record(1, *AWKWARD[0])]) == "1 row inserted"
+    assert await recovered(pg_pool, table) == [(b"old", None, []), AWKWARD[0]]
+
+
+async def test_data_the_table_refuses_is_permanent(
+    open_sink: Opener, pg_pool: asyncpg.Pool, unique: str
+) -> None:
+    await open_sink()
+    await pg_pool.execute(
+        f'ALTER TABLE "courier_test_{unique}" ADD CONSTRAINT short_key CHECK (length(key) < 5)'
+    )
+    sink = await open_sink(create_table=False)
+    with pytest.raises(PermanentExportError) as caught:
+        await sink.write([outgoing(12345)])
+
+    assert "SQLSTATE 23514" in caught.value.reason
 
 
 async def test_custom_conflict_key_and_schema(
