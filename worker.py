@@ -9,20 +9,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from activities.base import Destination
+from activities.errors import PermanentExportError, RetryableExportError
 from activities.export import ExportActivity
 from activities.registry import create_destination
 from activities.source import RecordSource
+from courier import metrics
 from courier.config import CourierConfig
 from courier.rates import format_rate
 from ingest.fetch import KafkaRecordSource
+from workflows.destination_state import REPORT_SIGNAL, DestinationState, destination_state_id
 from workflows.export_range import ExportRange
 from workflows.export_record import ExportRecord
+from workflows.types import WorkerReport
 
 log = logging.getLogger("courier.worker")
 
@@ -32,7 +40,7 @@ def workflow_worker(client: Client, config: CourierConfig) -> Worker:
     return Worker(
         client,
         task_queue=config.temporal.workflow_task_queue,
-        workflows=[ExportRecord, ExportRange],
+        workflows=[ExportRecord, ExportRange, DestinationState],
         # Eager activities would run on this worker, bypassing the destination's queue limit.
         disable_eager_activity_execution=True,
         max_concurrent_workflow_tasks=200,
@@ -47,26 +55,153 @@ def workflow_worker(client: Client, config: CourierConfig) -> Worker:
     )
 
 
-@contextlib.asynccontextmanager
-async def destination_worker(
-    client: Client, config: CourierConfig, name: str, source: RecordSource
-) -> AsyncIterator[Worker]:
-    """An opened destination and the worker of its task queue; closes the destination after."""
+REPORT_INTERVAL_S = 30.0
+"""How often a worker re-sends its state to the destination's ``DestinationState``."""
+
+
+class StateReporter:
+    """Sends one worker's state of one destination to its ``DestinationState`` workflow.
+
+    Reporting is best effort: a failure is logged (once per cause, see ``courier.logs``) and
+    never stops the worker.
+    """
+
+    def __init__(self, client: Client, config: CourierConfig, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.task_queue = config.destination(name).task_queue
+        self.workflow_task_queue = config.temporal.workflow_task_queue
+        self.identity = client.identity
+
+    async def send(
+        self, *, connected: bool, since: float, reason: str = "", stopped: bool = False
+    ) -> None:
+        """Signal (starting it if needed) the destination's state workflow."""
+        report = WorkerReport(
+            worker=self.identity,
+            connected=connected,
+            reason=reason,
+            since=since,
+            reported_at=time.time(),
+            stopped=stopped,
+        )
+        try:
+            await self.client.start_workflow(
+                DestinationState.run,
+                arg=[],
+                id=destination_state_id(self.task_queue),
+                task_queue=self.workflow_task_queue,
+                start_signal=REPORT_SIGNAL,
+                start_signal_args=[report],
+                rpc_timeout=timedelta(seconds=5),
+            )
+        except (TimeoutError, RPCError, RuntimeError) as err:
+            log.warning("%s: cannot report the worker's state to Temporal: %s", self.name, err)
+
+
+async def open_destination(
+    config: CourierConfig, name: str, reporter: StateReporter
+) -> Destination:
+    """Open a destination, retrying with backoff until it opens (or the task is cancelled).
+
+    Each failed attempt is one log line and a "not connected" report; the process's other
+    destinations keep running meanwhile.
+    """
     dest_config = config.destination(name)
-    destination = create_destination(dest_config)
-    await destination.open()
-    activity = ExportActivity(name, destination, source)
+    timeout = config.workers.open_timeout.total_seconds()
+    max_backoff = config.workers.open_max_backoff.total_seconds()
+    since = time.time()
+    delay = 1.0
+    attempt = 0
+    while True:
+        attempt += 1
+        destination = create_destination(dest_config)
+        try:
+            async with asyncio.timeout(timeout):
+                await destination.open()
+        except Exception as err:  # whatever the kind raises, the worker survives it
+            with contextlib.suppress(Exception):
+                await destination.close()
+            reason = open_failure_reason(err, timeout)
+            log.warning(
+                "%s: cannot open the %s destination (attempt %d): %s; retrying in %.0fs, "
+                "its records wait in Temporal",
+                name,
+                dest_config.kind,
+                attempt,
+                reason,
+                delay,
+                extra={"destination": name},
+            )
+            metrics.DESTINATION_CONNECTED.labels(name).set(0)
+            await reporter.send(connected=False, since=since, reason=reason)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff)
+            continue
+        if attempt > 1:
+            log.info("%s: destination open after %d attempts", name, attempt)
+        return destination
+
+
+def open_failure_reason(err: BaseException, timeout_s: float) -> str:
+    """One line saying why a destination did not open."""
+    if isinstance(err, (RetryableExportError, PermanentExportError)):
+        return err.reason
+    if isinstance(err, TimeoutError):
+        return f"no answer within {timeout_s:.0f}s (workers.open_timeout)"
+    return f"{type(err).__name__}: {err}"
+
+
+async def serve_destination(
+    client: Client, config: CourierConfig, name: str, source: RecordSource
+) -> None:
+    """Open a destination (retrying), then serve its task queue until cancelled.
+
+    Until the destination is open its queue is not polled, so its records wait in Temporal
+    instead of failing attempts. Cancelling shuts the worker down gracefully: polling stops at
+    once and in-flight exports get ``workers.graceful_shutdown`` to finish.
+    """
+    dest_config = config.destination(name)
+    reporter = StateReporter(client, config, name)
+    destination = await open_destination(config, name, reporter)
+    since = time.time()
     try:
-        yield Worker(
+        activity = ExportActivity(name, destination, source)
+        worker = Worker(
             client,
             task_queue=dest_config.task_queue,
             activities=[activity.export, activity.export_range],
             max_concurrent_activities=dest_config.max_concurrency,
             max_concurrent_activity_task_polls=min(dest_config.max_concurrency, 8),
             max_task_queue_activities_per_second=activity_rate(config, name),
+            graceful_shutdown_timeout=config.workers.graceful_shutdown,
         )
+        log.info(
+            "worker for %s on queue %s: rate %s, concurrency %d",
+            name,
+            dest_config.task_queue,
+            format_rate(dest_config.rate_limit),
+            dest_config.max_concurrency,
+        )
+        metrics.DESTINATION_CONNECTED.labels(name).set(1)
+
+        async def keep_reporting() -> None:
+            while True:
+                await reporter.send(connected=True, since=since)
+                await asyncio.sleep(REPORT_INTERVAL_S)
+
+        reporting = asyncio.create_task(keep_reporting())
+        try:
+            await worker.run()
+        finally:
+            reporting.cancel()
     finally:
+        metrics.DESTINATION_CONNECTED.labels(name).set(0)
         await destination.close()
+        # Tell status this worker is gone; bounded, so a lost Temporal cannot hold up exit.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await reporter.send(connected=False, since=since, stopped=True)
 
 
 def activity_rate(config: CourierConfig, name: str) -> float | None:
@@ -95,21 +230,8 @@ async def run_workers(
     async with contextlib.AsyncExitStack() as stack:
         source = KafkaRecordSource(config.kafka)  # connects on first use
         stack.push_async_callback(source.close)
-        workers = [
-            await stack.enter_async_context(destination_worker(client, config, name, source))
-            for name in destinations
-        ]
+        runs = [serve_destination(client, config, name, source) for name in destinations]
         if workflows:
-            workers.append(workflow_worker(client, config))
-        for name in destinations:
-            dest = config.destination(name)
-            log.info(
-                "worker for %s on queue %s: rate %s, concurrency %d",
-                name,
-                dest.task_queue,
-                format_rate(dest.rate_limit),
-                dest.max_concurrency,
-            )
-        if workflows:
+            runs.append(workflow_worker(client, config).run())
             log.info("workflow worker on queue %s", config.temporal.workflow_task_queue)
-        await asyncio.gather(*(w.run() for w in workers))
+        await asyncio.gather(*runs)

@@ -61,6 +61,12 @@ class TimeoutConfig(BaseModel):
         default=None,
         description="Longest an export may take over all its retries; unset means no limit.",
     )
+    heartbeat: Duration | None = Field(
+        default=timedelta(seconds=5),
+        description="An attempt whose worker sends no heartbeat for this long (a worker that "
+        "died or hangs) is retried elsewhere, instead of after the whole attempt timeout; "
+        "unset turns heartbeats off.",
+    )
 
 
 class DestinationConfig(BaseModel):
@@ -121,6 +127,9 @@ class DestinationConfig(BaseModel):
                 self.timeouts.total.total_seconds() if self.timeouts.total else None
             ),
             batch_size=self.batch_size,
+            heartbeat_s=(
+                self.timeouts.heartbeat.total_seconds() if self.timeouts.heartbeat else None
+            ),
         )
 
 

@@ -9,9 +9,11 @@ are found) instead of failing the others.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -37,6 +39,36 @@ from workflows.types import (
 log = logging.getLogger(__name__)
 
 RETRYABLE_ERROR_TYPE = "RetryableExportError"
+UNEXPECTED_ERROR_TYPE = "UnexpectedExportError"
+HEARTBEATS_PER_TIMEOUT = 4
+"""Heartbeats sent per heartbeat timeout, so a slow event loop does not lose an attempt."""
+
+
+@contextlib.asynccontextmanager
+async def heartbeating() -> AsyncIterator[None]:
+    """Heartbeat the running activity in the background (if it has a heartbeat timeout).
+
+    A worker that dies stops heartbeating, so Temporal retries its attempts elsewhere after
+    the heartbeat timeout rather than the whole attempt timeout.
+    """
+    timeout = activity.info().heartbeat_timeout
+    if not timeout:
+        yield
+        return
+    interval = timeout.total_seconds() / HEARTBEATS_PER_TIMEOUT
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class ExportActivity:
@@ -48,15 +80,19 @@ class ExportActivity:
         self.name = name
         self.destination = destination
         self.source = source
+        self._unexpected_seen: set[str] = set()
 
     @activity.defn(name=EXPORT_ACTIVITY)
     async def export(self, batch: ExportBatch) -> ExportResult:
         """Write a batch to this worker's destination, idempotently."""
         self._check_destination(batch.destination)
-        records = batch.records
-        if batch.by_reference:
-            records = await self._read_back(records)
-        detail = await self._write(records)
+        first = batch.records[0].record if batch.records else None
+        where = f"{first.topic}/{first.partition}/{first.offset}" if first else "an empty batch"
+        async with heartbeating(), self._unexpected_errors_retried(where, len(batch.records)):
+            records = batch.records
+            if batch.by_reference:
+                records = await self._read_back(records)
+            detail = await self._write(records)
         return ExportResult(
             destination=self.name,
             written=len(records),
@@ -68,6 +104,12 @@ class ExportActivity:
     async def export_range(self, batch: RangeBatch) -> RangeBatchResult:
         """Read part of a range from Kafka and write it; report records that fail for good."""
         self._check_destination(batch.destination)
+        span = f"[{batch.offsets[0]}..{batch.offsets[-1]}]" if batch.offsets else "[]"
+        where = f"{batch.topic}/{batch.partition}/{span}"
+        async with heartbeating(), self._unexpected_errors_retried(where, len(batch.offsets)):
+            return await self._export_range(batch)
+
+    async def _export_range(self, batch: RangeBatch) -> RangeBatchResult:
         fetched = await self._source().fetch(
             topic=batch.topic,
             topic_id=batch.topic_id,
@@ -106,6 +148,32 @@ class ExportActivity:
             detail=f"{written} written, {len(failed)} failed",
             attempt=activity.info().attempt,
         )
+
+    @contextlib.asynccontextmanager
+    async def _unexpected_errors_retried(self, where: str, count: int) -> AsyncIterator[None]:
+        """Log, count and retry errors no destination or source classified (bugs, mostly).
+
+        The first of each error type is logged with its traceback, the others in one line.
+        """
+        try:
+            yield
+        except ApplicationError:
+            raise
+        except Exception as err:
+            metrics.record_failure(self.name, kind="unexpected", count=count)
+            kind = type(err).__name__
+            first = kind not in self._unexpected_seen
+            self._unexpected_seen.add(kind)
+            log.error(
+                "%s: unexpected %s exporting %s (will retry; please report it): %s",
+                self.name,
+                kind,
+                where,
+                err,
+                exc_info=first,
+                extra={"destination": self.name, "record": where},
+            )
+            raise ApplicationError(f"unexpected {kind}: {err}", type=UNEXPECTED_ERROR_TYPE) from err
 
     def _check_destination(self, destination: str) -> None:
         if destination != self.name:
@@ -150,7 +218,7 @@ class ExportActivity:
         return result
 
     def _permanent(self, reason: str) -> ApplicationError:
-        metrics.record_failure(self.name, permanent=True, count=1)
+        metrics.record_failure(self.name, kind="permanent", count=1)
         log.warning("%s: permanent failure: %s", self.name, reason)
         return ApplicationError(reason, type=PERMANENT_ERROR_TYPE, non_retryable=True)
 
@@ -161,13 +229,13 @@ class ExportActivity:
         try:
             detail = await self.destination.write(records)
         except PermanentExportError as err:
-            metrics.record_failure(self.name, permanent=True, count=len(records))
+            metrics.record_failure(self.name, kind="permanent", count=len(records))
             log.warning("%s: permanent failure: %s", self.name, err.reason)
             raise ApplicationError(
                 err.reason, type=PERMANENT_ERROR_TYPE, non_retryable=True
             ) from err
         except RetryableExportError as err:
-            metrics.record_failure(self.name, permanent=False, count=len(records))
+            metrics.record_failure(self.name, kind="retryable", count=len(records))
             log.info("%s: attempt %d failed, will retry: %s", self.name, attempt, err.reason)
             delay = timedelta(seconds=err.retry_after) if err.retry_after is not None else None
             raise ApplicationError(

@@ -282,6 +282,9 @@ async def _status(cfg: CourierConfig) -> None:
             str(dest.failed),
         )
     console.print(table)
+    for dest in statuses:
+        if dest.connection != "connected":
+            console.print(f"{dest.name}: {dest.connection}", highlight=False, markup=False)
     await _warn_retention(cfg, [(d.name, d.queue.backlog_age_s) for d in statuses])
     ranges = await range_status(client, cfg)
     if ranges.running or ranges.completed or ranges.failed:

@@ -206,6 +206,26 @@ class IngestConfig(_Strict):
     )
 
 
+class WorkersConfig(_Strict):
+    """How worker processes start and stop."""
+
+    graceful_shutdown: Duration = Field(
+        default=timedelta(seconds=20),
+        description="On SIGTERM a worker stops polling at once and lets in-flight exports "
+        "finish for this long before cancelling them (they are then retried elsewhere). Keep "
+        "it below the orchestrator's kill grace period (Kubernetes: 30 s).",
+    )
+    open_timeout: Duration = Field(
+        default=timedelta(seconds=30),
+        description="Longest one attempt to open a destination (connect, create its table) may "
+        "take; failed attempts are retried with backoff up to open_max_backoff.",
+    )
+    open_max_backoff: Duration = Field(
+        default=timedelta(seconds=60),
+        description="Longest wait between two attempts to open a destination.",
+    )
+
+
 class CourierConfig(_Strict):
     """The whole Courier configuration."""
 
@@ -221,6 +241,9 @@ class CourierConfig(_Strict):
     )
     ingest: IngestConfig = Field(
         default_factory=IngestConfig, description="How records are handed to Temporal."
+    )
+    workers: WorkersConfig = Field(
+        default_factory=WorkersConfig, description="How worker processes start and stop."
     )
 
     @model_validator(mode="after")

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from typing import Literal
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 EXPORTED = Counter(
     "courier_records_exported", "Records written to their destination.", ["destination"]
 )
 EXPORT_FAILURES = Counter(
     "courier_export_failures",
-    "Failed export attempts, by whether they will be retried.",
+    "Records of failed export attempts, by kind: retryable (will be retried), permanent (the "
+    "record fails) or unexpected (an error Courier does not know, retried; a bug to report).",
     ["destination", "kind"],
 )
 EXPORT_SECONDS = Histogram(
     "courier_export_seconds", "Time one export attempt took.", ["destination"]
+)
+DESTINATION_CONNECTED = Gauge(
+    "courier_destination_connected",
+    "1 while this worker process has its destination open and polls its queue; 0 while it "
+    "retries opening it (its records wait in Temporal).",
+    ["destination"],
 )
 INGESTED = Counter(
     "courier_records_ingested",
@@ -41,9 +50,12 @@ def record_success(destination: str, *, count: int, seconds: float) -> None:
     EXPORT_SECONDS.labels(destination).observe(seconds)
 
 
-def record_failure(destination: str, *, permanent: bool, count: int) -> None:
-    """Count a failed export attempt."""
-    EXPORT_FAILURES.labels(destination, "permanent" if permanent else "retryable").inc(count)
+FailureKind = Literal["retryable", "permanent", "unexpected"]
+
+
+def record_failure(destination: str, *, kind: FailureKind, count: int) -> None:
+    """Count the records of a failed export attempt."""
+    EXPORT_FAILURES.labels(destination, kind).inc(count)
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:

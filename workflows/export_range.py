@@ -18,7 +18,12 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from courier import search_attributes as sa
-    from workflows.export_record import failure_reason, retry_policy, total_timeout
+    from workflows.export_record import (
+        failure_reason,
+        heartbeat_timeout,
+        retry_policy,
+        total_timeout,
+    )
     from workflows.types import (
         DestinationPolicy,
         ExportRangeInput,
@@ -91,6 +96,7 @@ class ExportRange:
                 task_queue=policy.task_queue,
                 start_to_close_timeout=timedelta(seconds=policy.start_to_close_s),
                 schedule_to_close_timeout=total_timeout(policy),
+                heartbeat_timeout=heartbeat_timeout(policy),
                 retry_policy=retry_policy(policy),
                 result_type=RangeBatchResult,
             )

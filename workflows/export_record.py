@@ -48,6 +48,11 @@ def total_timeout(policy: DestinationPolicy) -> timedelta | None:
     return timedelta(seconds=policy.schedule_to_close_s) if policy.schedule_to_close_s else None
 
 
+def heartbeat_timeout(policy: DestinationPolicy) -> timedelta | None:
+    """How long an attempt may go without a heartbeat before it counts as lost."""
+    return timedelta(seconds=policy.heartbeat_s) if policy.heartbeat_s else None
+
+
 def failure_reason(err: ActivityError) -> str:
     """The readable reason an export activity failed with."""
     cause = err.cause
@@ -85,6 +90,7 @@ class ExportRecord:
                 task_queue=policy.task_queue,
                 start_to_close_timeout=timedelta(seconds=policy.start_to_close_s),
                 schedule_to_close_timeout=total_timeout(policy),
+                heartbeat_timeout=heartbeat_timeout(policy),
                 retry_policy=retry_policy(policy),
                 result_type=ExportResult,
             )

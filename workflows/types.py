@@ -80,6 +80,9 @@ class DestinationPolicy:
     schedule_to_close_s: float | None = None
     batch_size: int = 500
     """Batch mode: most records one export activity carries."""
+    heartbeat_s: float | None = None
+    """Longest an export attempt may go without a heartbeat; unset (older workflows) means
+    only ``start_to_close_s`` bounds an attempt whose worker died."""
 
 
 @dataclass(frozen=True)
@@ -203,3 +206,21 @@ class ExportRangeResult:
 
     exported: int
     failed: list[FailedRecord]
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """One worker process's state of one destination, signalled to ``DestinationState``."""
+
+    worker: str
+    """The worker's identity, e.g. ``12345@host``."""
+    connected: bool
+    """Whether the destination is open and its queue polled by this worker."""
+    reason: str = ""
+    """Why it is not connected (the last open error), empty when connected."""
+    since: float = 0.0
+    """Unix time this state began."""
+    reported_at: float = 0.0
+    """Unix time of this report; workers report again every ``REPORT_INTERVAL_S``."""
+    stopped: bool = False
+    """The worker shut down: forget it."""

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ops.queues import QueueState, describe
+from workflows.destination_state import WORKERS_QUERY, destination_state_id
+from workflows.types import WorkerReport
+
+STALE_AFTER_S = 100.0
+"""A worker report older than this (workers re-send every 30 s) is not shown."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +28,43 @@ class DestinationStatus:
     running: int
     completed: int
     failed: int
+    workers: list[WorkerReport] = field(default_factory=list)
+    """Recent reports of this destination's worker processes."""
+    workers_unknown: str | None = None
+    """Why the reports could not be read, if they could not."""
+
+    @property
+    def connection(self) -> str:
+        """``connected``, ``not connected: <reason> (since …)`` or why it is unknown."""
+        if self.workers_unknown is not None:
+            return f"unknown: {self.workers_unknown}"
+        if not self.workers:
+            return "no worker"
+        down = [w for w in self.workers if not w.connected]
+        if not down:
+            return "connected"
+        first = min(down, key=lambda w: w.since)
+        since = datetime.fromtimestamp(first.since, tz=UTC).strftime("%H:%M:%S")
+        share = "" if len(down) == len(self.workers) else f" ({len(down)} of {len(self.workers)})"
+        return f"not connected{share} since {since} UTC: {first.reason}"
+
+
+async def worker_reports(client: Client, task_queue: str) -> list[WorkerReport]:
+    """The recent reports of a destination's workers (raises RPCError/query errors)."""
+    handle = client.get_workflow_handle(destination_state_id(task_queue))
+    try:
+        description = await handle.describe(rpc_timeout=timedelta(seconds=5))
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            return []
+        reports: list[WorkerReport] = await handle.query(
+            WORKERS_QUERY, result_type=list[WorkerReport], rpc_timeout=timedelta(seconds=5)
+        )
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return []
+        raise
+    horizon = time.time() - STALE_AFTER_S
+    return [r for r in reports if r.reported_at >= horizon]
 
 
 async def destination_statuses(client: Client, config: CourierConfig) -> list[DestinationStatus]:
@@ -31,6 +76,12 @@ async def destination_statuses(client: Client, config: CourierConfig) -> list[De
             f"{sa.DESTINATION.name} = '{dest.name}' GROUP BY ExecutionStatus"
         )
         by_status = {str(g.group_values[0]): g.count for g in counts.groups}
+        workers: list[WorkerReport] = []
+        unknown = None
+        try:
+            workers = await worker_reports(client, dest.task_queue)
+        except (RPCError, WorkflowQueryFailedError) as err:
+            unknown = f"no workflow worker answered ({err})"
         result.append(
             DestinationStatus(
                 name=dest.name,
@@ -38,6 +89,8 @@ async def destination_statuses(client: Client, config: CourierConfig) -> list[De
                 running=by_status.get("Running", 0),
                 completed=by_status.get("Completed", 0),
                 failed=by_status.get("Failed", 0),
+                workers=workers,
+                workers_unknown=unknown,
             )
         )
     return result

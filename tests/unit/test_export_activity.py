@@ -1,5 +1,8 @@
 """The export activity maps destination errors to Temporal retry decisions."""
 
+import asyncio
+import dataclasses
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -64,3 +67,49 @@ async def test_a_batch_for_another_destination_is_refused() -> None:
     with pytest.raises(ApplicationError, match="reached the worker of 'dest'") as err:
         await ActivityEnvironment().run(ExportActivity("dest", destination).export, batch("other"))
     assert err.value.non_retryable and destination.written == []
+
+
+class SlowDestination(FakeDestination):
+    async def write(self, batch: Sequence[OutgoingRecord]) -> str:
+        await asyncio.sleep(0.5)
+        return await super().write(batch)
+
+
+async def test_an_unexpected_error_is_logged_counted_and_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    unexpected = metrics.EXPORT_FAILURES.labels("dest", "unexpected")
+    before = unexpected._value.get()
+    activity = ExportActivity("dest", FakeDestination(KeyError("total")))
+    for _ in range(2):
+        with pytest.raises(ApplicationError) as err:
+            await ActivityEnvironment().run(activity.export, batch())
+        assert not err.value.non_retryable and err.value.type == "UnexpectedExportError"
+        assert err.value.message == "unexpected KeyError: 'total'"
+    assert unexpected._value.get() == before + 2
+    errors = [r for r in caplog.records if r.name == "activities.export"]
+    assert [r.getMessage() for r in errors] == [
+        "dest: unexpected KeyError exporting t/0/7 (will retry; please report it): 'total'"
+    ] * 2
+    # The traceback is logged once per error type, not on every retry.
+    assert errors[0].exc_info is not None and not errors[1].exc_info
+
+
+async def test_a_long_export_heartbeats() -> None:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, heartbeat_timeout=timedelta(milliseconds=200))
+    beats: list[float] = []
+    env.on_heartbeat = lambda *_: beats.append(time.monotonic())
+    started = time.monotonic()
+    await env.run(ExportActivity("dest", SlowDestination()).export, batch())
+    # Every 50 ms over 0.5 s; a generous bound that still fails without heartbeats.
+    assert len(beats) >= 4, beats
+    assert max(b - a for a, b in zip([started, *beats], beats, strict=False)) < 0.2
+
+
+async def test_no_heartbeat_timeout_no_heartbeats() -> None:
+    env = ActivityEnvironment()
+    beats: list[object] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+    await env.run(ExportActivity("dest", FakeDestination()).export, batch())
+    assert beats == []

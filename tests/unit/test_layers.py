@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "workflows.export_record",
         "workflows.export_range",
+        "workflows.destination_state",
         "activities.errors",
         "activities.encoding",
         "activities.base",
