@@ -318,18 +318,41 @@ def _rows(n: int) -> str:
     return f"{n} row{'' if n == 1 else 's'}"
 
 
-def classify_error(err: BaseException, what: str) -> Exception:
-    """Map an asyncpg/OS error to PermanentExportError (bad data) or RetryableExportError."""
+def classify_error(err: BaseException, what: str, *, hint: str | None = None) -> Exception:
+    """Map an asyncpg/OS error to PermanentExportError (bad data) or RetryableExportError.
+
+    ``hint`` (what to check) is appended to the reason.
+    """
+    then = f"; {hint}" if hint else ""
     if isinstance(err, asyncpg.PostgresError):
         sqlstate = getattr(err, "sqlstate", None) or ""
         message = " ".join(str(err).split())
         reason = f"{what}: {message} (SQLSTATE {sqlstate})" if sqlstate else f"{what}: {message}"
         if sqlstate[:2] in _PERMANENT_SQLSTATE_CLASSES:
-            return PermanentExportError(reason)
-        return RetryableExportError(reason)
+            return PermanentExportError(reason + then)
+        return RetryableExportError(reason + then)
     if isinstance(err, (OSError, asyncio.TimeoutError)):
-        return RetryableExportError(f"{what}: cannot reach PostgreSQL: {err or type(err).__name__}")
-    return RetryableExportError(f"{what}: {type(err).__name__}: {err}")
+        reachable = f"cannot reach PostgreSQL: {err or type(err).__name__}"
+        return RetryableExportError(f"{what}: {reachable}{then}")
+    return RetryableExportError(f"{what}: {type(err).__name__}: {err}{then}")
+
+
+_OPEN_HINTS = {
+    "28": "check the user and password in the dsn",
+    "3D": "check the database name in the dsn",
+    "42501": "grant the role CREATE on the schema, or create the table and set create_table: false",
+    "53": "the server is out of resources (connections, disk, memory)",
+}
+
+
+def open_hint(err: BaseException) -> str | None:
+    """What an operator should check when the destination does not open."""
+    if isinstance(err, asyncpg.PostgresError):
+        sqlstate = getattr(err, "sqlstate", None) or ""
+        return _OPEN_HINTS.get(sqlstate) or _OPEN_HINTS.get(sqlstate[:2])
+    if isinstance(err, (OSError, asyncio.TimeoutError)):
+        return "check that PostgreSQL runs at the dsn's host and port"
+    return None
 
 
 class PostgresDestination:
@@ -356,7 +379,8 @@ class PostgresDestination:
                         await conn.execute(statement)
         except _DATABASE_ERRORS as err:
             await self.close()
-            raise classify_error(err, f"preparing table {self.config.table}") from err
+            what = f"preparing table {self.config.table}"
+            raise classify_error(err, what, hint=open_hint(err)) from err
 
     async def close(self) -> None:
         """Close the pool."""

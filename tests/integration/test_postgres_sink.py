@@ -277,3 +277,46 @@ async def test_unreachable_server_is_retryable() -> None:
         await PostgresDestination(config).open()
 
     assert "courier:courier" not in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("password", "expected"),
+    [
+        (
+            "not-the-password",
+            'password authentication failed for user "courier_secure" (SQLSTATE 28P01); '
+            "check the user and password in the dsn",
+        ),
+        (None, None),
+    ],
+    ids=["wrong-password", "right-password"],
+)
+async def test_opening_with_wrong_credentials_says_what_to_check(
+    stack_settings: Any,
+    pg_pool: asyncpg.Pool,
+    unique: str,
+    password: str | None,
+    expected: str | None,
+) -> None:
+    from devtools.stack.postgres import SECURE_PASSWORD, secure_dsn
+
+    table = f"courier_secure_{unique}"
+    config = PostgresConfig.model_validate(
+        {
+            "name": "pg",
+            "kind": "postgres",
+            "dsn": secure_dsn(stack_settings, password or SECURE_PASSWORD),
+            "table": table,
+        }
+    )
+    destination = PostgresDestination(config)
+    try:
+        if expected is None:
+            await destination.open()
+            return
+        with pytest.raises(RetryableExportError) as err:
+            await destination.open()
+        assert err.value.reason == f"preparing table {table}: {expected}"
+    finally:
+        await destination.close()
+        await pg_pool.execute(f"DROP TABLE IF EXISTS {table}")
