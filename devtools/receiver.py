@@ -78,6 +78,8 @@ class Receiver:
     def __init__(self, *, port: int = 0) -> None:
         self.port = port
         self.requests: list[ReceivedRequest] = []
+        self.arrivals: list[str] = []
+        """Paths of requests as they arrive, before any scripted delay or answer."""
         self._scripts: dict[str, Script] = {}
         self._effects: dict[str, ReceivedRequest] = {}  # by idempotency key
         self._server: _QuietServer | None = None
@@ -135,6 +137,7 @@ class Receiver:
         arrived = time.monotonic()
         body = await request.body()
         path = request.url.path
+        self.arrivals.append(path)
         headers = {k.lower(): v for k, v in request.headers.items()}
         key = headers.get(IDEMPOTENCY_HEADER)
         script = self._script_for(path)
