@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any
 
 from workflows.types import Blob, KafkaRecord
@@ -29,11 +30,22 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"{text} is beyond a double")
+    return number
+
+
 def parse_json_text(text: str) -> tuple[bool, Any]:
-    """Parse strict JSON (no NaN/Infinity); return ``(True, value)`` or ``(False, None)``."""
+    """Parse strict JSON; return ``(True, value)`` or ``(False, None)``.
+
+    Not JSON here: NaN/Infinity, numbers a double cannot hold (they would come out as
+    ``Infinity``) and nesting deeper than Python's recursion limit.
+    """
     try:
-        return True, json.loads(text, parse_constant=_reject_constant)
-    except ValueError:
+        return True, json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):
         return False, None
 
 
