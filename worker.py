@@ -230,8 +230,10 @@ async def run_workers(
     async with contextlib.AsyncExitStack() as stack:
         source = KafkaRecordSource(config.kafka)  # connects on first use
         stack.push_async_callback(source.close)
-        runs = [serve_destination(client, config, name, source) for name in destinations]
-        if workflows:
-            runs.append(workflow_worker(client, config).run())
-            log.info("workflow worker on queue %s", config.temporal.workflow_task_queue)
-        await asyncio.gather(*runs)
+        # A task group, not gather: cancelled, it waits for every worker's graceful shutdown.
+        async with asyncio.TaskGroup() as group:
+            for name in destinations:
+                group.create_task(serve_destination(client, config, name, source))
+            if workflows:
+                group.create_task(workflow_worker(client, config).run())
+                log.info("workflow worker on queue %s", config.temporal.workflow_task_queue)
