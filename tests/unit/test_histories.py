@@ -2,8 +2,10 @@
 
 ``tests/histories/`` holds ``ExportRecord`` histories (exported, binary value, failed after
 retries, unroutable) recorded with release 0.1.0, and ``ExportRange`` histories (exported,
-partly failed) recorded when batch mode was added; a workflow change that would break workflows
-started by those releases and still running fails here.
+partly failed) recorded when batch mode was added, an ``ExportRecord`` with a heartbeat timeout
+and a ``DestinationState`` (workers reporting, then stopping) recorded when those were added; a
+workflow change that would break workflows started by those releases and still running fails
+here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from workflows.destination_state import DestinationState
 from workflows.export_range import ExportRange
 from workflows.export_record import ExportRecord
 
@@ -27,4 +30,4 @@ def test_histories_are_present() -> None:
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_recorded_history_replays(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    await Replayer(workflows=[ExportRecord, ExportRange]).replay_workflow(history)
+    await Replayer(workflows=[ExportRecord, ExportRange, DestinationState]).replay_workflow(history)
