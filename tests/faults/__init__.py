@@ -1,0 +1,1 @@
+"""The fault matrix: Courier against the real stack under faults (docs/reliability.md)."""

@@ -1,0 +1,305 @@
+"""Courier's own processes killed with SIGKILL: a destination worker, ingest, one of two ingests."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+
+from courier.config import parse_config
+from devtools.topics import create_topic
+from tests.faults.common import (
+    assert_clean,
+    fill,
+    json_records,
+    wait_exported,
+    wait_until,
+    wait_workflows_closed,
+    workflow_counts,
+)
+from tests.faults.ledger import FaultReceiver, Ledger, RestSink, tally
+from tests.faults.processes import Fleet, config_data
+from tests.faults.report import Row
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+WORKER_KILL_RECORDS = 240
+SLOW_ANSWER_S = 0.5
+"""The receiver answers each request after this long, so exports are in flight at any time."""
+CONCURRENCY = 8
+
+
+async def test_worker_killed_mid_export(
+    stack_settings: Any,
+    temporal_client: Client,
+    unique: str,
+    fleet: Fleet,
+    receiver: FaultReceiver,
+    fault_row: Row,
+) -> None:
+    """kill -9 a destination worker with exports in flight; a replacement starts at once.
+
+    Recovery is the time from the kill until every record in flight at the kill (requests the
+    receiver was answering) has been exported by the replacement: without heartbeats Temporal
+    retries a lost attempt after the attempt timeout, with them after the heartbeat timeout.
+    """
+    name, topic = f"api-{unique}", f"t-{unique}"
+    bootstrap = stack_settings.kafka_bootstrap
+    receiver.script("/w", delay=SLOW_ANSWER_S)
+    data = config_data(
+        stack_settings,
+        unique,
+        destinations=[
+            {
+                "name": name,
+                "kind": "rest",
+                "url": f"{receiver.url}/w",
+                "max_concurrency": CONCURRENCY,
+            }
+        ],
+        routes={"default": name},
+    )
+    config = fleet.write_config(data)
+    timeouts = parse_config(data, environ={}).destination(name).timeouts
+    attempt_s = timeouts.attempt.total_seconds()
+    heartbeat = getattr(timeouts, "heartbeat", None)  # the field exists once exports heartbeat
+    heartbeat_s = heartbeat.total_seconds() if heartbeat else None
+    await create_topic(bootstrap, topic)
+    await asyncio.gather(fleet.ingest(config), fleet.workflows(config))
+    first = await fleet.worker(config, name)
+    ledger = Ledger("worker-kill")
+    sink = RestSink(receiver, "/w", ledger)
+    await ledger.produce(bootstrap, topic, json_records(WORKER_KILL_RECORDS))
+
+    # Kill when few records wait behind the ones in flight: a retried attempt queues behind
+    # the backlog, and the recovery should measure the timeout, not the backlog.
+    async def mid_export() -> bool:
+        counted = await tally(sink, ledger)
+        return counted.lost <= 2 * CONCURRENCY and len(receiver.in_flight()) >= 2
+
+    await wait_until(mid_export, timeout=120, what="exports under way", explain=fleet.explain())
+    in_flight = receiver.in_flight()
+    first.kill()
+    killed_at = time.monotonic()
+    await fleet.worker(config, name, role="replacement", wait=False)
+    assert await first.wait() == -signal.SIGKILL
+
+    done_at = await wait_exported(sink, ledger, fleet, timeout=attempt_s + 120)
+    # A request in flight at the kill may have had its effect (the receiver answered it after
+    # the kill); the export is done when the replacement's attempt is: its workflow completed.
+    by_status = await wait_workflows_closed(
+        temporal_client, topic, WORKER_KILL_RECORDS, timeout=attempt_s + 120
+    )
+    deliveries = await sink.deliveries()
+    recovered: dict[str, float] = {}
+    for d in deliveries:
+        if d.idempotency_key in in_flight and d.arrived > killed_at and (d.effect or d.repeated):
+            key = d.idempotency_key
+            recovered[key] = min(recovered.get(key, d.answered), d.answered)
+    recovery_s = max(recovered.values()) - killed_at if recovered else None
+    counted = await tally(sink, ledger)
+    limit_s = heartbeat_s or attempt_s
+    fill(
+        fault_row,
+        "worker-kill",
+        counted,
+        recovery_s=recovery_s,
+        notes=(
+            f"{len(in_flight)} exports in flight at the kill; recovery = kill → those exported "
+            f"by the replacement; attempt timeout {attempt_s:g} s, heartbeat "
+            f"{f'{heartbeat_s:g} s' if heartbeat_s else 'none'}"
+        ),
+        in_flight=len(in_flight),
+        attempt_timeout_s=attempt_s,
+        heartbeat_timeout_s=heartbeat_s,
+        all_effects_after_kill_s=round(done_at - killed_at, 1),
+    )
+
+    assert_clean(counted, fleet)
+    assert len(recovered) == len(in_flight), (
+        "records in flight at the kill, never answered after it (times from the kill): "
+        + "; ".join(
+            f"{key}: "
+            + ", ".join(
+                f"arrived {d.arrived - killed_at:+.2f} answered {d.answered - killed_at:+.2f} "
+                f"{'effect' if d.effect else 'repeat' if d.repeated else 'no effect'}"
+                for d in deliveries
+                if d.idempotency_key == key
+            )
+            for key in sorted(in_flight - set(recovered))
+        )
+    )
+    assert recovery_s is not None and recovery_s <= limit_s + 20, (
+        f"in-flight records took {recovery_s:.1f}s after the kill, timeout {limit_s:g}s"
+    )
+    repeated = {d.idempotency_key for d in deliveries if d.repeated}
+    assert repeated <= in_flight, f"repeats of records not in flight: {repeated - in_flight}"
+    assert by_status == {"COMPLETED": WORKER_KILL_RECORDS}, by_status
+
+
+INGEST_KILL_RECORDS = 300
+PRODUCE_RATE = 25.0
+
+
+async def test_ingest_killed_while_producing(
+    stack_settings: Any,
+    temporal_client: Client,
+    unique: str,
+    fleet: Fleet,
+    receiver: FaultReceiver,
+    fault_row: Row,
+) -> None:
+    """kill -9 ingest while records arrive; a new ingest reads the uncommitted ones again.
+
+    Recovery: from the kill until every record produced before it is exported.
+    """
+    name, topic = f"api-{unique}", f"t-{unique}"
+    bootstrap = stack_settings.kafka_bootstrap
+    data = config_data(
+        stack_settings,
+        unique,
+        destinations=[{"name": name, "kind": "rest", "url": f"{receiver.url}/i"}],
+        routes={"default": name},
+    )
+    config = fleet.write_config(data)
+    await create_topic(bootstrap, topic)
+    first, *_ = await asyncio.gather(
+        fleet.ingest(config), fleet.workflows(config), fleet.worker(config, name)
+    )
+    ledger = Ledger("ingest-kill")
+    sink = RestSink(receiver, "/i", ledger)
+    producing = asyncio.create_task(
+        ledger.produce(bootstrap, topic, json_records(INGEST_KILL_RECORDS), per_second=PRODUCE_RATE)
+    )
+    try:
+
+        async def handing_off() -> bool:
+            return sum((await workflow_counts(temporal_client, topic)).values()) >= 80
+
+        await wait_until(
+            handing_off, timeout=60, what="80 records handed off", explain=fleet.explain()
+        )
+        assert not producing.done(), "production ended before the kill: raise the record count"
+        first.kill()
+        killed_at = time.monotonic()
+        before_kill = ledger.ids()
+        await fleet.ingest(config, role="ingest-again")
+        assert await first.wait() == -signal.SIGKILL
+        caught_up = await wait_exported(sink, ledger, fleet, timeout=90, fids=before_kill)
+    finally:
+        await producing
+    await wait_exported(sink, ledger, fleet, timeout=90)
+    counted = await tally(sink, ledger)
+    by_status = await wait_workflows_closed(temporal_client, topic, len(ledger), timeout=60)
+    fill(
+        fault_row,
+        "ingest-kill",
+        counted,
+        recovery_s=caught_up - killed_at,
+        notes=f"produced at {PRODUCE_RATE:g}/s; killed after {len(before_kill)} were produced; "
+        "recovery = kill → all produced before it exported",
+        workflows=by_status,
+    )
+
+    assert_clean(counted, fleet)
+    assert by_status == {"COMPLETED": INGEST_KILL_RECORDS}, f"one workflow per record: {by_status}"
+
+
+REBALANCE_RECORDS = 300
+
+
+async def test_rebalance_second_ingest_then_first_killed(
+    stack_settings: Any,
+    temporal_client: Client,
+    unique: str,
+    fleet: Fleet,
+    receiver: FaultReceiver,
+    fault_row: Row,
+) -> None:
+    """Two ingests in one group: the second joins while records arrive, then the first dies.
+
+    The group takes the dead member's partitions away after its session timeout and gives
+    them to the survivor, which reads their uncommitted records again. Recovery: from the kill
+    until every record produced before it is exported.
+    """
+    name, topic = f"api-{unique}", f"t-{unique}"
+    bootstrap = stack_settings.kafka_bootstrap
+    data = config_data(
+        stack_settings,
+        unique,
+        destinations=[{"name": name, "kind": "rest", "url": f"{receiver.url}/r"}],
+        routes={"default": name},
+    )
+    config = fleet.write_config(data)
+    await create_topic(bootstrap, topic, partitions=3)
+    first, *_ = await asyncio.gather(
+        fleet.ingest(config), fleet.workflows(config), fleet.worker(config, name)
+    )
+    ledger = Ledger("rebalance")
+    sink = RestSink(receiver, "/r", ledger)
+    producing = asyncio.create_task(
+        ledger.produce(bootstrap, topic, json_records(REBALANCE_RECORDS), per_second=15.0)
+    )
+    try:
+
+        async def handing_off() -> bool:
+            return sum((await workflow_counts(temporal_client, topic)).values()) >= 40
+
+        await wait_until(
+            handing_off, timeout=60, what="40 records handed off", explain=fleet.explain()
+        )
+        second = await fleet.ingest(config, role="ingest-second")
+
+        async def shared() -> bool:
+            return bool(_assignments(second.log())) and bool(_assignments(first.log())[1:])
+
+        await wait_until(
+            shared, timeout=60, what="both ingests own partitions", explain=fleet.explain()
+        )
+        shared_assignment = _assignments(second.log())[-1]
+        assert not producing.done(), "production ended before the kill: raise the record count"
+        first.kill()
+        killed_at = time.monotonic()
+        before_kill = ledger.ids()
+        assert await first.wait() == -signal.SIGKILL
+        caught_up = await wait_exported(sink, ledger, fleet, timeout=120, fids=before_kill)
+    finally:
+        await producing
+    await wait_exported(sink, ledger, fleet, timeout=90)
+    counted = await tally(sink, ledger)
+    by_status = await wait_workflows_closed(temporal_client, topic, len(ledger), timeout=60)
+    final_assignment = _assignments(second.log())[-1]
+    fill(
+        fault_row,
+        "rebalance",
+        counted,
+        recovery_s=caught_up - killed_at,
+        notes=f"second ingest got {len(shared_assignment)} of 3 partitions, then all "
+        f"{len(final_assignment)}; recovery = kill → all produced before it exported "
+        "(includes the group's session timeout)",
+        workflows=by_status,
+    )
+
+    assert_clean(counted, fleet)
+    assert by_status == {"COMPLETED": REBALANCE_RECORDS}, f"one workflow per record: {by_status}"
+    assert 0 < len(shared_assignment) < 3, shared_assignment
+    assert len(final_assignment) == 3, (
+        f"the survivor should own every partition: {final_assignment}"
+    )
+
+
+_ASSIGNED = re.compile(r"partitions assigned: \[([^\]]*)\]")
+
+
+def _assignments(log: str) -> list[list[str]]:
+    """Each ``partitions assigned`` line of an ingest log, as its list of partitions."""
+    return [
+        [p.strip().strip("'") for p in m.group(1).split(",") if p.strip()]
+        for m in _ASSIGNED.finditer(log)
+    ]
