@@ -314,11 +314,28 @@ def load_config(path: Path | str, *, environ: dict[str, str] | None = None) -> C
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
     try:
         return parse_config(data, environ=environ)
     except ConfigError as err:
         raise ConfigError(f"{path}: invalid config\n{err}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message in one line: where, what, and in which construct (lines from 1)."""
+    if not isinstance(err, yaml.MarkedYAMLError):  # e.g. a control character in the text
+        return " ".join(str(err).replace(' in "<unicode string>",', " at").split()) + "; fix it"
+    where = err.problem_mark or err.context_mark
+    text = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
+    text += err.problem or "syntax error"
+    if err.context:
+        text += f" ({err.context}"
+        if err.context_mark and err.context_mark is not where:
+            text += f" at line {err.context_mark.line + 1}, column {err.context_mark.column + 1}"
+        text += ")"
+    if err.note:
+        text += f"; {err.note}"
+    return " ".join(text.split()) + "; fix the YAML there"
 
 
 def _join(path: str, key: object) -> str:

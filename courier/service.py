@@ -1,4 +1,10 @@
-"""Running Courier's parts together in one process, with graceful shutdown on signals."""
+"""Running Courier's parts together in one process, with graceful shutdown on signals.
+
+SIGINT and SIGTERM are honoured in every state: while connecting to Temporal
+(:func:`unless_stopped` around the connect), while ingest connects to Kafka, and while running;
+the process is then gone within about 2 s (destination workers with exports in flight take up
+to ``workers.graceful_shutdown`` to let them finish).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterator, Sequence
+from typing import TypeVar
 
 from temporalio.client import Client
 
@@ -15,6 +22,43 @@ from ingest.consumer import Ingest
 from worker import run_workers
 
 log = logging.getLogger("courier")
+
+T = TypeVar("T")
+
+INGEST_STOP_S = 3.0
+"""Backstop: ingest that has not stopped this long after being asked is cancelled."""
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM set ``stop`` (where the loop supports it)."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+
+
+async def unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``awaitable``'s result; or None, with it cancelled, if ``stop`` is set first."""
+    work = asyncio.ensure_future(awaitable)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    return work.result() if not work.cancelled() else None
 
 
 async def run_service(
@@ -28,13 +72,21 @@ async def run_service(
 ) -> None:
     """Run ingest and/or workers until ``stop`` is set (or SIGINT/SIGTERM arrives).
 
-    Ingest stops first (committing what is safe), then the workers shut down.
+    Then ingest (committing what is safe) and the workers shut down side by side.
     """
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    with stop_on_signals(stop):
+        await _run(client, config, ingest, destinations, workflows, stop)
+
+
+async def _run(
+    client: Client,
+    config: CourierConfig,
+    ingest: Ingest | None,
+    destinations: Sequence[str],
+    workflows: bool,
+    stop: asyncio.Event,
+) -> None:
     ingest_task = asyncio.create_task(ingest.run()) if ingest else None
     workers_task = (
         asyncio.create_task(
@@ -53,14 +105,19 @@ async def run_service(
     finally:
         log.info("shutting down")
         stop_task.cancel()
+        if workers_task is not None:
+            workers_task.cancel()  # polling stops at once; in-flight exports may finish
         if ingest is not None and ingest_task is not None:
             ingest.stop()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ingest_task
+            try:
+                await asyncio.wait_for(asyncio.shield(ingest_task), INGEST_STOP_S)
+            except TimeoutError:
+                log.warning("ingest did not stop within %.0fs; cancelled", INGEST_STOP_S)
+                ingest_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ingest_task
+            except asyncio.CancelledError:
+                pass
         if workers_task is not None:
-            workers_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await workers_task
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)

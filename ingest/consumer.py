@@ -16,7 +16,8 @@ Lifecycle, in order (as Kafka Connect's ``SinkTask``):
    still in flight, or one past the last record begun (see ``ingest.offsets``).
 6. On revoke: drop the revoked partitions' buffered records, wait (bounded) for their
    hand-offs in flight, commit them, forget them; the next owner reads the rest again.
-7. On stop (SIGTERM): stop reading, wait for hand-offs in flight, commit, leave the group.
+7. On stop (SIGTERM): stop reading, wait (briefly) for hand-offs in flight, commit, leave the
+   group, all within about 2 s; a stop while still connecting to Kafka ends the attempt.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from temporalio.client import Client
 from courier import metrics
 from courier.config import CourierConfig
 from ingest.handoff import coordinates, hand_off
-from ingest.kafka import consumer_options, never_create_topics
+from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options, never_create_topics
 from ingest.offsets import OffsetTracker
 from ingest.ranges import OpenRange, hand_off_range
 from ingest.routing import Router
@@ -43,6 +44,11 @@ from ingest.topic_ids import TopicIdError, TopicIds
 log = logging.getLogger("courier.ingest")
 
 DRAIN_TIMEOUT_S = 30.0
+STOP_DRAIN_S = 1.0
+"""On stop, how long hand-offs in flight may take to finish; unfinished ones stay uncommitted
+(read again on the next start, and their workflow IDs make that harmless)."""
+STOP_KAFKA_S = 0.5
+"""On stop, the longest the last commit, and leaving the group, may take each."""
 MAX_BACKOFF_S = 30.0
 POLL_TIMEOUT_MS = 200
 MISSING_TOPIC_LOG_S = 30.0
@@ -111,9 +117,14 @@ class Ingest:
                 await self._poll_once(consumer)
         finally:
             committer.cancel()
-            await self._drain(DRAIN_TIMEOUT_S)
-            await self.commit()
-            await consumer.stop()
+            await self._drain(STOP_DRAIN_S)
+            # Bounded: with Kafka gone, aiokafka would wait out its 40 s request timeout.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_KAFKA_S):
+                    await self.commit()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_KAFKA_S):
+                    await consumer.stop()
             log.info(
                 "ingest stopped: %d started, %d already started, %d failed, %d skipped",
                 self.counts["started"],
@@ -467,26 +478,57 @@ class Ingest:
             consumer.subscribe(topics=kafka.topics, listener=listener)
 
     async def _start_consumer(self) -> AIOKafkaConsumer | None:
-        """A started consumer; retries while Kafka is unreachable (None once stopped)."""
+        """A started consumer; retries while Kafka is unreachable (None once stopped).
+
+        Each attempt first checks that a bootstrap server answers as Kafka (seconds, where
+        aiokafka would wait 40 s); :meth:`stop` interrupts an attempt at once.
+        """
         delay = 1.0
         while not self._stopping.is_set():
-            consumer = self._new_consumer()
-            try:
-                await consumer.start()
-                self._subscribe(consumer)
+            attempt = asyncio.create_task(self._try_start(delay))
+            stopping = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait({attempt, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not attempt.done():
+                attempt.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await attempt
+                return None
+            consumer = attempt.result()
+            if consumer is not None:
                 return consumer
-            except KafkaConnectionError as err:
-                await consumer.stop()
-                log.warning(
-                    "Kafka at %s is not reachable (%s); retrying in %.0fs",
-                    self.config.kafka.bootstrap_servers,
-                    err,
-                    delay,
-                )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(delay * 2, MAX_BACKOFF_S)
         return None
+
+    async def _try_start(self, delay: float) -> AIOKafkaConsumer | None:
+        """One attempt: a started, subscribed consumer, or None after one WARNING line."""
+        kafka = self.config.kafka
+        try:
+            await check_brokers(kafka)
+        except KafkaUnreachable as err:
+            log.warning("%s; retrying in %.0fs", err, delay)
+            return None
+        consumer = self._new_consumer()
+        try:
+            await consumer.start()
+            self._subscribe(consumer)
+            return consumer
+        except KafkaConnectionError as err:
+            await consumer.stop()
+            log.warning(
+                "cannot start consuming from Kafka at %s (%s); retrying in %.0fs",
+                kafka.bootstrap_servers,
+                err,
+                delay,
+            )
+            return None
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(STOP_KAFKA_S):
+                    await consumer.stop()
+            raise
 
     async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
         """Commit the safe point of every owned partition (or only of ``partitions``)."""
