@@ -58,12 +58,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     )
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[_ROWS] = []
-    session.config.stash[_STARTED] = (
-        time.monotonic(),
-        datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    )
+def pytest_configure(config: pytest.Config) -> None:
+    # Called as this conftest is registered (during collection, not at session start).
+    config.stash[_ROWS] = []
+    config.stash[_STARTED] = (time.monotonic(), datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
 @pytest.hookimpl(wrapper=True)

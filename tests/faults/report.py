@@ -27,6 +27,7 @@ END = "<!-- fault-matrix:end -->"
 
 SCENARIOS: dict[str, str] = {
     "worker-kill": "kill -9 a destination worker mid-export, start a new one",
+    "worker-kill-no-heartbeat": "the same with heartbeats off (timeouts.heartbeat: null)",
     "ingest-kill": "kill -9 ingest while records are produced, start it again",
     "temporal-restart": "Temporal stopped and started again (stack control)",
     "kafka-restart": "Kafka stopped and started again (stack control)",

@@ -101,8 +101,10 @@ async def test_destination_down_while_another_flows(
     ledger = Ledger("destination-down")
     steady_sink = RestSink(receiver, "/steady", ledger)
     down_sink = RestSink(second_receiver, "/down", ledger)
-    await ledger.produce(bootstrap, topic, json_records(STEADY_RECORDS, "s"), group="steady")
+    # The failing destination's records first: ingest hands them off before the backlog of
+    # the rate-limited one, so that the outage can begin early in that backlog.
     await ledger.produce(bootstrap, topic, json_records(DOWN_RECORDS, "down-a"), group="down")
+    await ledger.produce(bootstrap, topic, json_records(STEADY_RECORDS, "s"), group="steady")
     steady_ids = ledger.ids("steady")
 
     async def flowing() -> bool:
@@ -128,6 +130,11 @@ async def test_destination_down_while_another_flows(
     times = exported_times(await steady_sink.deliveries())
     before = sum(1 for t in times if stopped_at - WINDOW_S <= t < stopped_at) / WINDOW_S
     during = sum(1 for t in times if stopped_at <= t < back_at) / (back_at - stopped_at)
+    # Exports of the healthy destination per 5 s, from 10 s before the outage.
+    series = [
+        sum(1 for t in times if start <= t - stopped_at < start + 5)
+        for start in range(-10, int(back_at - stopped_at) + 10, 5)
+    ]
     counted = count(
         ledger,
         [*await steady_sink.deliveries(), *await down_sink.deliveries()],
@@ -143,15 +150,20 @@ async def test_destination_down_while_another_flows(
         "recovery = receiver back → its records exported",
         steady_before_per_s=round(before, 2),
         steady_during_per_s=round(during, 2),
+        steady_per_5s_from_minus_10s=series,
         outage_s=round(back_at - stopped_at, 1),
     )
 
     assert refused, "the stopped receiver still accepted connections"
+    assert times[-1] > back_at, (
+        f"the healthy destination ran out of records during the outage (exports per 5 s from "
+        f"10 s before it: {series}): the measurement needs more STEADY_RECORDS"
+    )
     assert_clean(counted, fleet)
     assert by_status == {"COMPLETED": len(ledger)}, by_status
     assert during >= 0.8 * before, (
         f"the healthy destination slowed down during the outage: {during:.2f}/s, before "
-        f"{before:.2f}/s"
+        f"{before:.2f}/s; its exports per 5 s from 10 s before the outage: {series}"
     )
 
 
