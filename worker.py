@@ -14,23 +14,30 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.base import Destination
 from activities.errors import PermanentExportError, RetryableExportError
-from activities.export import ExportActivity
+from activities.export import AttemptOutcomes, ExportActivity
 from activities.registry import create_destination
 from activities.source import RecordSource
 from courier import metrics
 from courier.config import CourierConfig
 from courier.rates import format_rate
+from courier.task_queues import set_rate_limit
 from ingest.fetch import KafkaRecordSource
-from workflows.destination_state import REPORT_SIGNAL, DestinationState, destination_state_id
+from workflows.destination_state import (
+    OUTCOMES_UPDATE,
+    REPORT_SIGNAL,
+    DestinationState,
+    destination_state_id,
+)
 from workflows.export_range import ExportRange
 from workflows.export_record import ExportRecord
-from workflows.types import WorkerReport
+from workflows.rate_control import describe_decision
+from workflows.types import ControlState, OutcomeReport, WorkerReport
 
 log = logging.getLogger("courier.worker")
 
@@ -97,6 +104,81 @@ class StateReporter:
             )
         except (TimeoutError, RPCError, RuntimeError) as err:
             log.warning("%s: cannot report the worker's state to Temporal: %s", self.name, err)
+
+
+CONTROL_INTERVAL_S = 1.0
+"""How often a worker sends its attempt outcomes (if any) to its destination's rate control."""
+
+
+class RateControl:
+    """Sends one worker's attempt outcomes to the destination's controller; applies its decision.
+
+    The decision (circuit open, adaptive rate) is the same for every worker of the destination;
+    each applies it once as the queue's server-side rate limit, which is idempotent.
+    """
+
+    def __init__(
+        self, client: Client, config: CourierConfig, name: str, outcomes: AttemptOutcomes
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.outcomes = outcomes
+        self.task_queue = config.destination(name).task_queue
+        self.configured_limit = activity_rate(config, name)
+        self.settings = config.destination(name).rate_control
+        self.handle = client.get_workflow_handle(destination_state_id(self.task_queue))
+        self.applied_version = 0
+        self.mode = "normal"
+
+    async def run(self) -> None:
+        """Report every ``CONTROL_INTERVAL_S`` while attempts happen, until cancelled."""
+        while True:
+            await asyncio.sleep(CONTROL_INTERVAL_S)
+            if not self.outcomes:
+                continue
+            window = self.outcomes.take()
+            report = OutcomeReport(
+                worker=self.client.identity,
+                window_s=time.monotonic() - window.started,
+                answered=window.answered,
+                unavailable=window.unavailable,
+                throttled=window.throttled,
+                last_error=window.last_error,
+                configured_limit=self.configured_limit,
+                circuit_breaker=self.settings.circuit_breaker,
+                failure_threshold=self.settings.failure_threshold,
+                probe_interval_s=self.settings.probe_interval.total_seconds(),
+                adaptive=self.settings.adaptive,
+            )
+            try:
+                decision = await self.handle.execute_update(
+                    OUTCOMES_UPDATE,
+                    report,
+                    result_type=ControlState,
+                    rpc_timeout=timedelta(seconds=5),
+                )
+                await self.apply(decision)
+            except (RPCError, WorkflowUpdateFailedError, RuntimeError, TimeoutError) as err:
+                log.warning("%s: rate control unavailable: %s", self.name, err)
+
+    async def apply(self, decision: ControlState) -> None:
+        """Set the queue's rate limit to the decision, once per decision."""
+        if decision.version == self.applied_version:
+            return
+        line = describe_decision(decision)
+        await set_rate_limit(
+            self.client,
+            self.task_queue,
+            decision.rate,
+            reason=f"courier rate control: {line}",
+            identity=f"courier rate control ({self.client.identity})",
+        )
+        self.applied_version = decision.version
+        metrics.CIRCUIT_OPEN.labels(self.name).set(1 if decision.mode == "open" else 0)
+        metrics.RATE_OVERRIDE.labels(self.name).set(decision.rate or 0)
+        if decision.mode != self.mode or (decision.mode == "adaptive" and "lowered" in line):
+            log.warning("%s: %s", self.name, line, extra={"destination": self.name})
+        self.mode = decision.mode
 
 
 async def open_destination(
@@ -191,10 +273,18 @@ async def serve_destination(
                 await asyncio.sleep(REPORT_INTERVAL_S)
 
         reporting = asyncio.create_task(keep_reporting())
+        rate_control = dest_config.rate_control
+        control = (
+            asyncio.create_task(RateControl(client, config, name, activity.outcomes).run())
+            if rate_control.circuit_breaker or rate_control.adaptive
+            else None
+        )
         try:
             await worker.run()
         finally:
             reporting.cancel()
+            if control is not None:
+                control.cancel()
     finally:
         metrics.DESTINATION_CONNECTED.labels(name).set(0)
         await destination.close()

@@ -11,6 +11,17 @@ Any other exception escaping a destination is treated as retryable.
 
 from __future__ import annotations
 
+from typing import Literal
+
+Cause = Literal["throttled", "unavailable", "other"]
+"""Why a retryable export failed, for the destination's rate control:
+
+- ``throttled``: the destination asked to slow down (HTTP 429): its rate is lowered (AIMD);
+- ``unavailable``: it could not be reached or did not answer in time, or answered 5xx: enough
+  of these in a row open its circuit;
+- ``other``: anything else retryable; counts for neither.
+"""
+
 
 class ExportError(Exception):
     """Root of the errors a destination raises."""
@@ -27,6 +38,9 @@ class PermanentExportError(ExportError):
 class RetryableExportError(ExportError):
     """A transient failure; ``retry_after`` (seconds) overrides the next backoff when set."""
 
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, *, retry_after: float | None = None, cause: Cause = "other"
+    ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.cause: Cause = cause

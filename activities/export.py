@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from temporalio import activity
@@ -71,6 +71,29 @@ async def heartbeating() -> AsyncIterator[None]:
             await task
 
 
+@dataclass
+class AttemptOutcomes:
+    """Counts of export attempts since the worker last reported them to rate control."""
+
+    answered: int = 0
+    """Written, or refused for good: either way the destination is up."""
+    unavailable: int = 0
+    throttled: int = 0
+    last_error: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def take(self) -> AttemptOutcomes:
+        """The counts so far; starts a new window."""
+        window = replace(self)
+        self.answered = self.unavailable = self.throttled = 0
+        self.last_error = ""
+        self.started = time.monotonic()
+        return window
+
+    def __bool__(self) -> bool:
+        return bool(self.answered or self.unavailable or self.throttled)
+
+
 class ExportActivity:
     """Runs one destination's writes; one instance per destination per worker process."""
 
@@ -80,6 +103,7 @@ class ExportActivity:
         self.name = name
         self.destination = destination
         self.source = source
+        self.outcomes = AttemptOutcomes()
         self._unexpected_seen: set[str] = set()
 
     @activity.defn(name=EXPORT_ACTIVITY)
@@ -230,18 +254,25 @@ class ExportActivity:
             detail = await self.destination.write(records)
         except PermanentExportError as err:
             metrics.record_failure(self.name, kind="permanent", count=len(records))
+            self.outcomes.answered += 1  # refused for good, but up
             log.warning("%s: permanent failure: %s", self.name, err.reason)
             raise ApplicationError(
                 err.reason, type=PERMANENT_ERROR_TYPE, non_retryable=True
             ) from err
         except RetryableExportError as err:
             metrics.record_failure(self.name, kind="retryable", count=len(records))
+            if err.cause == "throttled":
+                self.outcomes.throttled += 1
+            elif err.cause == "unavailable":
+                self.outcomes.unavailable += 1
+                self.outcomes.last_error = err.reason
             log.info("%s: attempt %d failed, will retry: %s", self.name, attempt, err.reason)
             delay = timedelta(seconds=err.retry_after) if err.retry_after is not None else None
             raise ApplicationError(
                 err.reason, type=RETRYABLE_ERROR_TYPE, next_retry_delay=delay
             ) from err
         metrics.record_success(self.name, count=len(records), seconds=time.perf_counter() - started)
+        self.outcomes.answered += 1
         return detail
 
     async def _write_isolating_failures(

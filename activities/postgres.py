@@ -330,10 +330,12 @@ def classify_error(err: BaseException, what: str, *, hint: str | None = None) ->
         reason = f"{what}: {message} (SQLSTATE {sqlstate})" if sqlstate else f"{what}: {message}"
         if sqlstate[:2] in _PERMANENT_SQLSTATE_CLASSES:
             return PermanentExportError(reason + then)
-        return RetryableExportError(reason + then)
+        # Connection exceptions, server shutting down, out of resources.
+        down = sqlstate[:2] in ("08", "53", "57")
+        return RetryableExportError(reason + then, cause="unavailable" if down else "other")
     if isinstance(err, (OSError, asyncio.TimeoutError)):
         reachable = f"cannot reach PostgreSQL: {err or type(err).__name__}"
-        return RetryableExportError(f"{what}: {reachable}{then}")
+        return RetryableExportError(f"{what}: {reachable}{then}", cause="unavailable")
     return RetryableExportError(f"{what}: {type(err).__name__}: {err}{then}")
 
 

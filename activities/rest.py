@@ -33,7 +33,7 @@ from pydantic import Field, field_validator, model_validator
 
 from activities.base import DestinationConfig
 from activities.encoding import record_envelope
-from activities.errors import PermanentExportError, RetryableExportError
+from activities.errors import Cause, PermanentExportError, RetryableExportError
 from courier.durations import Duration, format_duration
 from workflows.types import OutgoingRecord
 
@@ -299,7 +299,7 @@ class RestDestination:
                 await response.aclose()
         except httpx.TransportError as err:
             reason = _transport_reason(err, self.config)
-            raise RetryableExportError(f"{what} failed: {reason}") from err
+            raise RetryableExportError(f"{what} failed: {reason}", cause="unavailable") from err
 
         status = response.status_code
         if verdict == "success":
@@ -314,7 +314,8 @@ class RestDestination:
             reason += f" (Retry-After {retry_after:g}s)"
         if excerpt:
             reason += f": {excerpt}"
-        raise RetryableExportError(reason, retry_after=retry_after)
+        cause: Cause = "throttled" if status == 429 else "unavailable" if status >= 500 else "other"
+        raise RetryableExportError(reason, retry_after=retry_after, cause=cause)
 
 
 def _worst(errors: list[BaseException], size: int) -> BaseException:
@@ -329,6 +330,8 @@ def _worst(errors: list[BaseException], size: int) -> BaseException:
     if retryable:
         waits = [e.retry_after for e in retryable if e.retry_after is not None]
         return RetryableExportError(
-            prefix + retryable[0].reason, retry_after=max(waits) if waits else None
+            prefix + retryable[0].reason,
+            retry_after=max(waits) if waits else None,
+            cause=retryable[0].cause,
         )
     return errors[0]

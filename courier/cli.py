@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -14,11 +15,12 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 from temporalio.client import Client
 
 from activities.base import DestinationConfig
+from courier import logs
 from courier.config import DEFAULT_CONFIG_PATH, ConfigError, CourierConfig, load_config
 from courier.rates import format_rate
 
@@ -35,7 +37,8 @@ config_app = typer.Typer(
 app.add_typer(config_app, name="config")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
+"""Errors and warnings: one line each, never wrapped, never read as rich markup."""
 
 COMMANDS_ENTRY_POINTS = "courier.commands"
 """Entry-point group of extra commands: a typer app (a command group) or a function (a command)."""
@@ -80,40 +83,101 @@ MetricsPort = Annotated[
 ]
 
 
-def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=True)],
-        force=True,
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    logging.getLogger("temporalio").setLevel(logging.WARNING)
-    # Failed attempts are logged by activities.export in one line; skip the SDK's traceback.
-    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
+class LogFormat(StrEnum):
+    """How long-running commands write their logs."""
+
+    text = "text"
+    json = "json"
+
+
+class LogLevel(StrEnum):
+    """The least severe level logged."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        help="Log lines as text (for people) or json (one object per line: timestamp, level, "
+        "logger, message, and topic, partition, offset, destination where known).",
+        envvar="COURIER_LOG_FORMAT",
+    ),
+]
+LogLevelOption = Annotated[
+    LogLevel,
+    typer.Option(
+        "--log-level",
+        help="Least severe level logged (libraries log WARNING and above).",
+        envvar="COURIER_LOG_LEVEL",
+        case_sensitive=False,
+    ),
+]
+
+
+def _setup_logging(level: str = "INFO", fmt: LogFormat = LogFormat.text) -> None:
+    logs.setup_logging(level, "json" if fmt is LogFormat.json else "text")
+
+
+def _error(message: str) -> None:
+    """Print one ``error:`` line to stderr, exactly as given (no markup, no wrapping)."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+
+
+def _warning(message: str) -> None:
+    """Print one ``warning:`` line to stderr, exactly as given (no markup, no wrapping)."""
+    err_console.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one ``error:`` line; the caller raises the returned exit (code 2: usage)."""
+    _error(message)
+    return typer.Exit(code)
 
 
 def _load(path: Path) -> CourierConfig:
     try:
         return load_config(path)
     except ConfigError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _fail(_config_problem(path, err), 2) from None
+
+
+def _config_problem(path: Path, err: ConfigError) -> str:
+    """A config error in one line (its per-field lines joined) and what to do."""
+    head, *problems = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+    if problems:
+        return (
+            f"{head}: {'; '.join(problems)}; fix the file (courier config reference describes "
+            "every field)"
+        )
+    if not path.is_file():
+        return f"{head}; pass --config FILE or set COURIER_CONFIG"
+    return head
 
 
 def _destination(cfg: CourierConfig, name: str) -> DestinationConfig:
     try:
         return cfg.destination(name)
     except KeyError as err:
-        err_console.print(f"[red]error:[/red] {err.args[0]}")
-        raise typer.Exit(2) from None
+        raise _fail(str(err.args[0]), 2) from None
 
 
 def _serve_metrics(port: int | None) -> None:
     if port is not None:
         from courier import metrics
 
-        metrics.serve(port)
+        try:
+            metrics.serve(port)
+        except OSError as err:
+            raise _fail(
+                f"cannot serve metrics on 127.0.0.1:{port}: {err.strerror or err}; choose "
+                "another --metrics-port",
+                2,
+            ) from None
         logging.getLogger("courier").info(
             "metrics on http://127.0.0.1:%d/metrics (Temporal SDK: port %d)", port, port + 1
         )
@@ -126,8 +190,7 @@ async def _client(cfg: CourierConfig) -> Client:
     try:
         return await connect(cfg.temporal)
     except TemporalUnreachable as err:
-        err_console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from None
+        raise _fail(str(err)) from None
 
 
 async def _run(
@@ -138,26 +201,43 @@ async def _run(
     workflows: bool,
     metrics_port: int | None,
 ) -> None:
-    from courier.service import run_service
+    """Connect to Temporal (retrying), then run; SIGINT/SIGTERM stop it in any state."""
+    from courier.service import run_service, stop_on_signals, unless_stopped
     from courier.temporal import connect, sdk_metrics_runtime
     from ingest.consumer import Ingest
 
+    log = logging.getLogger("courier")
     _serve_metrics(metrics_port)
     runtime = sdk_metrics_runtime(metrics_port + 1) if metrics_port is not None else None
-    client = await connect(config.temporal, wait=True, runtime=runtime)
-    await run_service(
-        client,
-        config,
-        ingest=Ingest(config, client) if ingest else None,
-        destinations=destinations,
-        workflows=workflows,
-    )
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        client = await unless_stopped(connect(config.temporal, wait=True, runtime=runtime), stop)
+        if client is None:
+            log.info("stopped before connecting to Temporal")
+            return
+        try:
+            await run_service(
+                client,
+                config,
+                ingest=Ingest(config, client) if ingest else None,
+                destinations=destinations,
+                workflows=workflows,
+                stop=stop,
+            )
+        except Exception:
+            log.critical("stopped by an unexpected error (please report it)", exc_info=True)
+            raise typer.Exit(1) from None
 
 
 @app.command()
-def run(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort = None) -> None:
+def run(
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    metrics_port: MetricsPort = None,
+    log_format: LogFormatOption = LogFormat.text,
+    log_level: LogLevelOption = LogLevel.INFO,
+) -> None:
     """Run ingest, the workflow worker and every destination's worker in one process (development)."""  # noqa: E501 (typer keeps line breaks)
-    _setup_logging()
+    _setup_logging(log_level.value, log_format)
     cfg = _load(config)
     asyncio.run(
         _run(
@@ -171,9 +251,14 @@ def run(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort = 
 
 
 @app.command()
-def ingest(config: ConfigOption = DEFAULT_CONFIG_PATH, metrics_port: MetricsPort = None) -> None:
+def ingest(
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    metrics_port: MetricsPort = None,
+    log_format: LogFormatOption = LogFormat.text,
+    log_level: LogLevelOption = LogLevel.INFO,
+) -> None:
     """Consume the configured topics and start one workflow per record; commit only handed-off offsets."""  # noqa: E501 (typer keeps line breaks)
-    _setup_logging()
+    _setup_logging(log_level.value, log_format)
     cfg = _load(config)
     asyncio.run(_run(cfg, ingest=True, destinations=[], workflows=False, metrics_port=metrics_port))
 
@@ -194,20 +279,21 @@ def worker(
         bool, typer.Option("--all", help="Workflows and every destination (development).")
     ] = False,
     metrics_port: MetricsPort = None,
+    log_format: LogFormatOption = LogFormat.text,
+    log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Run Temporal workers: destinations' activity queues and/or the workflow queue.
 
     Start several processes with the same --destination to scale it out: the destination's
     rate limit holds across all of them, because the Temporal server enforces it.
     """
-    _setup_logging()
+    _setup_logging(log_level.value, log_format)
     cfg = _load(config)
     names = [d.name for d in cfg.destinations] if all_ else list(destination or [])
     for name in names:
         _destination(cfg, name)
     if not names and not (workflows or all_):
-        err_console.print("[red]error:[/red] choose --destination NAME, --workflows or --all")
-        raise typer.Exit(2)
+        raise _fail("nothing to run: choose --destination NAME, --workflows or --all", 2)
     asyncio.run(
         _run(
             cfg,
@@ -285,6 +371,8 @@ async def _status(cfg: CourierConfig) -> None:
     for dest in statuses:
         if dest.connection != "connected":
             console.print(f"{dest.name}: {dest.connection}", highlight=False, markup=False)
+        if dest.rate_control != "normal":
+            console.print(f"{dest.name}: {dest.rate_control}", highlight=False, markup=False)
     await _warn_retention(cfg, [(d.name, d.queue.backlog_age_s) for d in statuses])
     ranges = await range_status(client, cfg)
     if ranges.running or ranges.completed or ranges.failed:
@@ -300,22 +388,23 @@ async def _warn_retention(cfg: CourierConfig, backlogs: list[tuple[str, float]])
     from aiokafka.errors import KafkaError
 
     from courier.ops.retention import topic_retention_s
+    from ingest.kafka import KafkaUnreachable, check_brokers
 
     try:
+        await check_brokers(cfg.kafka)
         retention = [s for s in (await topic_retention_s(cfg.kafka)).values() if s is not None]
-    except (KafkaError, OSError) as err:
-        err_console.print(f"[yellow]warning:[/yellow] cannot read topic retention: {err}")
+    except (KafkaUnreachable, KafkaError, OSError) as err:
+        _warning(f"cannot read topic retention: {err}")
         return
     if not retention:
         return
     shortest = min(retention)
     for name, age in backlogs:
         if age > shortest / 2:
-            err_console.print(
-                f"[yellow]warning:[/yellow] {name}'s oldest pending export waits {age:.0f}s, "
-                f"over half the topics' retention ({shortest:.0f}s): records by reference "
-                "that outlive the retention can no longer be exported",
-                highlight=False,
+            _warning(
+                f"{name}'s oldest pending export waits {age:.0f}s, over half the topics' "
+                f"retention ({shortest:.0f}s): records by reference that outlive the retention "
+                "can no longer be exported; add workers or raise the destination's rate limit"
             )
 
 
@@ -335,29 +424,26 @@ def limit(
 ) -> None:
     """Change a destination's rate limit now, for all its workers, without a restart."""
     cfg = _load(config)
-    queue = _destination(cfg, destination).task_queue
+    _destination(cfg, destination)
     try:
         value = None if rate == "default" else float(rate)
     except ValueError:
-        err_console.print(
-            "[red]error:[/red] rate must be a number of records per second or 'default', "
-            f"not {rate!r}"
-        )
-        raise typer.Exit(2) from None
+        raise _fail(
+            f"rate must be a number of records per second or 'default', not {rate!r}", 2
+        ) from None
     if value is not None and value <= 0:
-        err_console.print("[red]error:[/red] rate must be greater than 0")
-        raise typer.Exit(2)
-    asyncio.run(_limit(cfg, queue, value, reason))
+        raise _fail(f"rate must be greater than 0, not {rate}", 2)
+    asyncio.run(_limit(cfg, destination, value, reason))
 
 
-async def _limit(cfg: CourierConfig, queue: str, rate: float | None, reason: str) -> None:
-    from courier.ops import queues
+async def _limit(cfg: CourierConfig, name: str, rate: float | None, reason: str) -> None:
+    from courier.ops.limits import set_limit
 
     client = await _client(cfg)
-    await queues.set_rate_limit(client, queue, rate, reason=reason)
-    state = await queues.describe(client, queue)
+    state = await set_limit(client, cfg, name, rate, reason)
     console.print(
-        f"{queue}: rate limit now {format_rate(state.rate_limit)} ({state.rate_limit_source})"
+        f"{state.task_queue}: rate limit now {format_rate(state.rate_limit)} "
+        f"({state.rate_limit_source})"
     )
 
 
@@ -406,7 +492,7 @@ async def _replay(
                 await replay.replay(client, execution, reason=reason)
             except Exception as err:  # one bad reset must not stop the others
                 failures += 1
-                err_console.print(f"[red]{execution.id}[/red]: {err}")
+                _error(f"{execution.id}: {err}")
             progress.advance(task)
     console.print(f"replayed {len(executions) - failures} of {len(executions)}")
     if failures:
@@ -427,8 +513,7 @@ async def _setup(cfg: CourierConfig) -> None:
     try:
         added = await ensure_search_attributes(client)
     except SetupError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False)
-        raise typer.Exit(1) from None
+        raise _fail(str(err)) from None
     where = f"namespace {cfg.temporal.namespace} on {cfg.temporal.address}"
     if added:
         console.print(f"added search attributes {', '.join(added)} to {where}")
@@ -494,6 +579,7 @@ def main(argv: list[str] | None = None) -> None:
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1
+    logs.flush_summaries()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

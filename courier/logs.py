@@ -30,7 +30,8 @@
   most once per window per cause. So an outage of a minute is a few lines, not thousands.
 - **Third-party loggers** (aiokafka, temporalio, httpx) log warnings and errors only.
 
-This module depends on the standard library and rich only: any layer may use it.
+This module imports the standard library and rich only, no Courier module (``test_layers``
+places it with the configuration, layer 3, so ingest, workers and the CLI may use it).
 """
 
 from __future__ import annotations

@@ -24,6 +24,18 @@ DESTINATION_CONNECTED = Gauge(
     "retries opening it (its records wait in Temporal).",
     ["destination"],
 )
+CIRCUIT_OPEN = Gauge(
+    "courier_circuit_open",
+    "1 while the destination's circuit is open (its queue probes at one attempt per few "
+    "seconds after attempts in a row found it unavailable), as last applied by this worker.",
+    ["destination"],
+)
+RATE_OVERRIDE = Gauge(
+    "courier_rate_override",
+    "The queue rate (activities/s) rate control set for the destination: the probe rate while "
+    "the circuit is open, the adaptive rate after 429s; 0 when none (the configured limit).",
+    ["destination"],
+)
 INGESTED = Counter(
     "courier_records_ingested",
     "Records ingest finished with, by outcome: started (a new workflow), existing (already "

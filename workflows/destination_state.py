@@ -1,10 +1,18 @@
-"""The ``DestinationState`` workflow: what each worker process of a destination last reported.
+"""The ``DestinationState`` workflow: a destination's workers and its rate controller.
 
-One long-lived workflow per destination (ID :func:`destination_state_id`) collects the reports
-that workers send with signal-with-start — "connected", or "not connected: <reason>" while a
-worker retries opening its destination — so ``courier status`` can show, from any machine, why
-a destination's records wait. It keeps the last report per worker, forgets workers silent for
-:data:`FORGET_AFTER_S`, and continues as new before its history grows large.
+One long-lived workflow per destination (ID :func:`destination_state_id`):
+
+- collects the reports that workers send with signal-with-start — "connected", or "not
+  connected: <reason>" while a worker retries opening its destination — so ``courier status``
+  can show, from any machine, why a destination's records wait;
+- is the destination's rate controller: workers send the outcomes of their export attempts
+  (update ``outcomes``) and get back the one decision for the whole cluster (circuit open,
+  adaptive rate; see ``workflows.rate_control``), which they apply as the queue's rate limit;
+  ``courier limit`` signals the operator's ceiling.
+
+It keeps the last report per worker, forgets workers silent for :data:`FORGET_AFTER_S`, ends
+when its last worker has stopped (unless it holds a rate decision or an operator's limit), and
+continues as new before its history grows large.
 """
 
 from __future__ import annotations
@@ -14,10 +22,14 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.types import WorkerReport
+    from workflows.rate_control import RateController
+    from workflows.types import ControlState, OutcomeReport, WorkerReport
 
 REPORT_SIGNAL = "report"
 WORKERS_QUERY = "workers"
+OUTCOMES_UPDATE = "outcomes"
+CONTROL_QUERY = "control"
+OPERATOR_LIMIT_SIGNAL = "operator_limit"
 FORGET_AFTER_S = 600.0
 SIGNALS_PER_RUN = 500
 
@@ -34,22 +46,25 @@ class DestinationState:
     def __init__(self) -> None:
         self._reports: dict[str, WorkerReport] = {}
         self._signals = 0
+        self._control = RateController(ControlState())
 
     @workflow.run
-    async def run(self, reports: list[WorkerReport]) -> None:
+    async def run(self, reports: list[WorkerReport], control: ControlState | None = None) -> None:
         """Collect reports until every worker stopped, or continue as new when the run is long."""
         for report in reports:
             self._reports[report.worker] = report
+        if control is not None:
+            self._control.state = control
         await workflow.wait_condition(
             lambda: (
-                (self._signals > 0 and not self._reports)
+                (self._signals > 0 and not self._reports and self._control_is_default())
                 or self._signals >= SIGNALS_PER_RUN
                 or workflow.info().is_continue_as_new_suggested()
             )
         )
         await workflow.wait_condition(workflow.all_handlers_finished)
-        if self._reports:
-            workflow.continue_as_new(list(self._reports.values()))
+        if self._reports or not self._control_is_default():
+            workflow.continue_as_new(args=[list(self._reports.values()), self._control.state])
 
     @workflow.signal(name=REPORT_SIGNAL)
     def report(self, report: WorkerReport) -> None:
@@ -63,6 +78,28 @@ class DestinationState:
         for worker, seen in list(self._reports.items()):
             if seen.reported_at < horizon.timestamp():
                 del self._reports[worker]
+
+    def _control_is_default(self) -> bool:
+        state = self._control.state
+        return state.mode == "normal" and state.operator_limit is None
+
+    @workflow.update(name=OUTCOMES_UPDATE)
+    def outcomes(self, report: OutcomeReport) -> ControlState:
+        """Take one worker's attempt outcomes; return the destination's rate decision."""
+        self._signals += 1
+        self._control.observe(report, workflow.now().timestamp())
+        return self._control.state
+
+    @workflow.signal(name=OPERATOR_LIMIT_SIGNAL)
+    def operator_limit(self, rate: float | None) -> None:
+        """``courier limit``: the ceiling of the rate (None: the configured limit again)."""
+        self._signals += 1
+        self._control.set_operator_limit(rate, workflow.now().timestamp())
+
+    @workflow.query(name=CONTROL_QUERY)
+    def control(self) -> ControlState:
+        """The destination's current rate decision."""
+        return self._control.state
 
     @workflow.query(name=WORKERS_QUERY)
     def workers(self) -> list[WorkerReport]:

@@ -11,9 +11,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from courier import search_attributes as sa
 from courier.config import CourierConfig
-from courier.ops.queues import QueueState, describe
-from workflows.destination_state import WORKERS_QUERY, destination_state_id
-from workflows.types import WorkerReport
+from courier.task_queues import QueueState, describe
+from workflows.destination_state import CONTROL_QUERY, WORKERS_QUERY, destination_state_id
+from workflows.rate_control import describe_decision
+from workflows.types import ControlState, WorkerReport
 
 STALE_AFTER_S = 100.0
 """A worker report older than this (workers re-send every 30 s) is not shown."""
@@ -32,6 +33,13 @@ class DestinationStatus:
     """Recent reports of this destination's worker processes."""
     workers_unknown: str | None = None
     """Why the reports could not be read, if they could not."""
+    control: ControlState | None = None
+    """The destination's rate decision (circuit, adaptive rate), if its controller runs."""
+
+    @property
+    def rate_control(self) -> str:
+        """``normal``, or e.g. ``circuit open since 12:03:04 UTC, probing every 5s; …``."""
+        return describe_decision(self.control) if self.control is not None else "normal"
 
     @property
     def connection(self) -> str:
@@ -49,22 +57,31 @@ class DestinationStatus:
         return f"not connected{share} since {since} UTC: {first.reason}"
 
 
-async def worker_reports(client: Client, task_queue: str) -> list[WorkerReport]:
-    """The recent reports of a destination's workers (raises RPCError/query errors)."""
+async def worker_reports(
+    client: Client, task_queue: str
+) -> tuple[list[WorkerReport], ControlState | None]:
+    """The recent reports of a destination's workers and its rate decision.
+
+    Raises RPCError or WorkflowQueryFailedError when they cannot be read.
+    """
     handle = client.get_workflow_handle(destination_state_id(task_queue))
+    timeout = timedelta(seconds=5)
     try:
-        description = await handle.describe(rpc_timeout=timedelta(seconds=5))
+        description = await handle.describe(rpc_timeout=timeout)
         if description.status != WorkflowExecutionStatus.RUNNING:
-            return []
+            return [], None
         reports: list[WorkerReport] = await handle.query(
-            WORKERS_QUERY, result_type=list[WorkerReport], rpc_timeout=timedelta(seconds=5)
+            WORKERS_QUERY, result_type=list[WorkerReport], rpc_timeout=timeout
+        )
+        control: ControlState = await handle.query(
+            CONTROL_QUERY, result_type=ControlState, rpc_timeout=timeout
         )
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            return []
+            return [], None
         raise
     horizon = time.time() - STALE_AFTER_S
-    return [r for r in reports if r.reported_at >= horizon]
+    return [r for r in reports if r.reported_at >= horizon], control
 
 
 async def destination_statuses(client: Client, config: CourierConfig) -> list[DestinationStatus]:
@@ -77,9 +94,10 @@ async def destination_statuses(client: Client, config: CourierConfig) -> list[De
         )
         by_status = {str(g.group_values[0]): g.count for g in counts.groups}
         workers: list[WorkerReport] = []
+        control = None
         unknown = None
         try:
-            workers = await worker_reports(client, dest.task_queue)
+            workers, control = await worker_reports(client, dest.task_queue)
         except (RPCError, WorkflowQueryFailedError) as err:
             unknown = f"no workflow worker answered ({err})"
         result.append(
@@ -91,6 +109,7 @@ async def destination_statuses(client: Client, config: CourierConfig) -> list[De
                 failed=by_status.get("Failed", 0),
                 workers=workers,
                 workers_unknown=unknown,
+                control=control,
             )
         )
     return result

@@ -54,3 +54,56 @@ def test_committed_config_reference_is_current() -> None:
     committed = (Path(__file__).parents[2] / "docs" / "config-reference.md").read_text()
     assert committed == render() + "\n", "run: courier config reference > docs/config-reference.md"
     assert "## destinations[] with kind: postgres" in committed
+
+
+def test_malformed_yaml_is_one_line_with_line_column_and_the_whole_message(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka:\n  topics: [a, b\n  group: x\n")
+    result = runner.invoke(app, ["config", "check", "-c", str(bad)])
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: {bad} is not valid YAML: line 3, column 8: expected ',' or ']', but got ':' "
+        "(while parsing a flow sequence at line 2, column 11); fix the YAML there\n"
+    )
+
+
+def test_invalid_config_is_one_line_naming_each_field_and_what_to_do(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    text = Path(EXAMPLE).read_text().replace("rate_limit: 5", "rate_limit: fast")
+    bad.write_text(text.replace("group: courier-demo", "group: ''"))
+    result = runner.invoke(app, ["config", "check", "-c", str(bad)])
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: {bad}: invalid config: kafka.group: String should have at least 1 character; "
+        "destinations[0].rate_limit: Input should be a valid number, unable to parse string as "
+        "a number; fix the file (courier config reference describes every field)\n"
+    )
+
+
+def test_missing_config_says_how_to_give_one(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["route", "k", "-c", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: cannot read config file {tmp_path / 'none.yaml'}: No such file or directory; "
+        "pass --config FILE or set COURIER_CONFIG\n"
+    )
+
+
+def test_usage_errors_are_one_line() -> None:
+    result = runner.invoke(app, ["limit", "orders-api", "fast", "-c", EXAMPLE])
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: rate must be a number of records per second or 'default', not 'fast'\n"
+    )
+    unknown = runner.invoke(app, ["limit", "nope", "5", "-c", EXAMPLE])
+    assert unknown.exit_code == 2 and len(unknown.output.splitlines()) == 1
+
+
+def test_long_running_commands_take_log_options() -> None:
+    for command in ("run", "ingest", "worker"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert "--log-format" in result.output and "--log-level" in result.output
+    bad = runner.invoke(app, ["worker", "--all", "--log-format", "xml", "-c", EXAMPLE])
+    assert bad.exit_code == 2

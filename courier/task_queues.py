@@ -1,8 +1,8 @@
-"""Destination task queues as operators see them: backlog, workers, and the live rate limit.
+"""Destination task queues on the server: backlog, workers, and the live rate limit.
 
-A rate limit set here (``courier limit``) is stored by the Temporal server on the queue and
-overrides the ``rate_limit`` the workers poll with, without restarting anything, until it is
-reset to ``default``.
+A rate limit set here (by ``courier limit``, or by the workers applying their destination's
+rate decision) is stored by the Temporal server on the queue and overrides the ``rate_limit``
+the workers poll with, without restarting anything, until it is reset to ``default``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class QueueState:
     workers: int
     rate_limit: float | None
     rate_limit_source: str
-    """``override`` (``courier limit``), ``worker`` (the workers' config) or ``none``."""
+    """``override`` (``courier limit`` or rate control), ``worker`` (the workers' config) or
+    ``none``."""
 
 
 async def describe(client: Client, task_queue: str) -> QueueState:
@@ -61,7 +62,12 @@ async def describe(client: Client, task_queue: str) -> QueueState:
 
 
 async def set_rate_limit(
-    client: Client, task_queue: str, rate: float | None, *, reason: str
+    client: Client,
+    task_queue: str,
+    rate: float | None,
+    *,
+    reason: str,
+    identity: str = "courier limit",
 ) -> None:
     """Override the queue's rate limit (records/s) on the server; ``None`` restores the workers'."""
     update = UpdateTaskQueueConfigRequest.RateLimitUpdate(reason=reason)
@@ -70,7 +76,7 @@ async def set_rate_limit(
     await client.workflow_service.update_task_queue_config(
         UpdateTaskQueueConfigRequest(
             namespace=client.namespace,
-            identity="courier limit",
+            identity=identity,
             task_queue=task_queue,
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
             update_queue_rate_limit=update,

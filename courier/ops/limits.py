@@ -1,0 +1,47 @@
+"""``courier limit``: an operator's rate limit for a destination, at once and for all workers.
+
+The limit is stored on the destination's task queue (the server enforces it across every
+worker) and sent to the destination's rate controller (``DestinationState``) as its ceiling,
+so rate control never raises the rate above it and returns to it when it ends.
+"""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+
+from courier.config import CourierConfig
+from courier.task_queues import QueueState, describe, set_rate_limit
+from worker import activity_rate
+from workflows.destination_state import (
+    OPERATOR_LIMIT_SIGNAL,
+    DestinationState,
+    destination_state_id,
+)
+from workflows.types import WorkerReport
+
+
+def queue_rate(config: CourierConfig, name: str, records_per_second: float) -> float:
+    """The queue's activities/s for a records/s limit (batch mode carries batch_size each)."""
+    configured = activity_rate(config, name)
+    dest = config.destination(name)
+    if configured is None or dest.rate_limit is None:
+        return records_per_second / (dest.batch_size if config.ingest.mode == "batch" else 1)
+    return records_per_second * configured / dest.rate_limit
+
+
+async def set_limit(
+    client: Client, config: CourierConfig, name: str, records_per_second: float | None, reason: str
+) -> QueueState:
+    """Set (or with None, remove) the operator's limit; return the queue's state after."""
+    dest = config.destination(name)
+    rate = None if records_per_second is None else queue_rate(config, name, records_per_second)
+    await set_rate_limit(client, dest.task_queue, rate, reason=reason)
+    await client.start_workflow(
+        DestinationState.run,
+        args=[list[WorkerReport](), None],
+        id=destination_state_id(dest.task_queue),
+        task_queue=config.temporal.workflow_task_queue,
+        start_signal=OPERATOR_LIMIT_SIGNAL,
+        start_signal_args=[rate],
+    )
+    return await describe(client, dest.task_queue)

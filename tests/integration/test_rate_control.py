@@ -1,0 +1,130 @@
+"""Rate control against the real stack: a failing destination's circuit opens and closes, and
+429 answers lower a destination's rate cluster-wide (through its queue's rate limit)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+
+from courier.ops.status import destination_statuses
+from courier.task_queues import describe
+from devtools.receiver import Receiver
+from devtools.topics import create_topic, produce
+from tests.integration.harness import (
+    courier_running,
+    eventually,
+    pipeline_config,
+    wait_for_workflows,
+)
+
+pytestmark = pytest.mark.integration
+
+FAST_RETRY = {"initial_interval": "100ms", "maximum_interval": "1s"}
+
+
+async def test_a_failing_destination_stops_spending_attempts_until_a_probe_succeeds(
+    stack_settings: Any, temporal_client: Client, unique: str
+) -> None:
+    down, healthy = f"down-{unique}", f"ok-{unique}"
+    async with Receiver() as receiver:
+        receiver.script("/down", then=503)
+        config = pipeline_config(
+            stack_settings,
+            unique,
+            destinations=[
+                {
+                    "name": down,
+                    "kind": "rest",
+                    "url": f"{receiver.url}/down/{{key}}",
+                    "retry": FAST_RETRY,
+                },
+                {"name": healthy, "kind": "rest", "url": f"{receiver.url}/ok/{{key}}"},
+            ],
+            routes={"rules": [{"prefix": "down-", "destination": down}], "default": healthy},
+        )
+        topic = config.kafka.topics[0]
+        await create_topic(stack_settings.kafka_bootstrap, topic)
+        records = [
+            (f"{kind}-{i}".encode(), json.dumps({"i": i}).encode())
+            for kind in ("down", "ok")
+            for i in range(30)
+        ]
+        async with courier_running(temporal_client, config):
+            await produce(stack_settings.kafka_bootstrap, topic, records)
+
+            async def circuit_open() -> str | None:
+                statuses = {s.name: s for s in await destination_statuses(temporal_client, config)}
+                line = statuses[down].rate_control
+                return line if line.startswith("circuit open since") else None
+
+            line = await eventually(circuit_open, timeout=60)
+            assert "probing every 5s; last error: POST" in line and "503" in line, line
+            queue = await describe(temporal_client, f"courier-dest-{down}")
+            assert queue.rate_limit == pytest.approx(0.2) and queue.rate_limit_source == "override"
+            # The healthy destination is untouched; the failing one is only probed.
+            await wait_for_workflows(temporal_client, f"CourierDestination = '{healthy}'", 30)
+            before = len([r for r in receiver.requests if r.path.startswith("/down")])
+            await asyncio.sleep(10)
+            probes = len([r for r in receiver.requests if r.path.startswith("/down")]) - before
+            assert probes <= 6, f"{probes} attempts in 10 s at a 5 s probe interval"
+
+            receiver.script("/down", then=200)
+            await wait_for_workflows(
+                temporal_client, f"CourierDestination = '{down}'", 30, timeout=120
+            )
+
+            async def closed() -> bool:
+                statuses = {s.name: s for s in await destination_statuses(temporal_client, config)}
+                queue = await describe(temporal_client, f"courier-dest-{down}")
+                return statuses[down].rate_control == "normal" and queue.rate_limit is None
+
+            await eventually(closed)
+    assert receiver.effects("/down") == 30 and receiver.effects("/ok") == 30
+
+
+async def test_429_answers_lower_the_rate_of_every_worker(
+    stack_settings: Any, temporal_client: Client, unique: str
+) -> None:
+    name = f"busy-{unique}"
+    async with Receiver() as receiver:
+        receiver.script("/busy", first=[429] * 10, then=200)
+        config = pipeline_config(
+            stack_settings,
+            unique,
+            destinations=[
+                {
+                    "name": name,
+                    "kind": "rest",
+                    "url": f"{receiver.url}/busy/{{key}}",
+                    "rate_limit": 20,
+                    "retry": FAST_RETRY,
+                }
+            ],
+            routes={"default": name},
+        )
+        topic = config.kafka.topics[0]
+        await create_topic(stack_settings.kafka_bootstrap, topic)
+        async with courier_running(temporal_client, config):
+            await produce(
+                stack_settings.kafka_bootstrap,
+                topic,
+                [(f"k{i}".encode(), b"{}") for i in range(200)],
+            )
+
+            async def lowered() -> float | None:
+                queue = await describe(temporal_client, f"courier-dest-{name}")
+                rate = queue.rate_limit
+                lowered = queue.rate_limit_source == "override" and rate is not None and rate < 20
+                return rate if lowered else None
+
+            rate = await eventually(lowered, timeout=60)
+            assert rate <= 10, rate
+            statuses = {s.name: s for s in await destination_statuses(temporal_client, config)}
+            assert statuses[name].rate_control.startswith("adaptive rate"), statuses[name]
+            await wait_for_workflows(temporal_client, f"CourierDestination = '{name}'", 200)
+    assert receiver.effects("/busy") == 200
+    assert receiver.duplicates("/busy") == 0

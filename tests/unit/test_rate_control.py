@@ -1,0 +1,110 @@
+"""The rate controller: circuit breaking on unavailability, AIMD on 429s, the operator's ceiling."""
+
+from __future__ import annotations
+
+from workflows.rate_control import RateController, RateControlSettings, describe_decision
+from workflows.types import ControlState, OutcomeReport
+
+SETTINGS = RateControlSettings(failure_threshold=5, probe_interval_s=5.0, adjust_interval_s=2.0)
+
+
+def report(
+    answered: int = 0, unavailable: int = 0, throttled: int = 0, limit: float | None = 10.0
+) -> OutcomeReport:
+    return OutcomeReport(
+        worker="w1",
+        window_s=1.0,
+        answered=answered,
+        unavailable=unavailable,
+        throttled=throttled,
+        last_error="POST http://x/ failed: connection refused" if unavailable else "",
+        configured_limit=limit,
+    )
+
+
+def controller() -> RateController:
+    return RateController(ControlState(), SETTINGS)
+
+
+def test_unavailable_attempts_in_a_row_open_the_circuit_at_the_probe_rate() -> None:
+    c = controller()
+    c.observe(report(unavailable=4), now=100.0)
+    assert c.state.mode == "normal"
+    c.observe(report(unavailable=1), now=101.0)
+    assert (c.state.mode, c.state.rate, c.state.since) == ("open", 0.2, 101.0)
+    assert describe_decision(c.state) == (
+        "circuit open since 00:01:41 UTC, probing every 5s; "
+        "last error: POST http://x/ failed: connection refused"
+    )
+
+
+def test_an_answer_between_failures_resets_the_count() -> None:
+    c = controller()
+    for t in range(10):
+        c.observe(report(unavailable=3), now=float(t))
+        c.observe(report(answered=1), now=float(t) + 0.5)
+    assert c.state.mode == "normal" and c.state.version == 0
+
+
+def test_a_successful_probe_closes_the_circuit_back_to_no_override() -> None:
+    c = controller()
+    c.observe(report(unavailable=5), now=0.0)
+    c.observe(report(unavailable=1), now=5.0)
+    assert c.state.mode == "open"
+    version = c.state.version
+    c.observe(report(answered=1), now=10.0)
+    assert (c.state.mode, c.state.rate) == ("normal", None)
+    assert c.state.version == version + 1
+
+
+def test_429s_halve_the_rate_at_most_once_per_interval_then_it_climbs_back() -> None:
+    c = controller()
+    c.observe(report(answered=5, throttled=3), now=0.0)
+    assert (c.state.mode, c.state.rate) == ("adaptive", 5.0)
+    c.observe(report(throttled=3), now=1.0)  # same storm, within the interval
+    assert c.state.rate == 5.0
+    c.observe(report(throttled=3), now=2.0)
+    assert c.state.rate == 2.5
+    rates = []
+    t = 2.0
+    while c.state.mode == "adaptive":
+        t += 2.0
+        c.observe(report(answered=5), now=t)
+        rates.append(c.state.rate)
+    assert rates[:3] == [3.5, 4.5, 5.5]
+    assert (c.state.mode, c.state.rate) == ("normal", None)
+    assert t == 2.0 + 2.0 * 8  # +1/s (10% of the limit) every 2 s from 2.5 to 10
+
+
+def test_the_operator_limit_is_the_ceiling_and_the_normal_override() -> None:
+    c = controller()
+    c.set_operator_limit(4.0, now=0.0)
+    assert (c.state.mode, c.state.rate) == ("normal", 4.0)
+    c.observe(report(answered=1, throttled=1), now=10.0)
+    assert c.state.rate == 2.0
+    for t in range(12, 40, 2):
+        c.observe(report(answered=1), now=float(t))
+    assert (c.state.mode, c.state.rate) == ("normal", 4.0)
+    c.set_operator_limit(None, now=50.0)
+    assert (c.state.mode, c.state.rate) == ("normal", None)
+
+
+def test_an_unlimited_destination_starts_from_its_achieved_rate() -> None:
+    c = controller()
+    c.observe(report(answered=30, throttled=10, limit=None), now=0.0)
+    assert c.state.rate == 20.0  # 40 attempts in 1 s, halved
+    t = 0.0
+    while c.state.mode == "adaptive":
+        t += 2.0
+        c.observe(report(answered=5, limit=None), now=t)
+    assert (c.state.mode, c.state.rate) == ("normal", None)  # unlimited again at 2 × 40
+
+
+def test_a_circuit_opened_while_adaptive_closes_to_the_lowered_rate() -> None:
+    c = controller()
+    c.observe(report(answered=1, throttled=1), now=0.0)
+    assert c.state.rate == 5.0
+    c.observe(report(unavailable=5), now=1.0)
+    assert c.state.mode == "open"
+    c.observe(report(answered=1), now=6.0)
+    assert (c.state.mode, c.state.rate) == ("adaptive", 5.0)

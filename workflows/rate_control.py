@@ -1,0 +1,156 @@
+"""Rate control of one destination: a circuit breaker and an adaptive (AIMD) rate.
+
+Pure and deterministic, so the ``DestinationState`` workflow runs it on the outcome reports of
+every worker of the destination: the decision is one for the whole cluster, and the workers
+apply it as the task queue's server-side rate limit (which holds across all of them).
+
+- **Circuit**: ``failure_threshold`` attempts in a row that found the destination
+  unavailable (refused, timed out, 5xx) with no success in between open it: the queue's rate
+  drops to one attempt per ``probe_interval_s``, so records wait in Temporal instead of
+  spending attempts. The first success closes it again.
+- **Adaptive rate**: a report with 429 answers lowers the rate multiplicatively (×``decrease``,
+  at most once per ``adjust_interval_s``); reports with successes and no 429 raise it by
+  ``increase_fraction`` of the ceiling per ``adjust_interval_s`` until it reaches the ceiling
+  again (the operator's ``courier limit``, else the configured ``rate_limit``). A destination
+  without a limit starts from the rate it was achieving and goes back to unlimited once it runs
+  at twice that without a 429.
+
+Rates are in the queue's unit: activities per second (one record each in per-record mode).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from courier.rates import format_rate
+from workflows.types import ControlState, OutcomeReport
+
+
+@dataclass(frozen=True)
+class RateControlSettings:
+    """The knobs of :class:`RateController` (defaults suit most HTTP APIs)."""
+
+    failure_threshold: int = 5
+    probe_interval_s: float = 5.0
+    decrease: float = 0.5
+    increase_fraction: float = 0.1
+    adjust_interval_s: float = 2.0
+    min_rate: float = 0.1
+
+
+class RateController:
+    """Turns outcome reports into the destination's rate decision (kept in a ControlState)."""
+
+    def __init__(self, state: ControlState, settings: RateControlSettings | None = None) -> None:
+        self.state = state
+        self.settings = settings or RateControlSettings()
+
+    def ceiling(self) -> float | None:
+        """The most the rate may be: the operator's limit, else the configured one."""
+        s = self.state
+        return s.operator_limit if s.operator_limit is not None else s.configured_limit
+
+    def set_operator_limit(self, rate: float | None, now: float) -> None:
+        """``courier limit``: the new ceiling (None: back to the configured limit)."""
+        self.state.operator_limit = rate
+        if self.state.mode == "normal":
+            self._change("normal", self.ceiling_override(), now, "")
+        elif self.state.rate is not None and (c := self.ceiling()) is not None:
+            self.state.rate = min(self.state.rate, c)
+
+    def ceiling_override(self) -> float | None:
+        """The queue override in normal mode: the operator's limit, or none."""
+        return self.state.operator_limit
+
+    def observe(self, report: OutcomeReport, now: float) -> None:
+        """Update the decision with one worker's outcomes over its last window."""
+        s = self.state
+        cfg = replace(
+            self.settings,
+            failure_threshold=report.failure_threshold,
+            probe_interval_s=report.probe_interval_s,
+        )
+        s.configured_limit = report.configured_limit
+        if report.last_error:
+            s.last_error = report.last_error
+        if report.answered:
+            s.consecutive_unavailable = 0
+        elif report.unavailable:
+            s.consecutive_unavailable += report.unavailable
+        if s.mode == "open":
+            if report.answered:
+                self._close(now)
+            return
+        if report.circuit_breaker and s.consecutive_unavailable >= cfg.failure_threshold:
+            s.rate_before_open = s.rate if s.mode == "adaptive" else None
+            self._change(
+                "open",
+                1.0 / cfg.probe_interval_s,
+                now,
+                f"circuit open: {s.consecutive_unavailable} attempts in a row failed",
+            )
+            return
+        adjustable = s.last_adjusted is None or now - s.last_adjusted >= cfg.adjust_interval_s
+        if report.adaptive and report.throttled and adjustable:
+            achieved = (report.answered + report.throttled) / max(report.window_s, 0.001)
+            current = s.rate if s.mode == "adaptive" else self.ceiling()
+            if current is None:
+                current = max(achieved, cfg.min_rate)
+                s.unlimited_start = current
+            lowered = max(cfg.min_rate, current * cfg.decrease)
+            self._change("adaptive", lowered, now, "lowered after 429 answers")
+            s.last_adjusted = now
+            return
+        if (
+            s.mode == "adaptive"
+            and report.answered
+            and not report.throttled
+            and adjustable
+            and s.rate is not None
+        ):
+            ceiling = self.ceiling()
+            top = ceiling if ceiling is not None else 2 * (s.unlimited_start or s.rate)
+            raised = s.rate + top * cfg.increase_fraction
+            s.last_adjusted = now
+            if raised >= top:
+                self._change("normal", self.ceiling_override(), now, "")
+            else:
+                s.rate = raised
+                s.version += 1
+
+    def _close(self, now: float) -> None:
+        s = self.state
+        if s.rate_before_open is not None:
+            self._change("adaptive", s.rate_before_open, now, "circuit closed; rate still lowered")
+        else:
+            self._change("normal", self.ceiling_override(), now, "")
+        s.rate_before_open = None
+
+    def _change(self, mode: str, rate: float | None, now: float, reason: str) -> None:
+        s = self.state
+        if s.mode != mode:
+            s.since = now
+        s.mode = mode
+        s.rate = rate
+        s.reason = reason
+        s.version += 1
+
+
+def describe_decision(state: ControlState) -> str:
+    """One line for a decision, e.g. ``circuit open since 12:03:04 UTC, probing every 5s; …``."""
+    since = time.strftime("%H:%M:%S UTC", time.gmtime(state.since))
+    if state.mode == "open":
+        probe = f"{1 / state.rate:.0f}s" if state.rate else "?"
+        error = state.last_error or state.reason
+        return f"circuit open since {since}, probing every {probe}; last error: {error}"
+    if state.mode == "adaptive":
+        ceiling = (
+            state.operator_limit if state.operator_limit is not None else state.configured_limit
+        )
+        top = format_rate(ceiling) if ceiling is not None else "unlimited"
+        rate = format_rate(state.rate)
+        return f"adaptive rate {rate} (limit {top}) since {since}: {state.reason}"
+    if state.operator_limit is not None:
+        return f"operator limit {format_rate(state.operator_limit)}"
+    return "normal"
