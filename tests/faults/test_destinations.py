@@ -38,8 +38,8 @@ from tests.faults.report import Row
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-STEADY_LIMIT = 8.0
-STEADY_RECORDS = 480
+STEADY_LIMIT = 5.0
+STEADY_RECORDS = 300
 DOWN_RECORDS = 50
 """Records of the failing destination before the outage, and again during it."""
 OUTAGE_S = 30.0
