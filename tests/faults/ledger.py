@@ -56,6 +56,8 @@ class Sent:
     """All headers, ``fault-id`` first."""
     partition: int
     offset: int
+    acked: float = 0.0
+    """``time.monotonic()`` when Kafka acknowledged it."""
 
 
 class Ledger:
@@ -104,7 +106,9 @@ class Ledger:
                     futures.append((fid, key, value, headers, future))
                 for fid, key, value, headers, future in futures:
                     meta = await future
-                    item = Sent(fid, key, value, headers, meta.partition, meta.offset)
+                    item = Sent(
+                        fid, key, value, headers, meta.partition, meta.offset, time.monotonic()
+                    )
                     self.sent[fid] = item
                     sent.append(item)
                 if per_second:
@@ -418,6 +422,27 @@ async def tally(sink: Sink, ledger: Ledger, fids: set[str] | None = None) -> Tal
 async def all_exported(sink: Sink, ledger: Ledger, fids: set[str] | None = None) -> bool:
     """Whether every produced record (or every one of ``fids``) has an intact effect."""
     return (await tally(sink, ledger, fids)).lost == 0
+
+
+def flowing_again(ledger: Ledger, deliveries: Sequence[Delivery], since: float) -> float | None:
+    """Seconds from ``since`` until every partition exported again (REST).
+
+    Per partition, the first record produced after ``since``: when its first effect was
+    answered. The latest of those, or None if no record was produced after ``since``.
+    """
+    first_effect: dict[str, float] = {}
+    for d in deliveries:
+        if d.effect and d.fid is not None:
+            first_effect.setdefault(d.fid, d.answered)
+    firsts: dict[int, Sent] = {}
+    for sent in ledger.sent.values():
+        if sent.acked > since and (
+            sent.partition not in firsts or sent.offset < firsts[sent.partition].offset
+        ):
+            firsts[sent.partition] = sent
+    if not firsts:
+        return None
+    return max(first_effect[s.fid] for s in firsts.values()) - since
 
 
 def exported_times(deliveries: Sequence[Delivery]) -> list[float]:
