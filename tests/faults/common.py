@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from temporalio.client import Client
 
-from tests.faults.ledger import Ledger, Sink, Tally, tally
+from tests.faults.ledger import Ledger, RestSink, Sink, Tally, first_after, first_effects, tally
 from tests.faults.processes import Fleet
 from tests.faults.report import Row
 from tests.integration.harness import statuses
@@ -113,3 +113,25 @@ def assert_clean(counted: Tally, fleet: Fleet | None = None) -> None:
         + (f"\n{fleet.tails()}" if fleet is not None else "")
     )
     assert counted.duplicate_effects == 0, counted.problems()
+
+
+async def flowing_again(
+    client: Client, sink: RestSink, ledger: Ledger, since: float, since_wall: float
+) -> tuple[float, dict[int, tuple[float, float]]]:
+    """How long after ``since`` every partition was handed off and exported again.
+
+    Per partition, the first record produced after ``since``: seconds until its workflow
+    started (``since_wall`` is the same moment in wall-clock time) and until it was exported.
+    Returns the latest export and the per-partition ``(hand-off s, export s)``.
+    """
+    effects = first_effects(await sink.deliveries())
+    per_partition: dict[int, tuple[float, float]] = {}
+    for partition, sent in sorted(first_after(ledger, since).items()):
+        effect = effects[sent.fid]
+        assert effect.idempotency_key is not None
+        described = await client.get_workflow_handle(effect.idempotency_key).describe()
+        per_partition[partition] = (
+            round(described.start_time.timestamp() - since_wall, 1),
+            round(effect.answered - since, 1),
+        )
+    return max(export for _, export in per_partition.values()), per_partition

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,18 @@ from devtools.receiver import Receiver
 FAULT_ID = "fault-id"
 
 Headers = tuple[tuple[str, bytes], ...]
+Record = tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, Headers]
+"""A record to produce: ``(key, value)`` or ``(key, value, headers)``."""
+
+
+@contextlib.asynccontextmanager
+async def _producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
 
 
 @dataclass(frozen=True)
@@ -74,9 +87,7 @@ class Ledger:
         self,
         bootstrap: str,
         topic: str,
-        records: Iterable[
-            tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, Headers]
-        ],
+        records: Iterable[Record],
         *,
         per_second: float | None = None,
         group: str = "",
@@ -86,35 +97,57 @@ class Ledger:
         ``per_second`` paces them (in tenths of a second) instead of sending all at once.
         ``group`` goes into the ids, to tell parts of a scenario apart.
         """
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-        await producer.start()
+        todo = list(records)
+        chunk = max(1, round(per_second / 10)) if per_second else len(todo) or 1
         sent: list[Sent] = []
-        try:
-            todo = list(records)
-            chunk = max(1, round(per_second / 10)) if per_second else len(todo) or 1
-            prefix = f"{self.scenario}-{group}" if group else self.scenario
-            futures: list[tuple[str, bytes | None, bytes | None, Headers, Any]] = []
+        async with _producer(bootstrap) as producer:
             for start in range(0, len(todo), chunk):
                 began = time.monotonic()
-                futures.clear()
-                for record in todo[start : start + chunk]:
-                    key, value = record[0], record[1]
-                    extra: Headers = record[2] if len(record) == 3 else ()
-                    fid = f"{prefix}-{len(self.sent) + len(futures)}"
-                    headers: Headers = ((FAULT_ID, fid.encode()), *extra)
-                    future = await producer.send(topic, key=key, value=value, headers=list(headers))
-                    futures.append((fid, key, value, headers, future))
-                for fid, key, value, headers, future in futures:
-                    meta = await future
-                    item = Sent(
-                        fid, key, value, headers, meta.partition, meta.offset, time.monotonic()
-                    )
-                    self.sent[fid] = item
-                    sent.append(item)
+                sent += await self._send(producer, topic, todo[start : start + chunk], group)
                 if per_second:
                     await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
-        finally:
-            await producer.stop()
+        return sent
+
+    async def produce_until(
+        self,
+        bootstrap: str,
+        topic: str,
+        stop: asyncio.Event,
+        *,
+        per_second: float,
+        limit: int = 1_000,
+    ) -> None:
+        """Produce ordinary records at ``per_second`` until ``stop`` is set (at most ``limit``)."""
+        chunk = max(1, round(per_second / 10))
+        n = 0
+        async with _producer(bootstrap) as producer:
+            while not stop.is_set() and n < limit:
+                began = time.monotonic()
+                records: list[Record] = [
+                    (f"k{i}".encode(), json.dumps({"n": i}).encode()) for i in range(n, n + chunk)
+                ]
+                await self._send(producer, topic, records, "")
+                n += chunk
+                await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
+
+    async def _send(
+        self, producer: AIOKafkaProducer, topic: str, records: list[Record], group: str
+    ) -> list[Sent]:
+        prefix = f"{self.scenario}-{group}" if group else self.scenario
+        futures: list[tuple[str, bytes | None, bytes | None, Headers, Any]] = []
+        for record in records:
+            key, value = record[0], record[1]
+            extra: Headers = record[2] if len(record) == 3 else ()
+            fid = f"{prefix}-{len(self.sent) + len(futures)}"
+            headers: Headers = ((FAULT_ID, fid.encode()), *extra)
+            future = await producer.send(topic, key=key, value=value, headers=list(headers))
+            futures.append((fid, key, value, headers, future))
+        sent = []
+        for fid, key, value, headers, future in futures:
+            meta = await future
+            item = Sent(fid, key, value, headers, meta.partition, meta.offset, time.monotonic())
+            self.sent[fid] = item
+            sent.append(item)
         return sent
 
     def ids(self, group: str | None = None) -> set[str]:
@@ -424,25 +457,24 @@ async def all_exported(sink: Sink, ledger: Ledger, fids: set[str] | None = None)
     return (await tally(sink, ledger, fids)).lost == 0
 
 
-def flowing_again(ledger: Ledger, deliveries: Sequence[Delivery], since: float) -> float | None:
-    """Seconds from ``since`` until every partition exported again (REST).
-
-    Per partition, the first record produced after ``since``: when its first effect was
-    answered. The latest of those, or None if no record was produced after ``since``.
-    """
-    first_effect: dict[str, float] = {}
-    for d in deliveries:
-        if d.effect and d.fid is not None:
-            first_effect.setdefault(d.fid, d.answered)
+def first_after(ledger: Ledger, since: float) -> dict[int, Sent]:
+    """Per partition, the first record Kafka acknowledged after ``since``."""
     firsts: dict[int, Sent] = {}
     for sent in ledger.sent.values():
         if sent.acked > since and (
             sent.partition not in firsts or sent.offset < firsts[sent.partition].offset
         ):
             firsts[sent.partition] = sent
-    if not firsts:
-        return None
-    return max(first_effect[s.fid] for s in firsts.values()) - since
+    return firsts
+
+
+def first_effects(deliveries: Sequence[Delivery]) -> dict[str, Delivery]:
+    """Each record's first effect, by fault id."""
+    found: dict[str, Delivery] = {}
+    for d in deliveries:
+        if d.effect and d.fid is not None:
+            found.setdefault(d.fid, d)
+    return found
 
 
 def exported_times(deliveries: Sequence[Delivery]) -> list[float]:

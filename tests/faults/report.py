@@ -76,6 +76,8 @@ class Results:
     duration_s: float = 0.0
     cpus: int = 0
     revision: str = ""
+    note: str = ""
+    """Said under the table, e.g. when rows come from more than one run."""
 
     def complete(self) -> bool:
         """Whether every scenario has a row."""
@@ -140,6 +142,8 @@ def render(results: Results) -> str:
         f"Suite run {results.started} on revision `{results.revision}`, {results.cpus} CPUs: "
         f"{len(rows)} scenarios in {results.duration_s:.0f} s."
     )
+    if results.note:
+        lines += ["", results.note]
     return "\n".join(lines)
 
 

@@ -17,13 +17,14 @@ from devtools.topics import create_topic
 from tests.faults.common import (
     assert_clean,
     fill,
+    flowing_again,
     json_records,
     wait_exported,
     wait_until,
     wait_workflows_closed,
     workflow_counts,
 )
-from tests.faults.ledger import FaultReceiver, Ledger, RestSink, flowing_again, tally
+from tests.faults.ledger import FaultReceiver, Ledger, RestSink, tally
 from tests.faults.processes import Fleet, config_data
 from tests.faults.report import Row
 
@@ -160,8 +161,9 @@ async def test_worker_killed_mid_export(
     assert by_status == {"COMPLETED": WORKER_KILL_RECORDS}, by_status
 
 
-INGEST_KILL_RECORDS = 300
 PRODUCE_RATE = 25.0
+AFTER_KILL = 150
+"""Records produced after the kill (production goes on meanwhile)."""
 
 
 async def test_ingest_killed_while_producing(
@@ -192,8 +194,9 @@ async def test_ingest_killed_while_producing(
     )
     ledger = Ledger("ingest-kill")
     sink = RestSink(receiver, "/i", ledger)
+    stop = asyncio.Event()
     producing = asyncio.create_task(
-        ledger.produce(bootstrap, topic, json_records(INGEST_KILL_RECORDS), per_second=PRODUCE_RATE)
+        ledger.produce_until(bootstrap, topic, stop, per_second=PRODUCE_RATE)
     )
     try:
 
@@ -203,32 +206,39 @@ async def test_ingest_killed_while_producing(
         await wait_until(
             handing_off, timeout=60, what="80 records handed off", explain=fleet.explain()
         )
-        assert not producing.done(), "production ended before the kill: raise the record count"
         first.kill()
-        killed_at = time.monotonic()
+        killed_at, killed_wall = time.monotonic(), time.time()
         before_kill = len(ledger)
         await fleet.ingest(config, role="ingest-again")
         assert await first.wait() == -signal.SIGKILL
+
+        async def produced_after() -> bool:
+            return len(ledger) >= before_kill + AFTER_KILL
+
+        await wait_until(produced_after, timeout=60, what="records produced after the kill")
     finally:
+        stop.set()
         await producing
-    await wait_exported(sink, ledger, fleet, timeout=90)
+    await wait_exported(sink, ledger, fleet, timeout=120)
     counted = await tally(sink, ledger)
     by_status = await wait_workflows_closed(temporal_client, topic, len(ledger), timeout=60)
+    recovery_s, per_partition = await flowing_again(
+        temporal_client, sink, ledger, killed_at, killed_wall
+    )
     fill(
         fault_row,
         "ingest-kill",
         counted,
-        recovery_s=flowing_again(ledger, await sink.deliveries(), killed_at),
+        recovery_s=recovery_s,
         notes=f"produced at {PRODUCE_RATE:g}/s; killed after {before_kill} were produced; "
-        "recovery = kill → every partition exports again",
+        "recovery = kill → every partition exports again (hand-off again after "
+        f"{max(h for h, _ in per_partition.values()):.1f} s)",
         workflows=by_status,
+        handoff_and_export_s_per_partition=per_partition,
     )
 
     assert_clean(counted, fleet)
-    assert by_status == {"COMPLETED": INGEST_KILL_RECORDS}, f"one workflow per record: {by_status}"
-
-
-REBALANCE_RECORDS = 300
+    assert by_status == {"COMPLETED": len(ledger)}, f"one workflow per record: {by_status}"
 
 
 async def test_rebalance_second_ingest_then_first_killed(
@@ -261,9 +271,8 @@ async def test_rebalance_second_ingest_then_first_killed(
     )
     ledger = Ledger("rebalance")
     sink = RestSink(receiver, "/r", ledger)
-    producing = asyncio.create_task(
-        ledger.produce(bootstrap, topic, json_records(REBALANCE_RECORDS), per_second=15.0)
-    )
+    stop = asyncio.Event()
+    producing = asyncio.create_task(ledger.produce_until(bootstrap, topic, stop, per_second=15.0))
     try:
 
         async def handing_off() -> bool:
@@ -281,29 +290,45 @@ async def test_rebalance_second_ingest_then_first_killed(
             shared, timeout=60, what="both ingests own partitions", explain=fleet.explain()
         )
         shared_assignment = _assignments(second.log())[-1]
-        assert not producing.done(), "production ended before the kill: raise the record count"
         first.kill()
-        killed_at = time.monotonic()
+        killed_at, killed_wall = time.monotonic(), time.time()
+        before_kill = len(ledger)
         assert await first.wait() == -signal.SIGKILL
+
+        async def taken_over() -> bool:
+            return len(_assignments(second.log())[-1]) == 3 and len(ledger) >= before_kill + 60
+
+        await wait_until(
+            taken_over,
+            timeout=90,
+            what="the survivor owns every partition",
+            explain=fleet.explain(),
+        )
     finally:
+        stop.set()
         await producing
-    await wait_exported(sink, ledger, fleet, timeout=90)
+    await wait_exported(sink, ledger, fleet, timeout=120)
     counted = await tally(sink, ledger)
     by_status = await wait_workflows_closed(temporal_client, topic, len(ledger), timeout=60)
     final_assignment = _assignments(second.log())[-1]
+    recovery_s, per_partition = await flowing_again(
+        temporal_client, sink, ledger, killed_at, killed_wall
+    )
     fill(
         fault_row,
         "rebalance",
         counted,
-        recovery_s=flowing_again(ledger, await sink.deliveries(), killed_at),
+        recovery_s=recovery_s,
         notes=f"second ingest got {len(shared_assignment)} of 3 partitions, then all "
-        f"{len(final_assignment)}; recovery = kill → every partition exports again (includes "
-        "the group's session timeout)",
+        f"{len(final_assignment)}; recovery = kill → every partition exports again (hand-off "
+        f"again after {max(h for h, _ in per_partition.values()):.1f} s, after the group's "
+        "session timeout)",
         workflows=by_status,
+        handoff_and_export_s_per_partition=per_partition,
     )
 
     assert_clean(counted, fleet)
-    assert by_status == {"COMPLETED": REBALANCE_RECORDS}, f"one workflow per record: {by_status}"
+    assert by_status == {"COMPLETED": len(ledger)}, f"one workflow per record: {by_status}"
     assert 0 < len(shared_assignment) < 3, shared_assignment
     assert len(final_assignment) == 3, (
         f"the survivor should own every partition: {final_assignment}"
