@@ -21,12 +21,13 @@ from temporalio.worker import Worker
 from activities.base import Destination
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.export import AttemptOutcomes, ExportActivity
+from activities.pacing import Pacer
 from activities.registry import create_destination
 from activities.source import RecordSource
 from courier import metrics
 from courier.config import CourierConfig
 from courier.rates import format_rate
-from courier.task_queues import set_rate_limit
+from courier.task_queues import describe, set_rate_limit
 from ingest.fetch import KafkaRecordSource
 from workflows.destination_state import (
     OUTCOMES_UPDATE,
@@ -129,6 +130,7 @@ class RateControl:
         self.handle = client.get_workflow_handle(destination_state_id(self.task_queue))
         self.applied_version = 0
         self.mode = "normal"
+        self._failures_reported = False
 
     async def run(self) -> None:
         """Report every ``CONTROL_INTERVAL_S`` while attempts happen, until cancelled."""
@@ -137,6 +139,8 @@ class RateControl:
             if not self.outcomes:
                 continue
             window = self.outcomes.take()
+            if not self._worth_reporting(window):
+                continue
             report = OutcomeReport(
                 worker=self.client.identity,
                 window_s=time.monotonic() - window.started,
@@ -161,6 +165,21 @@ class RateControl:
             except (RPCError, WorkflowUpdateFailedError, RuntimeError, TimeoutError) as err:
                 log.warning("%s: rate control unavailable: %s", self.name, err)
 
+    def _worth_reporting(self, window: AttemptOutcomes) -> bool:
+        """Whether the controller needs this window: all answers while all is normal, no.
+
+        Reporting costs a workflow task on the shared workflow queue, so a healthy destination
+        reports nothing; answers are reported after failures (to reset the count) and while a
+        decision is in force (to close the circuit or raise the rate).
+        """
+        if window.throttled or window.unavailable:
+            self._failures_reported = True
+            return True
+        if self.mode != "normal" or self._failures_reported:
+            self._failures_reported = False
+            return True
+        return False
+
     async def apply(self, decision: ControlState) -> None:
         """Set the queue's rate limit to the decision, once per decision."""
         if decision.version == self.applied_version:
@@ -179,6 +198,30 @@ class RateControl:
         if decision.mode != self.mode or (decision.mode == "adaptive" and "lowered" in line):
             log.warning("%s: %s", self.name, line, extra={"destination": self.name})
         self.mode = decision.mode
+
+
+PACE_REFRESH_S = 1.0
+"""How often a worker re-reads its queue's rate and workers to set its pace (when it has a
+rate; an unlimited queue is re-read every ``PACE_REFRESH_UNLIMITED_S``)."""
+PACE_REFRESH_UNLIMITED_S = 10.0
+
+
+async def keep_pace(client: Client, task_queue: str, pacer: Pacer) -> None:
+    """Keep ``pacer`` at this worker's share of the queue's effective rate, until cancelled.
+
+    The share is the rate over the live workers the server sees polling the queue (this one
+    included); a worker that died keeps counting for up to a minute, during which the others
+    go slower than they could; a worker that joins is seen by the others within a second.
+    """
+    while True:
+        try:
+            queue = await describe(client, task_queue)
+            rate = queue.rate_limit if queue.rate_limit_source != "none" else None
+            workers = len(queue.worker_identities | {client.identity})
+            pacer.set_rate(rate / workers if rate else None)
+        except (RPCError, RuntimeError) as err:
+            log.warning("%s: cannot read the queue's rate limit: %s", task_queue, err)
+        await asyncio.sleep(PACE_REFRESH_S if pacer.rate else PACE_REFRESH_UNLIMITED_S)
 
 
 async def open_destination(
@@ -273,6 +316,10 @@ async def serve_destination(
                 await asyncio.sleep(REPORT_INTERVAL_S)
 
         reporting = asyncio.create_task(keep_reporting())
+        # Pace from the first attempt: the configured rate until the server's is read.
+        configured = activity_rate(config, name)
+        activity.pacer.set_rate(configured)
+        pacing = asyncio.create_task(keep_pace(client, dest_config.task_queue, activity.pacer))
         rate_control = dest_config.rate_control
         control = (
             asyncio.create_task(RateControl(client, config, name, activity.outcomes).run())
@@ -283,6 +330,7 @@ async def serve_destination(
             await worker.run()
         finally:
             reporting.cancel()
+            pacing.cancel()
             if control is not None:
                 control.cancel()
     finally:

@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.base import Destination
 from activities.errors import PermanentExportError, RetryableExportError
+from activities.pacing import Pacer
 from activities.source import RecordSource
 from courier import metrics
 from courier.ids import workflow_id
@@ -104,6 +105,7 @@ class ExportActivity:
         self.destination = destination
         self.source = source
         self.outcomes = AttemptOutcomes()
+        self.pacer = Pacer()
         self._unexpected_seen: set[str] = set()
 
     @activity.defn(name=EXPORT_ACTIVITY)
@@ -113,6 +115,7 @@ class ExportActivity:
         first = batch.records[0].record if batch.records else None
         where = f"{first.topic}/{first.partition}/{first.offset}" if first else "an empty batch"
         async with heartbeating(), self._unexpected_errors_retried(where, len(batch.records)):
+            await self.pacer.wait()
             records = batch.records
             if batch.by_reference:
                 records = await self._read_back(records)
@@ -131,6 +134,7 @@ class ExportActivity:
         span = f"[{batch.offsets[0]}..{batch.offsets[-1]}]" if batch.offsets else "[]"
         where = f"{batch.topic}/{batch.partition}/{span}"
         async with heartbeating(), self._unexpected_errors_retried(where, len(batch.offsets)):
+            await self.pacer.wait()
             return await self._export_range(batch)
 
     async def _export_range(self, batch: RangeBatch) -> RangeBatchResult:

@@ -27,6 +27,8 @@ class QueueState:
     backlog: int
     backlog_age_s: float
     workers: int
+    worker_identities: frozenset[str]
+    """Identities of the live workers polling the queue."""
     rate_limit: float | None
     rate_limit_source: str
     """``override`` (``courier limit`` or rate control), ``worker`` (the workers' config) or
@@ -45,7 +47,9 @@ async def describe(client: Client, task_queue: str) -> QueueState:
         )
     )
     now = time.time()
-    workers = sum(1 for p in response.pollers if now - p.last_access_time.seconds < LIVE_POLLER_S)
+    live = frozenset(
+        p.identity for p in response.pollers if now - p.last_access_time.seconds < LIVE_POLLER_S
+    )
     effective = response.effective_rate_limit
     source = {
         RateLimitSource.RATE_LIMIT_SOURCE_API: "override",
@@ -55,7 +59,8 @@ async def describe(client: Client, task_queue: str) -> QueueState:
         task_queue=task_queue,
         backlog=response.stats.approximate_backlog_count,
         backlog_age_s=response.stats.approximate_backlog_age.ToTimedelta().total_seconds(),
-        workers=workers,
+        workers=len(live),
+        worker_identities=live,
         rate_limit=effective.requests_per_second if source != "none" else None,
         rate_limit_source=source,
     )

@@ -164,3 +164,14 @@ async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: 
         return [-1 if offset is None else offset for offset in found]
     finally:
         await consumer.stop()
+
+
+def busiest_window(times: list[float], seconds: float = 1.0) -> int:
+    """The most of ``times`` that fall in any window of ``seconds`` (sliding)."""
+    ordered = sorted(times)
+    best = start = 0
+    for end, t in enumerate(ordered):
+        while t - ordered[start] >= seconds:
+            start += 1
+        best = max(best, end - start + 1)
+    return best

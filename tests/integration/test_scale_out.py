@@ -15,6 +15,7 @@ from temporalio.client import Client
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce
 from tests.integration.harness import (
+    busiest_window,
     courier_running,
     eventually,
     pipeline_config,
@@ -89,6 +90,10 @@ async def test_two_worker_processes_share_one_rate_limit(
     assert rate <= LIMIT * 1.2, (
         f"two workers together ran at {rate:.2f}/s after the first second, limit {LIMIT}/s"
     )
+    # Each worker paces itself at its share, so even the first second stays near the limit
+    # (the bound for CI; the benchmark reports the exact figures).
+    busiest = busiest_window(times)
+    assert busiest <= 1.5 * LIMIT + 1, f"{busiest} requests in one second, limit {LIMIT}/s"
 
 
 async def _done(receiver: Receiver) -> bool:
