@@ -338,7 +338,7 @@ async def serve_destination(
         await destination.close()
         # Tell status this worker is gone; bounded, so a lost Temporal cannot hold up exit.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(0.5):
                 await reporter.send(connected=False, since=since, stopped=True)
 
 
