@@ -548,6 +548,14 @@ def config_check(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
     )
 
 
+@config_app.command("temporal-dynamic-config")
+def config_temporal_dynamic_config(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
+    """Print the Temporal dynamic config (YAML) that makes the destinations' rate limits exact."""
+    from courier.ops.dynamic_config import render
+
+    sys.stdout.write(render(_load(config)))
+
+
 @config_app.command("reference")
 def config_reference() -> None:
     """Print the config reference (every field, its type, default and meaning) as Markdown."""
