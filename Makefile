@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit lint stack-start stack-stop stack-status bench
+.PHONY: venv demo test test-unit lint stack-start stack-stop stack-status bench bench-isolation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,6 @@ stack-status: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+bench-isolation: venv
+	$(BIN)/python -m benchmarks.isolation $(BENCH_ARGS)

@@ -1,0 +1,740 @@
+"""Isolation at saturation: a healthy destination beside a throttled and a down one.
+
+``python -m benchmarks.isolation [--rounds 3] [--records 300] [--mode per_record|batch|both]``
+on the running local stack. Courier runs as real processes, as in production: ``courier
+ingest``, ``courier worker --workflows`` and one ``courier worker -d NAME`` per destination.
+The destinations are REST endpoints of this process's recording receiver (``devtools.receiver``):
+
+- ``healthy``: unthrottled, answers 200 at once — the one measured;
+- ``throttled``: ``rate_limit: 5``, answers 200 at once;
+- ``down``: a closed port on 127.0.0.1, so every attempt is refused and retried (its circuit
+  should open after 5 attempts in a row).
+
+Rows (variants), run interleaved within each round, the order reversed every other round:
+alone; beside throttled; beside down; beside both — the others' records in a second topic of
+the same config, produced before the healthy topic so they have a backlog — and interleaved:
+the three destinations' records alternate in one topic. All records are produced before
+Courier starts. Measured at the receiver: the healthy destination's throughput = (N − 1) / (its
+last effect − its first effect), as a ratio to ``alone`` of the same round (min/median/max);
+the end-to-end ratio (N / (last effect − launch)) is shown too, so a delayed start is not hidden.
+
+Then rate-limit exactness (per-record mode): one destination with ``rate_limit`` 5 (100 records)
+or 20 (300 records) alone, each round both, order swapped per round: the most effects in any
+1-second window, in the first second, and the rate after the first second over the limit.
+
+Every trial has its own topics, consumer group, workflow task queue and destination names; its
+workflows still running at the end (the throttled and down backlogs) are terminated and its
+topics deleted. The Markdown report is printed and written into ``docs/benchmarks.md`` between
+``<!-- isolation:start -->`` and ``<!-- isolation:end -->`` (``--no-docs`` skips that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import datetime as dt
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from aiokafka import AIOKafkaProducer
+from temporalio.client import Client
+
+from benchmarks.common import free_port
+from benchmarks.kafka_io import create_topic, delete_topic
+from courier.config import CourierConfig, parse_config
+from courier.task_queues import describe
+from devtools.receiver import Receiver
+from devtools.stack.settings import REPO_ROOT, StackSettings, settings_from_env
+
+COURIER = str(Path(sys.executable).with_name("courier"))
+DOCS = REPO_ROOT / "docs" / "benchmarks.md"
+START_MARK = "<!-- isolation:start -->"
+END_MARK = "<!-- isolation:end -->"
+
+Mode = Literal["per_record", "batch"]
+VARIANTS = ("alone", "throttled", "down", "both", "interleaved")
+ROW_TITLES = {
+    "alone": "1. alone (baseline)",
+    "throttled": "2. beside a throttled destination (rate_limit 5, backlog)",
+    "down": "3. beside a down destination (connection refused)",
+    "both": "4. beside both",
+    "interleaved": "5. all three interleaved in one topic",
+}
+TARGETS = {"throttled": 0.95, "down": 0.95, "both": 0.95, "interleaved": 0.9}
+THROTTLED_LIMIT = 5.0
+RATE_CASES = ((5.0, 100), (20.0, 300))
+PARTITIONS = 3
+BATCH_MAX_RECORDS = 500
+BATCH_MAX_WAIT = "200ms"
+STOP_TIMEOUT_S = 20.0
+QUIET_POLL_S = 60.0
+SETTLE_S = 3.0
+
+
+# ------------------------------------------------------------------------------------- results
+@dataclass
+class Trial:
+    """One run of one variant: the healthy destination's effect times (monotonic seconds)."""
+
+    variant: str
+    records: int
+    launch: float
+    first: float
+    last: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def running_rate(self) -> float:
+        """(N − 1) / (last effect − first effect)."""
+        return (self.records - 1) / max(self.last - self.first, 1e-9)
+
+    @property
+    def end_to_end_rate(self) -> float:
+        """N / (last effect − process launch)."""
+        return self.records / (self.last - self.launch)
+
+
+@dataclass
+class RateTrial:
+    """One rate-limited destination alone: what its effect times show."""
+
+    limit: float
+    records: int
+    max_window: int
+    first_second: int
+    max_window_after_first: int
+    steady_rate: float
+
+
+def spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
+    """``min / **median** / max``."""
+    if not values:
+        return "n/a"
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{fmt.format(low)} / **{fmt.format(mid)}** / {fmt.format(high)}"
+
+
+def max_in_window(times: Sequence[float], width: float = 1.0, since: float | None = None) -> int:
+    """Most timestamps in any half-open window ``[t, t + width)`` starting at one (≥ ``since``)."""
+    ordered = sorted(times)
+    best = 0
+    for i, start in enumerate(ordered):
+        if since is not None and start < since:
+            continue
+        best = max(best, bisect.bisect_left(ordered, start + width) - i)
+    return best
+
+
+# ------------------------------------------------------------------------------------ processes
+def _start(args: list[str], config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [COURIER, *args, "-c", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+
+
+def _stop_all(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process this benchmark started, then SIGKILL its group if it lingers."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _check_alive(procs: Sequence[subprocess.Popen[bytes]], log: Path) -> None:
+    for proc in procs:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}; see {log}")
+
+
+def others_running() -> list[str]:
+    """Other pytest or courier processes on the machine (not this benchmark's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "bench-isolation" in args:  # this benchmark's own processes
+                continue
+            words = args.split()[:4]
+            if any(w.endswith(("pytest", "/courier", "courier.cli")) for w in words):
+                found.append(f"{entry.name} {args.strip()[:120]}")
+    return found
+
+
+# ------------------------------------------------------------------------------------- Temporal
+async def _terminate_running(client: Client, task_queue: str) -> int:
+    """Terminate the trial's workflows still running (backlogs); return how many."""
+    query = f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
+    done = 0
+    gate = asyncio.Semaphore(32)
+
+    async def one(workflow_id: str, run_id: str | None) -> None:
+        async with gate:
+            with contextlib.suppress(Exception):
+                await client.get_workflow_handle(workflow_id, run_id=run_id).terminate(
+                    reason="isolation benchmark trial over"
+                )
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ids = [(wf.id, wf.run_id) async for wf in client.list_workflows(query)]
+        if not ids:
+            if (await client.count_workflows(query)).count == 0:
+                break
+            await asyncio.sleep(0.5)
+            continue
+        await asyncio.gather(*(one(i, r) for i, r in ids))
+        done += len(ids)
+        await asyncio.sleep(0.5)
+    return done
+
+
+# ------------------------------------------------------------------------------------- configs
+def _destination(name: str, url: str, mode: Mode, **extra: Any) -> dict[str, Any]:
+    dest: dict[str, Any] = {"name": name, "kind": "rest", "url": url, "max_concurrency": 16}
+    if mode == "batch":
+        dest["batch_size"] = BATCH_MAX_RECORDS
+    return dest | extra
+
+
+def _base_config(
+    settings: StackSettings, unique: str, mode: Mode, topics: list[str]
+) -> dict[str, Any]:
+    ingest: dict[str, Any] = {"mode": mode}
+    if mode == "batch":
+        ingest |= {"max_records": BATCH_MAX_RECORDS, "max_wait": BATCH_MAX_WAIT}
+    return {
+        "kafka": {
+            "bootstrap_servers": settings.kafka_bootstrap,
+            "topics": topics,
+            "group": f"isolation-{unique}",
+        },
+        "temporal": {
+            "address": settings.temporal_address,
+            "namespace": settings.temporal_namespace,
+            "workflow_task_queue": f"isolation-workflows-{unique}",
+        },
+        "ingest": ingest,
+    }
+
+
+async def _produce(bootstrap: str, topic: str, keys: Iterable[str]) -> None:
+    """Produce one small JSON record per key (acks=all), in order."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    try:
+        pending = []
+        for n, key in enumerate(keys):
+            value = f'{{"n":{n},"pad":"{"x" * 64}"}}'.encode()
+            pending.append(await producer.send(topic, key=key.encode(), value=value))
+            if len(pending) >= 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+class _Run:
+    """One trial's names, config file, processes and clean-up."""
+
+    def __init__(self, client: Client, settings: StackSettings, workdir: Path) -> None:
+        self.client = client
+        self.settings = settings
+        self.unique = uuid.uuid4().hex[:8]
+        self.workdir = workdir
+        self.config_path = workdir / f"{self.unique}.yaml"
+        self.log = workdir / f"{self.unique}.log"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.topics: list[str] = []
+        self.config: dict[str, Any] = {}
+        self.parsed: CourierConfig | None = None
+
+    def topic(self, role: str) -> str:
+        return f"isolation-{role}-{self.unique}"
+
+    async def create_topics(self, *topics: str) -> None:
+        for topic in topics:
+            await create_topic(self.settings.kafka_bootstrap, topic, PARTITIONS)
+            self.topics.append(topic)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.parsed = parse_config(config, environ={})  # fail here, not in four processes
+        self.config = config
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def launch(self) -> float:
+        """Start ingest, the workflow worker and one worker per destination; the launch time."""
+        launched = time.monotonic()
+        self.procs.append(_start(["ingest"], self.config_path, self.log))
+        self.procs.append(_start(["worker", "--workflows"], self.config_path, self.log))
+        for dest in self.config["destinations"]:
+            self.procs.append(_start(["worker", "-d", dest["name"]], self.config_path, self.log))
+        return launched
+
+    def alive(self) -> None:
+        _check_alive(self.procs, self.log)
+
+    async def cleanup(self) -> int:
+        """Stop the processes, terminate the backlogs, delete the topics; terminated count."""
+        await asyncio.to_thread(_stop_all, self.procs)
+        terminated = 0
+        if self.config:
+            terminated = await _terminate_running(
+                self.client, self.config["temporal"]["workflow_task_queue"]
+            )
+        for topic in self.topics:
+            await delete_topic(self.settings.kafka_bootstrap, topic)
+        return terminated
+
+
+async def _wait_effects(
+    receiver: Receiver, prefix: str, records: int, run: _Run, timeout: float
+) -> list[float]:
+    """Wait for ``records`` effects under ``prefix``; their arrival times, sorted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run.alive()
+        effects = receiver.effect_requests(prefix)
+        if len(effects) >= records:
+            return sorted(r.time for r in effects)
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{len(effects)} of {records} effects under {prefix} after {timeout:.0f}s; "
+                f"see {run.log}"
+            )
+        await asyncio.sleep(0.05)
+
+
+# ----------------------------------------------------------------------------------- isolation
+async def isolation_trial(
+    client: Client,
+    settings: StackSettings,
+    workdir: Path,
+    mode: Mode,
+    variant: str,
+    healthy_n: int,
+    other_n: int,
+) -> Trial:
+    """One variant once: Courier until the healthy destination had all its effects."""
+    run = _Run(client, settings, workdir)
+    u = run.unique
+    with_throttled = variant in ("throttled", "both", "interleaved")
+    with_down = variant in ("down", "both", "interleaved")
+    async with Receiver() as receiver:
+        healthy = f"healthy-{u}"
+        dests = [_destination(healthy, f"{receiver.url}/h-{u}/{{key}}", mode)]
+        rules = []
+        other_keys: list[str] = []
+        if with_throttled:
+            dests.append(
+                _destination(
+                    f"throttled-{u}",
+                    f"{receiver.url}/t-{u}/{{key}}",
+                    mode,
+                    rate_limit=THROTTLED_LIMIT,
+                )
+            )
+            rules.append({"prefix": "t-", "destination": f"throttled-{u}"})
+        if with_down:
+            dests.append(
+                _destination(f"down-{u}", f"http://127.0.0.1:{free_port()}/d/{{key}}", mode)
+            )
+            rules.append({"prefix": "d-", "destination": f"down-{u}"})
+        healthy_keys = [f"h-{i}" for i in range(healthy_n)]
+        main_topic = run.topic("main")
+        topics = [main_topic]
+        if variant == "interleaved":
+            streams = [healthy_keys, [f"t-{i}" for i in range(other_n)]]
+            streams.append([f"d-{i}" for i in range(other_n)])
+            longest = max(len(s) for s in streams)
+            interleaved = [s[i] for i in range(longest) for s in streams if i < len(s)]
+        elif variant != "alone":
+            topics.insert(0, run.topic("other"))
+            if with_throttled:
+                other_keys += [f"t-{i}" for i in range(other_n)]
+            if with_down:
+                other_keys += [f"d-{i}" for i in range(other_n)]
+            if with_throttled and with_down:  # alternate the two in the other topic
+                other_keys = [
+                    k
+                    for pair in zip(other_keys[:other_n], other_keys[other_n:], strict=True)
+                    for k in pair
+                ]
+        config = _base_config(settings, u, mode, topics)
+        config["destinations"] = dests
+        config["routes"] = {"rules": rules, "default": healthy}
+        try:
+            await run.create_topics(*topics)
+            run.write_config(config)
+            bootstrap = settings.kafka_bootstrap
+            if variant == "interleaved":
+                await _produce(bootstrap, main_topic, interleaved)
+            else:
+                if other_keys:
+                    await _produce(bootstrap, topics[0], other_keys)
+                await _produce(bootstrap, main_topic, healthy_keys)
+            launched = run.launch()
+            times = await _wait_effects(
+                receiver, f"/h-{u}/", healthy_n, run, timeout=max(300.0, healthy_n / 5)
+            )
+            trial = Trial(variant, healthy_n, launched, times[0], times[-1])
+            if with_throttled:
+                during = [t for t in receiver.times(f"/t-{u}/") if times[0] <= t <= times[-1]]
+                span = times[-1] - times[0]
+                trial.notes.append(
+                    f"throttled: {len(during)} effects while healthy ran"
+                    + (f" ({len(during) / span:.1f}/s)" if span > 0 else "")
+                )
+            if with_down:
+                assert run.parsed is not None
+                down_queue = run.parsed.destination(f"down-{u}").task_queue
+                queue = await describe(client, down_queue)
+                opened = queue.rate_limit_source == "override" and (queue.rate_limit or 0) < 1
+                trial.notes.append(
+                    f"down: circuit {'open' if opened else 'NOT open'} when healthy finished "
+                    f"(queue rate {queue.rate_limit}, {queue.rate_limit_source}, "
+                    f"backlog {queue.backlog})"
+                )
+        finally:
+            terminated = await run.cleanup()
+    if terminated:
+        trial.notes.append(f"{terminated} workflows still running terminated")
+    return trial
+
+
+# ---------------------------------------------------------------------------------- rate limits
+async def rate_trial(
+    client: Client, settings: StackSettings, workdir: Path, limit: float, records: int
+) -> RateTrial:
+    """One rate-limited destination alone with a backlog of ``records`` (per-record mode)."""
+    run = _Run(client, settings, workdir)
+    u = run.unique
+    async with Receiver() as receiver:
+        name = f"limited-{u}"
+        topic = run.topic("rate")
+        config = _base_config(settings, u, "per_record", [topic])
+        config["destinations"] = [
+            _destination(name, f"{receiver.url}/l-{u}/{{key}}", "per_record", rate_limit=limit)
+        ]
+        config["routes"] = {"default": name}
+        try:
+            await run.create_topics(topic)
+            run.write_config(config)
+            await _produce(settings.kafka_bootstrap, topic, (f"l-{i}" for i in range(records)))
+            run.launch()
+            times = await _wait_effects(
+                receiver, f"/l-{u}/", records, run, timeout=records / limit * 3 + 120
+            )
+        finally:
+            await run.cleanup()
+    start = times[0]
+    after = [t for t in times if t >= start + 1.0]
+    steady = (len(after) - 1) / (after[-1] - after[0]) if len(after) > 1 else float("nan")
+    return RateTrial(
+        limit=limit,
+        records=records,
+        max_window=max_in_window(times),
+        first_second=sum(1 for t in times if t < start + 1.0),
+        max_window_after_first=max_in_window(times, since=start + 1.0),
+        steady_rate=steady,
+    )
+
+
+# -------------------------------------------------------------------------------------- report
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def render(
+    args: argparse.Namespace,
+    trials: dict[Mode, list[list[Trial]]],
+    rates: list[list[RateTrial]],
+    others: list[str],
+    started: dt.datetime,
+    seconds: float,
+) -> str:
+    """The Markdown section (without the markers)."""
+    lines = [
+        "## Isolation at saturation",
+        "",
+        "Generated by `python -m benchmarks.isolation "
+        f"--rounds {args.rounds} --records {args.records} --mode {args.mode}` "
+        f"(`benchmarks/isolation.py`) on {started:%Y-%m-%d %H:%M} UTC; the run took "
+        f"{seconds / 60:.1f} min. Machine: {len(os.sched_getaffinity(0))} CPUs (`nproc`), "
+        f"{_cpu_model()}; the local stack (Kafka, Temporal dev server on SQLite, PostgreSQL) "
+        "shared with other users.",
+        "",
+        "Method:",
+        "",
+        "- Courier runs as separate real processes, as in production: `courier ingest`, `courier "
+        "worker --workflows` and one `courier worker -d NAME` per destination, all started at "
+        "once after every record was produced (3-partition topics).",
+        "- Destinations are REST endpoints of a recording HTTP receiver in the benchmark's "
+        "process: *healthy* (no rate limit, 200 at once), *throttled* (`rate_limit: 5`, 200 at "
+        "once), *down* (a closed port on 127.0.0.1: connections refused, retried forever "
+        "with the default policy, circuit breaker on by default).",
+        f"- Healthy records: {args.records} per trial in per-record mode, {args.batch_records} "
+        f"in batch mode; each other destination gets {args.other_records} (per-record) / "
+        f"{args.batch_other_records} (batch). Rows 2–4: the other destinations' records are in a "
+        "second topic of the same config, produced before the healthy topic (the throttled "
+        "and down records alternate there); row 5: the three destinations' keys alternate in "
+        "one topic.",
+        "- **Healthy throughput** = (N − 1) / (last effect − first effect), effects being the "
+        "first 2xx answer per Idempotency-Key at the receiver (arrival time). Each variant's "
+        "throughput is divided by *alone* of the same round; the five variants run "
+        "interleaved in each round, the order reversed every other round; figures are "
+        "min / **median** / max over the rounds. *End to end* divides N / (last effect − "
+        "process launch) the same way, so a later first effect shows there.",
+        "- After each trial the processes get SIGTERM, workflows still running (the throttled "
+        "and down backlogs, the DestinationState workflows) are terminated and the topics "
+        "deleted.",
+        "",
+    ]
+    for mode, rounds in trials.items():
+        if not rounds:
+            continue
+        alone = [r[0] for r in rounds]  # every round holds alone first (sorted below)
+        lines += [
+            f"### {'Per-record mode' if mode == 'per_record' else 'Batch mode'} "
+            f"(`ingest.mode: {mode}`)",
+            "",
+            "| row | healthy records/s | ratio to alone | target | met (median) | ratio end to "
+            "end | launch → first healthy effect, s |",
+            "| --- | ---: | ---: | ---: | :---: | ---: | ---: |",
+        ]
+        for variant in VARIANTS:
+            row = [next(t for t in r if t.variant == variant) for r in rounds]
+            ratios = [t.running_rate / a.running_rate for t, a in zip(row, alone, strict=True)]
+            e2e = [t.end_to_end_rate / a.end_to_end_rate for t, a in zip(row, alone, strict=True)]
+            target = TARGETS.get(variant)
+            met = "" if target is None else _met(statistics.median(ratios) >= target)
+            lines.append(
+                f"| {ROW_TITLES[variant]} | {spread([t.running_rate for t in row], '{:.1f}')} "
+                f"| {spread(ratios)} | {'' if target is None else f'≥ {target}'} | {met} "
+                f"| {spread(e2e)} | {spread([t.first - t.launch for t in row], '{:.1f}')} |"
+            )
+        with_down = [t for r in rounds for t in r if t.variant in ("down", "both", "interleaved")]
+        opened = sum(1 for t in with_down if any("circuit open" in n for n in t.notes))
+        lines += [
+            "",
+            f"The down destination's circuit was open when the healthy one finished in {opened} "
+            f"of {len(with_down)} trials (queue rate override 0.2/s read from the server).",
+        ]
+        if mode == "batch":
+            alone_median = statistics.median(t.running_rate for t in alone)
+            lines += [
+                "",
+                "Batch mode: the REST destination gets one request per record, and *alone* "
+                f"reaches {alone_median:.0f} records/s: the bound is the one-process Python "
+                "receiver (in the benchmark's process, on the same 2 cores), not Courier's "
+                "batch path (thousands of records/s to a file). With `batch_size` 500 the "
+                "throttled destination's queue runs 5 / 500 activities/s, so its first activity "
+                "carries up to 500 records at once (records/s is the limit only on average; "
+                "see the README).",
+            ]
+        lines += ["", "Per round (ratio to alone; notes):", ""]
+        for i, r in enumerate(rounds, 1):
+            base = r[0]
+            for t in r:
+                ratio = t.running_rate / base.running_rate
+                note = "; ".join(t.notes)
+                lines.append(
+                    f"- round {i}, {t.variant}: {t.running_rate:.1f}/s ({ratio:.2f})"
+                    + (f"; {note}" if note else "")
+                )
+        lines.append("")
+    if rates:
+        lines += [
+            "### Rate-limit exactness (per-record mode, destination alone with a backlog)",
+            "",
+            "Effect times at the receiver. *Max 1-s window*: most effects in any window "
+            "[t, t + 1 s) starting at an effect; *first second*: effects within 1 s of the first; "
+            "*steady*: (n − 1) / span of the effects after the first second, over the limit. "
+            "Target: steady within [0.97, 1.03] of the limit, no 1-s window above limit + 1.",
+            "",
+            "| limit | backlog | max 1-s window | first second | max 1-s window after the "
+            "first second | steady / limit | steady met | windows met (all / after 1st s) |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: |",
+        ]
+        for limit, records in RATE_CASES:
+            cases = [t for r in rates for t in r if t.limit == limit]
+            if not cases:
+                continue
+            ratios = [t.steady_rate / limit for t in cases]
+            steady_ok = all(0.97 <= x <= 1.03 for x in ratios)
+            all_ok = all(t.max_window <= limit + 1 for t in cases)
+            after_ok = all(t.max_window_after_first <= limit + 1 for t in cases)
+            lines.append(
+                f"| {limit:g}/s | {records} | {spread([t.max_window for t in cases], '{:.0f}')} "
+                f"| {spread([t.first_second for t in cases], '{:.0f}')} "
+                f"| {spread([t.max_window_after_first for t in cases], '{:.0f}')} "
+                f"| {spread(ratios, '{:.3f}')} | {_met(steady_ok)} "
+                f"| {_met(all_ok)} / {_met(after_ok)} |"
+            )
+        lines += ["", "*met* columns: every round, not only the median.", ""]
+    distinct = sorted(set(others))
+    lines.append(
+        "Other pytest or courier processes seen on the machine during the run (sampled before "
+        "each trial): "
+        + ("none." if not distinct else f"{len(distinct)}: " + "; ".join(distinct[:8]) + ".")
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(section: str) -> None:
+    """Replace the text between the markers of docs/benchmarks.md (append them if absent)."""
+    text = DOCS.read_text()
+    block = f"{START_MARK}\n{section}{END_MARK}\n"
+    if START_MARK in text and END_MARK in text:
+        head, rest = text.split(START_MARK, 1)
+        tail = rest.split(END_MARK, 1)[1].lstrip("\n")
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    DOCS.write_text(text)
+
+
+# ---------------------------------------------------------------------------------------- main
+async def wait_quiet(limit_s: float) -> list[str]:
+    """Wait (polling every minute, up to ``limit_s``) until no other pytest runs; what is seen."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        busy = [p for p in others_running() if "pytest" in p]
+        if not busy or time.monotonic() > deadline:
+            return busy
+        print(f"waiting: {len(busy)} pytest processes running: {busy[0]}", flush=True)
+        await asyncio.sleep(QUIET_POLL_S)
+
+
+async def main(args: argparse.Namespace) -> None:
+    settings = settings_from_env()
+    if args.wait_quiet:
+        still = await wait_quiet(args.wait_quiet * 60)
+        if still:
+            print(f"still running after {args.wait_quiet} min: {still}", flush=True)
+    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    workdir = settings.stack_dir / "bench-isolation"
+    workdir.mkdir(parents=True, exist_ok=True)
+    started, t0 = dt.datetime.now(dt.UTC), time.monotonic()
+    others: list[str] = []
+    modes: list[Mode] = ["per_record", "batch"] if args.mode == "both" else [args.mode]
+    trials: dict[Mode, list[list[Trial]]] = {m: [] for m in modes}
+    for mode in modes:
+        healthy_n = args.records if mode == "per_record" else args.batch_records
+        other_n = args.other_records if mode == "per_record" else args.batch_other_records
+        for round_ in range(args.rounds):
+            order = list(VARIANTS) if round_ % 2 == 0 else list(reversed(VARIANTS))
+            done: list[Trial] = []
+            for variant in order:
+                others += others_running()
+                trial = await isolation_trial(
+                    client, settings, workdir, mode, variant, healthy_n, other_n
+                )
+                done.append(trial)
+                print(
+                    f"{mode} round {round_ + 1} {variant}: {trial.running_rate:.1f}/s running, "
+                    f"{trial.end_to_end_rate:.1f}/s end to end; {'; '.join(trial.notes)}",
+                    flush=True,
+                )
+                await asyncio.sleep(SETTLE_S)
+            done.sort(key=lambda t: VARIANTS.index(t.variant))
+            trials[mode].append(done)
+    rates: list[list[RateTrial]] = []
+    if not args.no_rate:
+        for round_ in range(args.rounds):
+            cases = RATE_CASES if round_ % 2 == 0 else tuple(reversed(RATE_CASES))
+            done_rates = []
+            for limit, records in cases:
+                others += others_running()
+                rt = await rate_trial(client, settings, workdir, limit, records)
+                done_rates.append(rt)
+                print(
+                    f"rate round {round_ + 1} limit {limit:g}: max window {rt.max_window}, first "
+                    f"second {rt.first_second}, after {rt.max_window_after_first}, steady "
+                    f"{rt.steady_rate:.3f}/s",
+                    flush=True,
+                )
+                await asyncio.sleep(SETTLE_S)
+            rates.append(done_rates)
+    section = render(args, trials, rates, others, started, time.monotonic() - t0)
+    print()
+    print(section)
+    if not args.no_docs:
+        write_docs(section)
+        print(f"written to {DOCS}")
+
+
+def cli() -> None:
+    """Parse the arguments and run."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds (default 3).")
+    parser.add_argument(
+        "--records", type=int, default=300, help="Healthy records, per-record mode (300)."
+    )
+    parser.add_argument(
+        "--other-records", type=int, default=300, help="Records per other destination (300)."
+    )
+    parser.add_argument(
+        "--batch-records", type=int, default=3000, help="Healthy records, batch mode (3000)."
+    )
+    parser.add_argument(
+        "--batch-other-records",
+        type=int,
+        default=3000,
+        help="Records per other destination, batch mode (3000).",
+    )
+    parser.add_argument("--mode", choices=["per_record", "batch", "both"], default="per_record")
+    parser.add_argument("--no-rate", action="store_true", help="Skip the rate-limit trials.")
+    parser.add_argument("--no-docs", action="store_true", help="Do not write docs/benchmarks.md.")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="MIN",
+        help="First wait up to MIN minutes until no other pytest runs (default: do not wait).",
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()
