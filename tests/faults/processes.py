@@ -211,6 +211,16 @@ class Fleet:
             for p in self.processes
         )
 
+    def lines(self, role: str, text: str) -> list[str]:
+        """Log lines of the processes of ``role`` that contain ``text``."""
+        return [
+            line
+            for p in self.processes
+            if p.role == role
+            for line in p.log().splitlines()
+            if text in line
+        ]
+
     def explain(self) -> Callable[[], Awaitable[str]]:
         """For :func:`tests.faults.common.wait_until`: the processes' log tails."""
 

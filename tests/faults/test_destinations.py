@@ -170,8 +170,10 @@ async def test_destination_down_while_another_flows(
 STORM_RECORDS = 200
 STORM_S = 12.0
 RETRY_AFTER_S = 3
+STORM_RECOVERY_BOUND_S = 90.0
 
 
+@pytest.mark.timeout(420)
 async def test_429_storm_with_retry_after(
     stack_settings: Any,
     temporal_client: Client,
@@ -183,9 +185,9 @@ async def test_429_storm_with_retry_after(
     """For 12 s from the first request, every request is answered 429 ``Retry-After: 3``.
 
     No attempt may come sooner than Retry-After after a 429 of its record (the default
-    backoff would retry after 1 s, then 2 s). Under the storm the retries of all records queue
-    on the destination's task queue, so most wait longer. Recovery: from the end of the storm
-    until every record is exported.
+    backoff would retry after 1 s, then 2 s); retries queue behind other records and a rate
+    Courier lowers on 429s, so most wait longer. Recovery: from the end of the storm until
+    every record is exported, within 90 s.
     """
     name, topic = f"api-{unique}", f"t-{unique}"
     bootstrap = stack_settings.kafka_bootstrap
@@ -212,7 +214,8 @@ async def test_429_storm_with_retry_after(
     await asyncio.sleep(STORM_S - (time.monotonic() - began_at))  # the storm itself
     receiver.script("/busy", then=200)
     ended_at = time.monotonic()
-    done_at = await wait_exported(sink, ledger, fleet, timeout=90)
+    # Wait well past the bound, so that the row shows how long recovery really took.
+    done_at = await wait_exported(sink, ledger, fleet, timeout=3 * STORM_RECOVERY_BOUND_S)
     by_status = await wait_workflows_closed(temporal_client, topic, len(ledger), timeout=60)
 
     throttled = [r for r in receiver.requests if r.status == 429]
@@ -235,7 +238,11 @@ async def test_429_storm_with_retry_after(
 
     assert_clean(counted, fleet)
     assert by_status == {"COMPLETED": len(ledger)}, by_status
-    assert len(throttled_records) >= len(ledger) // 2, "the storm hit too few records"
+    assert throttled, "no request was answered 429: there was no storm"
+    assert done_at - ended_at <= STORM_RECOVERY_BOUND_S, (
+        f"every record exported {done_at - ended_at:.0f}s after the storm ended; the worker's "
+        f"rate decisions:\n" + "\n".join(fleet.lines("worker", "rate")[-10:])
+    )
     assert min(gaps) >= RETRY_AFTER_S - 0.25, (
         f"an attempt came {min(gaps):.2f}s after a 429 with Retry-After {RETRY_AFTER_S}s"
     )
