@@ -17,8 +17,11 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/courier demo
 
+# The whole suite, then the fault matrix (tests/faults: it restarts stack services, so it runs
+# on its own, after everything else).
 test: venv
 	$(BIN)/pytest
+	$(BIN)/pytest -m faults
 
 lint: venv
 	$(BIN)/ruff check .
