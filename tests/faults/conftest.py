@@ -1,8 +1,9 @@
 """Fixtures and hooks of the fault suite: processes, a row per scenario, the results file.
 
 The suite runs only when asked for: with a marker expression naming ``faults`` (``pytest -m
-faults``) or a path inside ``tests/faults``; a plain ``pytest`` (``make test``) deselects it,
-because it stops and starts services of the shared local stack and takes minutes.
+faults``) or a path inside ``tests/faults``; a plain ``pytest`` deselects it, because it stops
+and starts services of the shared local stack and takes minutes (``make test`` runs it after
+the rest of the suite).
 
 Scenarios that restart a service of the stack (modules with ``RESTARTS_STACK = True``) run
 after all others, so that a session disturbs other users of the stack as late as possible.
