@@ -9,9 +9,11 @@ apply it as the task queue's server-side rate limit (which holds across all of t
   drops to one attempt per ``probe_interval_s``, so records wait in Temporal instead of
   spending attempts. The first success closes it again.
 - **Adaptive rate**: a report with 429 answers lowers the rate multiplicatively (×``decrease``,
-  at most once per ``adjust_interval_s``); reports with successes and no 429 raise it by
-  ``increase_fraction`` of the ceiling per ``adjust_interval_s`` until it reaches the ceiling
-  again (the operator's ``courier limit``, else the configured ``rate_limit``). A destination
+  at most once per ``adjust_interval_s``); reports with successes and no 429 raise it every
+  ``adjust_interval_s`` by half its value (``growth``), at least by ``increase_fraction`` of
+  the ceiling, until it reaches the ceiling again (the operator's ``courier limit``, else the
+  configured ``rate_limit``). Growing by a share of the rate brings a destination that was cut
+  far down back within seconds once the 429s stop, while a steady 429 keeps halving it. A destination
   without a limit starts from the rate it was achieving and goes back to unlimited once it runs
   at twice that without a 429.
 
@@ -35,6 +37,7 @@ class RateControlSettings:
     probe_interval_s: float = 5.0
     decrease: float = 0.5
     increase_fraction: float = 0.1
+    growth: float = 0.5
     adjust_interval_s: float = 2.0
     min_rate: float = 0.1
 
@@ -111,7 +114,7 @@ class RateController:
         ):
             ceiling = self.ceiling()
             top = ceiling if ceiling is not None else 2 * (s.unlimited_start or s.rate)
-            raised = s.rate + top * cfg.increase_fraction
+            raised = s.rate + max(top * cfg.increase_fraction, s.rate * cfg.growth)
             s.last_adjusted = now
             if raised >= top:
                 self._change("normal", self.ceiling_override(), now, "")
