@@ -13,9 +13,9 @@ apply it as the task queue's server-side rate limit (which holds across all of t
   ``adjust_interval_s`` by half its value (``growth``), at least by ``increase_fraction`` of
   the ceiling, until it reaches the ceiling again (the operator's ``courier limit``, else the
   configured ``rate_limit``). Growing by a share of the rate brings a destination that was cut
-  far down back within seconds once the 429s stop, while a steady 429 keeps halving it. A destination
-  without a limit starts from the rate it was achieving and goes back to unlimited once it runs
-  at twice that without a 429.
+  far down back within seconds once the 429s stop, while a steady 429 keeps halving it. A
+  destination without a limit starts from the rate it was achieving and goes back to unlimited
+  once it runs at twice that without a 429.
 
 Rates are in the queue's unit: activities per second (one record each in per-record mode).
 """
