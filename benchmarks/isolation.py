@@ -503,6 +503,15 @@ def render(
         f"{_cpu_model()}; the local stack (Kafka, Temporal dev server on SQLite, PostgreSQL) "
         "shared with other users.",
         "",
+    ]
+    if others:
+        lines += [
+            "**Disturbed run**: other test or Courier processes ran on the machine and the shared "
+            "stack during it (listed at the end; the fault matrix restarts Kafka and Temporal). "
+            "Rerun on a quiet machine before judging the targets.",
+            "",
+        ]
+    lines += [
         "Method:",
         "",
         "- Courier runs as separate real processes, as in production: `courier ingest`, `courier "
