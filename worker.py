@@ -43,11 +43,22 @@ from workflows.types import ControlState, OutcomeReport, WorkerReport
 log = logging.getLogger("courier.worker")
 
 
+def control_worker(client: Client, config: CourierConfig) -> Worker:
+    """The worker of the DestinationState workflows, on their own queue."""
+    return Worker(
+        client,
+        task_queue=config.temporal.control_task_queue,
+        workflows=[DestinationState],
+        max_concurrent_workflow_task_polls=2,
+    )
+
+
 def workflow_worker(client: Client, config: CourierConfig) -> Worker:
     """The worker of the export workflows (no activities, eager activities off)."""
     return Worker(
         client,
         task_queue=config.temporal.workflow_task_queue,
+        # DestinationState too: runs started before it had its own queue continue here.
         workflows=[ExportRecord, ExportRange, DestinationState],
         # Eager activities would run on this worker, bypassing the destination's queue limit.
         disable_eager_activity_execution=True,
@@ -78,7 +89,7 @@ class StateReporter:
         self.client = client
         self.name = name
         self.task_queue = config.destination(name).task_queue
-        self.workflow_task_queue = config.temporal.workflow_task_queue
+        self.control_task_queue = config.temporal.control_task_queue
         self.identity = client.identity
 
     async def send(
@@ -98,7 +109,7 @@ class StateReporter:
                 DestinationState.run,
                 arg=[],
                 id=destination_state_id(self.task_queue),
-                task_queue=self.workflow_task_queue,
+                task_queue=self.control_task_queue,
                 start_signal=REPORT_SIGNAL,
                 start_signal_args=[report],
                 rpc_timeout=timedelta(seconds=5),
@@ -107,6 +118,8 @@ class StateReporter:
             log.warning("%s: cannot report the worker's state to Temporal: %s", self.name, err)
 
 
+UPDATE_TIMEOUT_S = 5.0
+"""Longest a worker waits for its destination's rate decision before moving on."""
 CONTROL_INTERVAL_S = 1.0
 """How often a worker sends its attempt outcomes (if any) to its destination's rate control."""
 
@@ -155,14 +168,23 @@ class RateControl:
                 adaptive=self.settings.adaptive,
             )
             try:
-                decision = await self.handle.execute_update(
-                    OUTCOMES_UPDATE,
-                    report,
-                    result_type=ControlState,
-                    rpc_timeout=timedelta(seconds=5),
-                )
+                # The SDK polls for an update's result until it has one: bound the wait here.
+                async with asyncio.timeout(UPDATE_TIMEOUT_S):
+                    decision = await self.handle.execute_update(
+                        OUTCOMES_UPDATE,
+                        report,
+                        result_type=ControlState,
+                        rpc_timeout=timedelta(seconds=UPDATE_TIMEOUT_S),
+                    )
                 await self.apply(decision)
-            except (RPCError, WorkflowUpdateFailedError, RuntimeError, TimeoutError) as err:
+            except TimeoutError:
+                log.warning(
+                    "%s: rate control did not answer within %.0fs (is a workflow worker "
+                    "running?); these outcomes are not counted",
+                    self.name,
+                    UPDATE_TIMEOUT_S,
+                )
+            except (RPCError, WorkflowUpdateFailedError, RuntimeError) as err:
                 log.warning("%s: rate control unavailable: %s", self.name, err)
 
     def _worth_reporting(self, window: AttemptOutcomes) -> bool:
@@ -206,17 +228,21 @@ rate; an unlimited queue is re-read every ``PACE_REFRESH_UNLIMITED_S``)."""
 PACE_REFRESH_UNLIMITED_S = 10.0
 
 
-async def keep_pace(client: Client, task_queue: str, pacer: Pacer) -> None:
+async def keep_pace(
+    client: Client, task_queue: str, pacer: Pacer, configured: float | None
+) -> None:
     """Keep ``pacer`` at this worker's share of the queue's effective rate, until cancelled.
 
     The share is the rate over the live workers the server sees polling the queue (this one
     included); a worker that died keeps counting for up to a minute, during which the others
     go slower than they could; a worker that joins is seen by the others within a second.
+    Until the server reports a rate (before the first poll) the worker's own, ``configured``,
+    holds.
     """
     while True:
         try:
             queue = await describe(client, task_queue)
-            rate = queue.rate_limit if queue.rate_limit_source != "none" else None
+            rate = queue.rate_limit if queue.rate_limit_source != "none" else configured
             workers = len(queue.worker_identities | {client.identity})
             pacer.set_rate(rate / workers if rate else None)
         except (RPCError, RuntimeError) as err:
@@ -319,7 +345,9 @@ async def serve_destination(
         # Pace from the first attempt: the configured rate until the server's is read.
         configured = activity_rate(config, name)
         activity.pacer.set_rate(configured)
-        pacing = asyncio.create_task(keep_pace(client, dest_config.task_queue, activity.pacer))
+        pacing = asyncio.create_task(
+            keep_pace(client, dest_config.task_queue, activity.pacer, configured)
+        )
         rate_control = dest_config.rate_control
         control = (
             asyncio.create_task(RateControl(client, config, name, activity.outcomes).run())
@@ -374,4 +402,5 @@ async def run_workers(
                 group.create_task(serve_destination(client, config, name, source))
             if workflows:
                 group.create_task(workflow_worker(client, config).run())
+                group.create_task(control_worker(client, config).run())
                 log.info("workflow worker on queue %s", config.temporal.workflow_task_queue)

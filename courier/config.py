@@ -136,6 +136,16 @@ class TemporalConfig(_Strict):
     workflow_task_queue: str = Field(
         default="courier-workflows", description="Task queue of the ExportRecord workflows."
     )
+
+    @property
+    def control_task_queue(self) -> str:
+        """Task queue of the DestinationState workflows (workers' state, rate control).
+
+        Kept apart from the export workflows' queue, so a backlog of exports never delays the
+        decisions that are meant to relieve it.
+        """
+        return f"{self.workflow_task_queue}-control"
+
     max_input_bytes: int = Field(
         default=2_000_000,
         ge=1_000,

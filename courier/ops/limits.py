@@ -40,7 +40,7 @@ async def set_limit(
         DestinationState.run,
         args=[list[WorkerReport](), None],
         id=destination_state_id(dest.task_queue),
-        task_queue=config.temporal.workflow_task_queue,
+        task_queue=config.temporal.control_task_queue,
         start_signal=OPERATOR_LIMIT_SIGNAL,
         start_signal_args=[rate],
     )

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from temporalio.client import Client
 
+from courier.task_queues import describe
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce
 from tests.integration.harness import (
@@ -20,6 +21,7 @@ from tests.integration.harness import (
     eventually,
     pipeline_config,
 )
+from worker import PACE_REFRESH_S
 
 pytestmark = pytest.mark.integration
 
@@ -67,13 +69,20 @@ async def test_two_worker_processes_share_one_rate_limit(
             env=dict(os.environ),
         )
         try:
-            await asyncio.sleep(2)  # let the second process start polling
-            await produce(
-                stack_settings.kafka_bootstrap,
-                config.kafka.topics[0],
-                [(f"k{i}".encode(), b"{}") for i in range(RECORDS)],
-            )
             async with courier_running(temporal_client, config):
+                queue = config.destination(f"api-{unique}").task_queue
+
+                async def both_polling() -> bool:
+                    return (await describe(temporal_client, queue)).workers == 2
+
+                await eventually(both_polling)
+                # Each worker re-reads the queue's workers every second: let both see two.
+                await asyncio.sleep(2 * PACE_REFRESH_S)
+                await produce(
+                    stack_settings.kafka_bootstrap,
+                    config.kafka.topics[0],
+                    [(f"k{i}".encode(), b"{}") for i in range(RECORDS)],
+                )
                 await eventually(lambda: _done(receiver), timeout=90)
         finally:
             process.terminate()
