@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.base import Destination
@@ -132,8 +132,16 @@ class RateControl:
     """
 
     def __init__(
-        self, client: Client, config: CourierConfig, name: str, outcomes: AttemptOutcomes
+        self,
+        client: Client,
+        config: CourierConfig,
+        name: str,
+        outcomes: AttemptOutcomes,
+        reporter: StateReporter,
+        since: float,
     ) -> None:
+        self.reporter = reporter
+        self.since = since
         self.client = client
         self.name = name
         self.outcomes = outcomes
@@ -184,7 +192,14 @@ class RateControl:
                     self.name,
                     UPDATE_TIMEOUT_S,
                 )
-            except (RPCError, WorkflowUpdateFailedError, RuntimeError) as err:
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    # The state workflow is gone (ended, or its start failed): start it again
+                    # with this worker's state; the next report reaches it.
+                    await self.reporter.send(connected=True, since=self.since)
+                else:
+                    log.warning("%s: rate control unavailable: %s", self.name, err)
+            except (WorkflowUpdateFailedError, RuntimeError) as err:
                 log.warning("%s: rate control unavailable: %s", self.name, err)
 
     def _worth_reporting(self, window: AttemptOutcomes) -> bool:
@@ -350,7 +365,9 @@ async def serve_destination(
         )
         rate_control = dest_config.rate_control
         control = (
-            asyncio.create_task(RateControl(client, config, name, activity.outcomes).run())
+            asyncio.create_task(
+                RateControl(client, config, name, activity.outcomes, reporter, since).run()
+            )
             if rate_control.circuit_breaker or rate_control.adaptive
             else None
         )
