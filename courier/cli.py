@@ -202,7 +202,8 @@ async def _run(
     metrics_port: int | None,
 ) -> None:
     """Connect to Temporal (retrying), then run; SIGINT/SIGTERM stop it in any state."""
-    from courier.service import run_service, stop_on_signals, unless_stopped
+    from courier.service import run_service, stop_on_signals
+    from courier.stopping import unless_stopped
     from courier.temporal import connect, sdk_metrics_runtime
     from ingest.consumer import Ingest
 

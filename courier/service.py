@@ -1,9 +1,9 @@
 """Running Courier's parts together in one process, with graceful shutdown on signals.
 
 SIGINT and SIGTERM are honoured in every state: while connecting to Temporal
-(:func:`unless_stopped` around the connect), while ingest connects to Kafka, and while running;
-the process is then gone within about 2 s (destination workers with exports in flight take up
-to ``workers.graceful_shutdown`` to let them finish).
+(``courier.stopping.unless_stopped`` around the connect), while ingest connects to Kafka, and
+while running; the process is then gone within about 2 s (destination workers with exports in
+flight take up to ``workers.graceful_shutdown`` to let them finish).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Iterator, Sequence
 
 from temporalio.client import Client
 
@@ -22,8 +21,6 @@ from ingest.consumer import Ingest
 from worker import run_workers
 
 log = logging.getLogger("courier")
-
-T = TypeVar("T")
 
 INGEST_STOP_S = 3.0
 """Backstop: ingest that has not stopped this long after being asked is cancelled."""
@@ -44,21 +41,6 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
         for sig in installed:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
-
-
-async def unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T | None:
-    """``awaitable``'s result; or None, with it cancelled, if ``stop`` is set first."""
-    work = asyncio.ensure_future(awaitable)
-    stopping = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-    return work.result() if not work.cancelled() else None
 
 
 async def run_service(

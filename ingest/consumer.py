@@ -34,6 +34,7 @@ from temporalio.client import Client
 
 from courier import metrics
 from courier.config import CourierConfig
+from courier.stopping import unless_stopped
 from ingest.handoff import coordinates, hand_off
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options, never_create_topics
 from ingest.offsets import OffsetTracker
@@ -485,16 +486,7 @@ class Ingest:
         """
         delay = 1.0
         while not self._stopping.is_set():
-            attempt = asyncio.create_task(self._try_start(delay))
-            stopping = asyncio.create_task(self._stopping.wait())
-            await asyncio.wait({attempt, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not attempt.done():
-                attempt.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await attempt
-                return None
-            consumer = attempt.result()
+            consumer = await unless_stopped(self._try_start(delay), self._stopping)
             if consumer is not None:
                 return consumer
             with contextlib.suppress(asyncio.TimeoutError):

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
         "courier.metrics",
         "courier.rates",
         "courier.search_attributes",
+        "courier.stopping",
         "workflows.types",
     ),
     (
