@@ -42,6 +42,11 @@ class RateControlSettings:
     min_rate: float = 0.1
 
 
+def ceiling(state: ControlState) -> float | None:
+    """The most a destination's rate may be: the operator's limit, else the configured one."""
+    return state.operator_limit if state.operator_limit is not None else state.configured_limit
+
+
 class RateController:
     """Turns outcome reports into the destination's rate decision (kept in a ControlState)."""
 
@@ -51,8 +56,7 @@ class RateController:
 
     def ceiling(self) -> float | None:
         """The most the rate may be: the operator's limit, else the configured one."""
-        s = self.state
-        return s.operator_limit if s.operator_limit is not None else s.configured_limit
+        return ceiling(self.state)
 
     def set_operator_limit(self, rate: float | None, now: float) -> None:
         """``courier limit``: the new ceiling (None: back to the configured limit)."""
@@ -112,8 +116,8 @@ class RateController:
             and adjustable
             and s.rate is not None
         ):
-            ceiling = self.ceiling()
-            top = ceiling if ceiling is not None else 2 * (s.unlimited_start or s.rate)
+            limit = self.ceiling()
+            top = limit if limit is not None else 2 * (s.unlimited_start or s.rate)
             raised = s.rate + max(top * cfg.increase_fraction, s.rate * cfg.growth)
             s.last_adjusted = now
             if raised >= top:
@@ -148,10 +152,7 @@ def describe_decision(state: ControlState) -> str:
         error = state.last_error or state.reason
         return f"circuit open since {since}, probing every {probe}; last error: {error}"
     if state.mode == "adaptive":
-        ceiling = (
-            state.operator_limit if state.operator_limit is not None else state.configured_limit
-        )
-        top = format_rate(ceiling) if ceiling is not None else "unlimited"
+        top = format_rate(ceiling(state))  # "unlimited" when there is none
         rate = format_rate(state.rate)
         return f"adaptive rate {rate} (limit {top}) since {since}: {state.reason}"
     if state.operator_limit is not None:

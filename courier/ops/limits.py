@@ -11,7 +11,6 @@ from temporalio.client import Client
 
 from courier.config import CourierConfig
 from courier.task_queues import QueueState, describe, set_rate_limit
-from worker import activity_rate
 from workflows.destination_state import (
     OPERATOR_LIMIT_SIGNAL,
     DestinationState,
@@ -22,11 +21,9 @@ from workflows.types import WorkerReport
 
 def queue_rate(config: CourierConfig, name: str, records_per_second: float) -> float:
     """The queue's activities/s for a records/s limit (batch mode carries batch_size each)."""
-    configured = activity_rate(config, name)
-    dest = config.destination(name)
-    if configured is None or dest.rate_limit is None:
-        return records_per_second / (dest.batch_size if config.ingest.mode == "batch" else 1)
-    return records_per_second * configured / dest.rate_limit
+    if config.ingest.mode == "batch":
+        return records_per_second / config.destination(name).batch_size
+    return records_per_second
 
 
 async def set_limit(
