@@ -671,7 +671,8 @@ async def main(args: argparse.Namespace) -> None:
         healthy_n = args.records if mode == "per_record" else args.batch_records
         other_n = args.other_records if mode == "per_record" else args.batch_other_records
         for round_ in range(args.rounds):
-            order = list(VARIANTS) if round_ % 2 == 0 else list(reversed(VARIANTS))
+            chosen = [v for v in VARIANTS if v in args.variants]
+            order = chosen if round_ % 2 == 0 else list(reversed(chosen))
             done: list[Trial] = []
             for variant in order:
                 others += others_running()
@@ -732,6 +733,12 @@ def cli() -> None:
         help="Records per other destination, batch mode (3000).",
     )
     parser.add_argument("--mode", choices=["per_record", "batch", "both"], default="per_record")
+    parser.add_argument(
+        "--variants",
+        type=lambda text: [v for v in text.split(",") if v],
+        default=list(VARIANTS),
+        help=f"Comma-separated rows to run, empty for none (default: {','.join(VARIANTS)}).",
+    )
     parser.add_argument("--no-rate", action="store_true", help="Skip the rate-limit trials.")
     parser.add_argument("--no-docs", action="store_true", help="Do not write docs/benchmarks.md.")
     parser.add_argument(

@@ -214,6 +214,14 @@ class IngestConfig(_Strict):
         default=timedelta(milliseconds=200),
         description="Batch mode: longest a partly filled range waits for more records.",
     )
+    fairness: bool = Field(
+        default=True,
+        description="Per-record mode: give each record's workflow its destination's name as "
+        "Temporal fairness key, so the shared workflow task queue dispatches destinations in "
+        "turn and a burst for one destination never queues another's records behind it. Needs "
+        "task-queue fairness on the server (`courier config temporal-dynamic-config`); a "
+        "server without it ignores the key.",
+    )
 
 
 class WorkersConfig(_Strict):

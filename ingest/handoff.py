@@ -33,7 +33,12 @@ from dataclasses import dataclass, replace
 
 from aiokafka import ConsumerRecord
 from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.common import (
+    Priority,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -199,6 +204,13 @@ def search_attributes(
     return TypedSearchAttributes(pairs)
 
 
+def fairness(config: CourierConfig, decision: RouteDecision) -> Priority:
+    """The record's fairness key: its destination, so destinations take turns on the queue."""
+    if not config.ingest.fairness or decision.destination is None:
+        return Priority.default
+    return Priority(fairness_key=decision.destination)
+
+
 def coordinates(record: ConsumerRecord) -> str:
     """``topic/partition/offset`` of a record, for logs."""
     return f"{record.topic}/{record.partition}/{record.offset}"
@@ -265,6 +277,7 @@ async def hand_off(
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=attributes,
                 static_summary=summary if failed_reason is None else None,
+                priority=fairness(config, decision),
             )
             return HandOff(wid, started=True, failed_reason=failed_reason)
         except WorkflowAlreadyStartedError:

@@ -5,6 +5,10 @@ a queue into 4 by default and limits each partition on its own, so the last part
 delivers a quarter of the limit. Each destination's activity queue gets one read and one write
 partition (a destination's throughput is bounded by its own limit and workers, far below what
 one partition dispatches). The local stack's dev server sets the same keys globally.
+
+Task-queue fairness is turned on for the workflow task queue, where every destination's
+workflows meet: with it, the server dispatches workflow tasks of different fairness keys
+(destination names, set by ingest) in turn instead of first-in first-out.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ PARTITION_KEYS = (
     "matching.numTaskqueueReadPartitions",
     "matching.numTaskqueueWritePartitions",
 )
+FAIRNESS_KEY = "matching.enableFairness"
 
 
 def dynamic_config(config: CourierConfig) -> dict[str, list[dict[str, Any]]]:
-    """Dynamic-config entries: one partition for every destination's activity queue."""
-    return {
+    """Dynamic-config entries: one partition per destination queue; fairness for workflows."""
+    entries: dict[str, list[dict[str, Any]]] = {
         key: [
             {
                 "value": 1,
@@ -37,13 +42,26 @@ def dynamic_config(config: CourierConfig) -> dict[str, list[dict[str, Any]]]:
         ]
         for key in PARTITION_KEYS
     }
+    if config.ingest.fairness:
+        entries[FAIRNESS_KEY] = [
+            {
+                "value": True,
+                "constraints": {
+                    "namespace": config.temporal.namespace,
+                    "taskQueueName": config.temporal.workflow_task_queue,
+                    "taskType": "Workflow",
+                },
+            }
+        ]
+    return entries
 
 
 def render(config: CourierConfig) -> str:
     """The entries as a dynamic-config YAML file, with a comment saying what they are for."""
     header = (
-        "# Temporal dynamic config for Courier's destination queues: one partition each, so\n"
-        "# their rate limits are exact. Merge into the server's dynamic config file\n"
-        "# (dynamicConfigClient.filepath); the server reloads it without a restart.\n"
+        "# Temporal dynamic config for Courier: one partition per destination queue, so their\n"
+        "# rate limits are exact, and task-queue fairness on the workflow queue. Merge into the\n"
+        "# server's dynamic config file (dynamicConfigClient.filepath); the server reloads it\n"
+        "# without a restart.\n"
     )
     return header + yaml.safe_dump(dynamic_config(config), sort_keys=False)

@@ -68,6 +68,10 @@ class _Temporal(_Service):
             "matching.numTaskqueueReadPartitions=1",
             "--dynamic-config-value",
             "matching.numTaskqueueWritePartitions=1",
+            # Workflow tasks of different destinations (fairness keys set by ingest) are
+            # dispatched in turn; the dev server cannot scope it to the workflow queue.
+            "--dynamic-config-value",
+            "matching.enableFairness=true",
         ]
         for name, kind in SEARCH_ATTRIBUTES.items():
             cmd += ["--search-attribute", f"{name}={kind}"]

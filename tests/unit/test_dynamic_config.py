@@ -23,3 +23,12 @@ def test_every_destination_queue_gets_one_read_and_one_write_partition() -> None
         }
         assert all(e["value"] == 1 for e in entries[key])
         assert all(e["constraints"]["taskType"] == "Activity" for e in entries[key])
+
+
+def test_fairness_is_on_for_the_workflow_queue_only() -> None:
+    result = CliRunner().invoke(app, ["config", "temporal-dynamic-config", "-c", str(EXAMPLE)])
+    assert result.exit_code == 0, result.output
+    (entry,) = yaml.safe_load(result.stdout)["matching.enableFairness"]
+    assert entry["value"] is True
+    assert entry["constraints"]["taskType"] == "Workflow"
+    assert entry["constraints"]["taskQueueName"] == "courier-workflows"
