@@ -10,11 +10,17 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -44,12 +50,19 @@ log = logging.getLogger("courier.worker")
 
 
 def control_worker(client: Client, config: CourierConfig) -> Worker:
-    """The worker of the DestinationState workflows, on their own queue."""
+    """The worker of the DestinationState workflows, on their own queue.
+
+    Every worker process runs one, so a destination's rate control is answered by whichever
+    process is free, not only by the workflow worker, which is the busiest at saturation.
+    Nothing is cached (no sticky queue ties a state workflow to one busy process); its history
+    is short, so replaying it per task is cheap.
+    """
     return Worker(
         client,
         task_queue=config.temporal.control_task_queue,
         workflows=[DestinationState],
         max_concurrent_workflow_task_polls=2,
+        max_cached_workflows=0,
     )
 
 
@@ -114,7 +127,7 @@ class StateReporter:
                 start_signal_args=[report],
                 rpc_timeout=timedelta(seconds=5),
             )
-        except (TimeoutError, RPCError, RuntimeError) as err:
+        except (TimeoutError, RPCError, RuntimeError, RPCTimeoutOrCancelledError) as err:
             log.warning("%s: cannot report the worker's state to Temporal: %s", self.name, err)
 
 
@@ -154,53 +167,82 @@ class RateControl:
         self._failures_reported = False
 
     async def run(self) -> None:
-        """Report every ``CONTROL_INTERVAL_S`` while attempts happen, until cancelled."""
+        """Report every ``CONTROL_INTERVAL_S`` while attempts happen, until cancelled.
+
+        A report the controller did not answer in time is sent again, under the same update
+        ID (the server runs an update ID once), until it is answered: outcomes are never lost
+        and never counted twice. Nothing that goes wrong here ends the loop.
+        """
+        pending: tuple[str, OutcomeReport] | None = None
         while True:
             await asyncio.sleep(CONTROL_INTERVAL_S)
-            if not self.outcomes:
-                continue
-            window = self.outcomes.take()
-            if not self._worth_reporting(window):
-                continue
-            report = OutcomeReport(
-                worker=self.client.identity,
-                window_s=time.monotonic() - window.started,
-                answered=window.answered,
-                unavailable=window.unavailable,
-                throttled=window.throttled,
-                last_error=window.last_error,
-                configured_limit=self.configured_limit,
-                circuit_breaker=self.settings.circuit_breaker,
-                failure_threshold=self.settings.failure_threshold,
-                probe_interval_s=self.settings.probe_interval.total_seconds(),
-                adaptive=self.settings.adaptive,
-            )
+            if pending is None:
+                if not self.outcomes:
+                    continue
+                window = self.outcomes.take()
+                if not self._worth_reporting(window):
+                    continue
+                pending = (uuid.uuid4().hex, self._report(window))
             try:
-                # The SDK polls for an update's result until it has one: bound the wait here.
-                async with asyncio.timeout(UPDATE_TIMEOUT_S):
-                    decision = await self.handle.execute_update(
-                        OUTCOMES_UPDATE,
-                        report,
-                        result_type=ControlState,
-                        rpc_timeout=timedelta(seconds=UPDATE_TIMEOUT_S),
-                    )
-                await self.apply(decision)
-            except TimeoutError:
+                decision = await self._send(*pending)
+            except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
                 log.warning(
-                    "%s: rate control did not answer within %.0fs (is a workflow worker "
-                    "running?); these outcomes are not counted",
+                    "%s: rate control did not answer within %.0fs (workflow workers busy or "
+                    "none running); sending the same outcomes again",
                     self.name,
                     UPDATE_TIMEOUT_S,
                 )
+                continue
             except RPCError as err:
                 if err.status == RPCStatusCode.NOT_FOUND:
                     # The state workflow is gone (ended, or its start failed): start it again
-                    # with this worker's state; the next report reaches it.
+                    # with this worker's state; the same report goes to the new run next.
                     await self.reporter.send(connected=True, since=self.since)
                 else:
                     log.warning("%s: rate control unavailable: %s", self.name, err)
-            except (WorkflowUpdateFailedError, RuntimeError) as err:
-                log.warning("%s: rate control unavailable: %s", self.name, err)
+                continue
+            except WorkflowUpdateFailedError as err:
+                log.warning("%s: rate control refused the outcomes: %s", self.name, err)
+                pending = None
+                continue
+            except Exception:  # a bug: say so, drop this report, keep controlling
+                log.exception("%s: sending attempt outcomes to rate control failed", self.name)
+                pending = None
+                continue
+            pending = None
+            try:
+                await self.apply(decision)
+            except RPCError as err:  # applied with the next answer (its version is not yet)
+                log.warning("%s: cannot set the queue's rate: %s", self.name, err)
+            except Exception:
+                log.exception("%s: applying the rate control decision failed", self.name)
+
+    def _report(self, window: AttemptOutcomes) -> OutcomeReport:
+        return OutcomeReport(
+            worker=self.client.identity,
+            window_s=time.monotonic() - window.started,
+            answered=window.answered,
+            unavailable=window.unavailable,
+            throttled=window.throttled,
+            last_error=window.last_error,
+            configured_limit=self.configured_limit,
+            circuit_breaker=self.settings.circuit_breaker,
+            failure_threshold=self.settings.failure_threshold,
+            probe_interval_s=self.settings.probe_interval.total_seconds(),
+            adaptive=self.settings.adaptive,
+        )
+
+    async def _send(self, update_id: str, report: OutcomeReport) -> ControlState:
+        # The SDK polls for an update's result until it has one: bound the wait here.
+        async with asyncio.timeout(UPDATE_TIMEOUT_S):
+            decision: ControlState = await self.handle.execute_update(
+                OUTCOMES_UPDATE,
+                report,
+                id=update_id,
+                result_type=ControlState,
+                rpc_timeout=timedelta(seconds=UPDATE_TIMEOUT_S),
+            )
+        return decision
 
     def _worth_reporting(self, window: AttemptOutcomes) -> bool:
         """Whether the controller needs this window: all answers while all is normal, no.
@@ -260,8 +302,10 @@ async def keep_pace(
             rate = queue.rate_limit if queue.rate_limit_source != "none" else configured
             workers = len(queue.worker_identities | {client.identity})
             pacer.set_rate(rate / workers if rate else None)
-        except (RPCError, RuntimeError) as err:
+        except (RPCError, RuntimeError, RPCTimeoutOrCancelledError) as err:
             log.warning("%s: cannot read the queue's rate limit: %s", task_queue, err)
+        except Exception:  # a bug: say so, keep the last pace, keep going
+            log.exception("%s: setting the pace failed", task_queue)
         await asyncio.sleep(PACE_REFRESH_S if pacer.rate else PACE_REFRESH_UNLIMITED_S)
 
 
@@ -417,7 +461,7 @@ async def run_workers(
         async with asyncio.TaskGroup() as group:
             for name in destinations:
                 group.create_task(serve_destination(client, config, name, source))
+            group.create_task(control_worker(client, config).run())
             if workflows:
                 group.create_task(workflow_worker(client, config).run())
-                group.create_task(control_worker(client, config).run())
                 log.info("workflow worker on queue %s", config.temporal.workflow_task_queue)

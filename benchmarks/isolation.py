@@ -81,6 +81,7 @@ BATCH_MAX_WAIT = "200ms"
 STOP_TIMEOUT_S = 20.0
 QUIET_POLL_S = 60.0
 SETTLE_S = 3.0
+FAIRNESS = True
 
 
 # ------------------------------------------------------------------------------------- results
@@ -229,7 +230,7 @@ def _destination(name: str, url: str, mode: Mode, **extra: Any) -> dict[str, Any
 def _base_config(
     settings: StackSettings, unique: str, mode: Mode, topics: list[str]
 ) -> dict[str, Any]:
-    ingest: dict[str, Any] = {"mode": mode}
+    ingest: dict[str, Any] = {"mode": mode, "fairness": FAIRNESS}
     if mode == "batch":
         ingest |= {"max_records": BATCH_MAX_RECORDS, "max_wait": BATCH_MAX_WAIT}
     return {
@@ -311,9 +312,9 @@ class _Run:
         await asyncio.to_thread(_stop_all, self.procs)
         terminated = 0
         if self.config:
-            terminated = await _terminate_running(
-                self.client, self.config["temporal"]["workflow_task_queue"]
-            )
+            queue = self.config["temporal"]["workflow_task_queue"]
+            terminated = await _terminate_running(self.client, queue)
+            await _terminate_running(self.client, f"{queue}-control")  # DestinationState
         for topic in self.topics:
             await delete_topic(self.settings.kafka_bootstrap, topic)
         return terminated
@@ -551,6 +552,8 @@ def render(
             "| --- | ---: | ---: | ---: | :---: | ---: | ---: |",
         ]
         for variant in VARIANTS:
+            if variant not in args.variants:
+                continue
             row = [next(t for t in r if t.variant == variant) for r in rounds]
             ratios = [t.running_rate / a.running_rate for t, a in zip(row, alone, strict=True)]
             e2e = [t.end_to_end_rate / a.end_to_end_rate for t, a in zip(row, alone, strict=True)]
@@ -655,6 +658,8 @@ async def wait_quiet(limit_s: float) -> list[str]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    global FAIRNESS
+    FAIRNESS = not args.no_fairness
     settings = settings_from_env()
     if args.wait_quiet:
         still = await wait_quiet(args.wait_quiet * 60)
@@ -740,6 +745,9 @@ def cli() -> None:
         help=f"Comma-separated rows to run, empty for none (default: {','.join(VARIANTS)}).",
     )
     parser.add_argument("--no-rate", action="store_true", help="Skip the rate-limit trials.")
+    parser.add_argument(
+        "--no-fairness", action="store_true", help="Run ingest with `fairness: false`."
+    )
     parser.add_argument("--no-docs", action="store_true", help="Do not write docs/benchmarks.md.")
     parser.add_argument(
         "--wait-quiet",

@@ -1,0 +1,110 @@
+"""A worker's outcome reports to rate control survive slow and failing answers (fake client)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+
+import worker
+from activities.export import AttemptOutcomes
+from courier.config import parse_config
+from workflows.types import ControlState
+
+CONFIG = parse_config(
+    {
+        "kafka": {"topics": ["t"], "group": "g"},
+        "destinations": [{"name": "api", "kind": "rest", "url": "http://127.0.0.1:9/x"}],
+        "routes": {"default": "api"},
+    },
+    environ={},
+)
+
+
+class FakeHandle:
+    """Answers updates with the scripted results (an exception is raised), in order."""
+
+    def __init__(self, script: list[Any], outcomes: AttemptOutcomes) -> None:
+        self.script = script
+        self.outcomes = outcomes
+        self.calls: list[tuple[str, Any]] = []
+
+    async def execute_update(self, name: str, report: Any, **kwargs: Any) -> ControlState:
+        self.calls.append((kwargs["id"], report))
+        self.outcomes.unavailable += 5  # attempts go on failing meanwhile
+        answer = self.script.pop(0) if self.script else ControlState()
+        if isinstance(answer, BaseException):
+            raise answer
+        assert isinstance(answer, ControlState)
+        return answer
+
+
+class FakeService:
+    def __init__(self) -> None:
+        self.rates: list[Any] = []
+
+    async def update_task_queue_config(self, request: Any) -> None:
+        self.rates.append(request.update_queue_rate_limit.rate_limit.requests_per_second)
+
+
+class FakeClient:
+    identity = "w1"
+    namespace = "default"
+
+    def __init__(self, handle: FakeHandle) -> None:
+        self.handle = handle
+        self.workflow_service = FakeService()
+
+    def get_workflow_handle(self, workflow_id: str) -> FakeHandle:
+        return self.handle
+
+
+async def run_control(script: list[Any], monkeypatch: pytest.MonkeyPatch) -> FakeClient:
+    """Run rate control over one window of 5 refused attempts until the script is used up."""
+    monkeypatch.setattr(worker, "CONTROL_INTERVAL_S", 0.0)
+    outcomes = AttemptOutcomes(unavailable=5, last_error="refused")
+    client = FakeClient(FakeHandle(script, outcomes))
+    control = worker.RateControl(
+        client,  # type: ignore[arg-type]
+        CONFIG,
+        "api",
+        outcomes,
+        reporter=None,  # type: ignore[arg-type]
+        since=0.0,
+    )
+    task = asyncio.create_task(control.run())
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if not client.handle.script and client.handle.calls:
+            break
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return client
+
+
+async def test_an_unanswered_report_is_sent_again_under_the_same_update_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    opened = ControlState(mode="open", rate=0.2, version=1)
+    timeout = WorkflowUpdateRPCTimeoutOrCancelledError()
+    client = await run_control([timeout, TimeoutError(), opened], monkeypatch)
+    ids = [update_id for update_id, _ in client.handle.calls]
+    assert len(set(ids[:3])) == 1  # one report, sent until answered (the server dedupes the ID)
+    assert ids[3] != ids[0]  # then the outcomes that came meanwhile, as a new report
+    assert client.handle.calls[0][1].unavailable == 5
+    assert client.workflow_service.rates[0] == pytest.approx(0.2)  # the decision was applied
+
+
+async def test_a_bug_answering_is_logged_and_rate_control_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    opened = ControlState(mode="open", rate=0.2, version=1)
+    client = await run_control([ValueError("boom"), opened], monkeypatch)
+    assert "sending attempt outcomes to rate control failed" in caplog.text
+    first, second = client.handle.calls[:2]
+    assert first[0] != second[0]  # the failed report was dropped; the next window went out
+    assert client.workflow_service.rates[0] == pytest.approx(0.2)
