@@ -218,9 +218,18 @@ class IngestConfig(_Strict):
         default=True,
         description="Per-record mode: give each record's workflow its destination's name as "
         "Temporal fairness key, so the shared workflow task queue dispatches destinations in "
-        "turn and a burst for one destination never queues another's records behind it. Needs "
-        "task-queue fairness on the server (`courier config temporal-dynamic-config`); a "
-        "server without it ignores the key.",
+        "turn and a burst for one destination never queues another's records behind it; and "
+        "start a congested destination's records at low priority (see `congested_after`). "
+        "Fairness needs task-queue fairness on the server (`courier config "
+        "temporal-dynamic-config`); a server without it ignores the key.",
+    )
+    congested_after: Duration = Field(
+        default=timedelta(seconds=10),
+        description="Per-record mode, with `fairness`: a destination whose queue would make a "
+        "new export wait longer than this (its backlog over the rate it drains at: a rate "
+        "limit, an open circuit, no worker) is congested, and its records' workflows start at "
+        "low priority: their first workflow task only queues the export, so other destinations "
+        "go first on the shared workflow workers.",
     )
 
 

@@ -36,6 +36,12 @@ RATE_OVERRIDE = Gauge(
     "the circuit is open, the adaptive rate after 429s; 0 when none (the configured limit).",
     ["destination"],
 )
+DESTINATION_CONGESTED = Gauge(
+    "courier_destination_congested",
+    "1 while ingest sees the destination congested (a new export would wait longer than "
+    "ingest.congested_after in its queue) and starts its records' workflows at low priority.",
+    ["destination"],
+)
 INGESTED = Counter(
     "courier_records_ingested",
     "Records ingest finished with, by outcome: started (a new workflow), existing (already "

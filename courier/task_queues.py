@@ -26,6 +26,8 @@ class QueueState:
     task_queue: str
     backlog: int
     backlog_age_s: float
+    dispatch_rate: float
+    """Tasks/s the server handed to workers lately."""
     workers: int
     worker_identities: frozenset[str]
     """Identities of the live workers polling the queue."""
@@ -59,6 +61,7 @@ async def describe(client: Client, task_queue: str) -> QueueState:
         task_queue=task_queue,
         backlog=response.stats.approximate_backlog_count,
         backlog_age_s=response.stats.approximate_backlog_age.ToTimedelta().total_seconds(),
+        dispatch_rate=response.stats.tasks_dispatch_rate,
         workers=len(live),
         worker_identities=live,
         rate_limit=effective.requests_per_second if source != "none" else None,

@@ -38,6 +38,7 @@ from courier.stopping import unless_stopped
 from ingest.handoff import coordinates, hand_off
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options, never_create_topics
 from ingest.offsets import OffsetTracker
+from ingest.priority import DestinationLoad, record_priority
 from ingest.ranges import OpenRange, hand_off_range
 from ingest.routing import Router
 from ingest.topic_ids import TopicIdError, TopicIds
@@ -63,6 +64,7 @@ class Ingest:
         self.config = config
         self.client = client
         self.router = Router(config.routes)
+        self.load = DestinationLoad(client, config)
         self.tracker = OffsetTracker()
         self.counts: collections.Counter[str] = collections.Counter()
         """Records by outcome (``started``, ``existing``, ``failed``, ``skipped``) and route."""
@@ -110,6 +112,12 @@ class Ingest:
         self._consumer = consumer
         self._topic_ids = TopicIds(consumer._client)
         committer = asyncio.create_task(self._commit_periodically())
+        per_record = self.config.ingest.mode == "per_record"
+        watching = (
+            asyncio.create_task(self.load.run())
+            if per_record and self.config.ingest.fairness
+            else None
+        )
         log.info(
             "ingest started: group %s, topics %s", kafka.group, kafka.topics or kafka.topic_pattern
         )
@@ -118,6 +126,8 @@ class Ingest:
                 await self._poll_once(consumer)
         finally:
             committer.cancel()
+            if watching is not None:
+                watching.cancel()
             await self._drain(STOP_DRAIN_S)
             # Bounded: with Kafka gone, aiokafka would wait out its 40 s request timeout.
             with contextlib.suppress(TimeoutError):
@@ -433,8 +443,16 @@ class Ingest:
                         log.info("skipping %s: %s", coordinates(record), decision.reason)
                         outcome = "skipped"
                     else:
+                        destination = decision.destination
                         result = await hand_off(
-                            self.client, self.config, record, topic_id, decision
+                            self.client,
+                            self.config,
+                            record,
+                            topic_id,
+                            decision,
+                            priority=record_priority(
+                                self.config, destination, self.load.congested(destination)
+                            ),
                         )
                         if result.failed_reason is not None:
                             outcome = "failed"

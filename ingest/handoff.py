@@ -204,13 +204,6 @@ def search_attributes(
     return TypedSearchAttributes(pairs)
 
 
-def fairness(config: CourierConfig, decision: RouteDecision) -> Priority:
-    """The record's fairness key: its destination, so destinations take turns on the queue."""
-    if not config.ingest.fairness or decision.destination is None:
-        return Priority.default
-    return Priority(fairness_key=decision.destination)
-
-
 def coordinates(record: ConsumerRecord) -> str:
     """``topic/partition/offset`` of a record, for logs."""
     return f"{record.topic}/{record.partition}/{record.offset}"
@@ -239,9 +232,12 @@ async def hand_off(
     topic_id: str,
     decision: RouteDecision,
     *,
+    priority: Priority = Priority.default,
     max_backoff: float = 30.0,
 ) -> HandOff:
     """Start the record's workflow following the failure contract of this module.
+
+    ``priority`` is its task-queue priority and fairness key (``ingest/priority.py``).
 
     Returns once the record is handed off (its workflow or its failed workflow exists); retries
     for as long as Temporal is unreachable or Courier is misconfigured.
@@ -277,7 +273,7 @@ async def hand_off(
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=attributes,
                 static_summary=summary if failed_reason is None else None,
-                priority=fairness(config, decision),
+                priority=priority,
             )
             return HandOff(wid, started=True, failed_reason=failed_reason)
         except WorkflowAlreadyStartedError:

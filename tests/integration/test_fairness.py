@@ -1,10 +1,13 @@
-"""Destinations take turns on the shared workflow task queue (Temporal task-queue fairness).
+"""Destinations on the shared workflow task queue: fairness and congestion priority.
 
 A burst of one destination's records ahead of another's in the same partition must not make
 the second wait until the whole burst had its workflow tasks: ingest gives every record's
 workflow its destination as fairness key, and the server (the local stack turns fairness on)
 dispatches the keys in turn. The control run, with ``ingest.fairness: false``, shows the
 first-in first-out order the test would otherwise see, so the assertion can fail.
+
+A congested destination's records (its exports would wait anyway) start at low priority: the
+records of a destination that can take them go first, not merely in turn.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from courier.config import CourierConfig
 from devtools.stack import StackSettings
 from devtools.topics import create_topic, produce
+from ingest.consumer import Ingest
 from tests.integration.harness import (
     courier_running,
     eventually,
@@ -58,6 +62,20 @@ async def first_task_started(client: Client, workflow_id: str) -> datetime | Non
     return None
 
 
+async def dispatch_order(client: Client, ids: list[str]) -> list[str]:
+    """``ids`` in the order their first workflow tasks went to a worker (polls until all did)."""
+    started: dict[str, datetime] = {}
+
+    async def all_dispatched() -> bool:
+        missing = [wid for wid in ids if wid not in started]
+        found = await asyncio.gather(*(first_task_started(client, w) for w in missing))
+        started.update({w: t for w, t in zip(missing, found, strict=True) if t})
+        return len(started) == len(ids)
+
+    await eventually(all_dispatched, timeout=120, interval=1.0)
+    return sorted(ids, key=lambda wid: started[wid])
+
+
 async def urgent_ranks(
     client: Client, stack: StackSettings, unique: str, *, fairness: bool
 ) -> list[int]:
@@ -84,21 +102,17 @@ async def urgent_ranks(
         async for wf in client.list_workflows(f"{query} AND CourierDestination = 'urgent-{unique}'")
     }
     assert len(ids) == BURST + URGENT and len(urgent) == URGENT
-    started: dict[str, datetime] = {}
     # Then the workflow worker drains the backlog in the order the server dispatches it.
     async with courier_running(client, cfg, ingest=False, destinations=[]):
-
-        async def all_dispatched() -> bool:
-            missing = [wid for wid in ids if wid not in started]
-            found = await asyncio.gather(*(first_task_started(client, w) for w in missing))
-            started.update({w: t for w, t in zip(missing, found, strict=True) if t})
-            return len(started) == len(ids)
-
-        await eventually(all_dispatched, timeout=120, interval=1.0)
-    for wid in ids:
-        await client.get_workflow_handle(wid).terminate(reason="test over")
-    order = sorted(ids, key=lambda wid: started[wid])
+        order = await dispatch_order(client, ids)
+    await terminate(client, ids)
     return [i for i, wid in enumerate(order) if wid in urgent]
+
+
+async def terminate(client: Client, ids: list[str]) -> None:
+    await asyncio.gather(
+        *(client.get_workflow_handle(w).terminate(reason="test over") for w in ids)
+    )
 
 
 async def test_a_burst_for_one_destination_does_not_queue_another_behind_it(
@@ -110,3 +124,55 @@ async def test_a_burst_for_one_destination_does_not_queue_another_behind_it(
     assert max(fair) < 40, f"urgent dispatched at ranks {fair} of {BURST + URGENT} with fairness"
     # First in, first out without it (ingest's concurrent starts blur the order a little).
     assert statistics.median(fifo) >= BURST - 50, f"control run not first-in first-out: {fifo}"
+
+
+async def congested(ingest: Ingest | None, destination: str) -> None:
+    """Wait until ``ingest`` sees ``destination`` congested."""
+    assert ingest is not None
+
+    async def seen() -> bool:
+        return ingest.load.congested(destination)
+
+    await eventually(seen, timeout=60)
+
+
+async def test_a_congested_destinations_records_yield_to_others(
+    temporal_client: Client, stack: StackSettings, unique: str
+) -> None:
+    client = temporal_client
+    slow, fast = f"slow-{unique}", f"fast-{unique}"
+    cfg = pipeline_config(
+        stack,
+        unique,
+        destinations=[
+            {"name": slow, "kind": "rest", "url": "http://127.0.0.1:9/slow", "rate_limit": 1},
+            {"name": fast, "kind": "rest", "url": "http://127.0.0.1:9/fast"},
+        ],
+        routes={"rules": [{"prefix": "s-", "destination": slow}], "default": fast},
+    )
+    topic, bootstrap = cfg.kafka.topics[0], cfg.kafka.bootstrap_servers
+    query = f"TaskQueue = '{cfg.temporal.workflow_task_queue}'"
+    await create_topic(bootstrap, topic, 1)
+    # A backlog for slow (no worker serves it): 50 exports waiting, none dispatched.
+    await produce(bootstrap, topic, [(f"s-old-{i}".encode(), b"{}") for i in range(50)])
+    async with courier_running(client, cfg, destinations=[]) as ingest:
+        await congested(ingest, slow)
+    first = [wf.id async for wf in client.list_workflows(query)]
+    # Ingest alone sees slow congested and starts the next records while no workflow worker
+    # runs; then the workflow worker drains them in the order the server dispatches them.
+    async with courier_running(client, cfg, workers=False) as ingest:
+        await congested(ingest, slow)
+        mixed = [(f"{k}-{i}".encode(), b"{}") for i in range(100) for k in ("s", "f")]
+        await produce(bootstrap, topic, mixed)
+        await wait_for_workflows(client, query, 250, status=None)
+    ids = [wf.id async for wf in client.list_workflows(query) if wf.id not in first]
+    fast_ids = {
+        wf.id async for wf in client.list_workflows(f"{query} AND CourierDestination = '{fast}'")
+    }
+    assert len(ids) == 200 and len(fast_ids) == 100
+    async with courier_running(client, cfg, ingest=False, destinations=[]):
+        order = await dispatch_order(client, ids)
+    await terminate(client, first + ids)
+    fast_ranks = [i for i, wid in enumerate(order) if wid in fast_ids]
+    # Taking turns alone would spread fast's records over all 200 ranks (the last near 199).
+    assert max(fast_ranks) < 120, f"fast records dispatched at ranks {fast_ranks}"

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord
-from temporalio.common import Priority, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.converter import DataConverter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -101,16 +101,6 @@ async def test_an_existing_workflow_counts_as_handed_off() -> None:
     client = FakeClient([WorkflowAlreadyStartedError(WID, "ExportRecord")])
     result = await run_hand_off(client, record(b"o-1"))
     assert result.started is False and len(client.calls) == 1
-
-
-async def test_the_destination_is_the_fairness_key_unless_turned_off() -> None:
-    client = FakeClient([])
-    await run_hand_off(client, record(b"o-1"))
-    await run_hand_off(client, record(b"zzz"))
-    assert client.calls[0]["priority"] == Priority(fairness_key="api")
-    assert client.calls[1]["priority"] == Priority.default  # no route, no destination's turn
-    off = CONFIG.model_copy(update={"ingest": CONFIG.ingest.model_copy(update={"fairness": False})})
-    assert handoff.fairness(off, Router(off.routes).route(b"o-1")) == Priority.default
 
 
 def test_input_carries_the_policy_and_topic_id_not_the_secret() -> None:

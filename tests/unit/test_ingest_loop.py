@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from temporalio.common import Priority
 
 from courier.config import CourierConfig, parse_config
 from ingest import consumer as consumer_module
@@ -135,6 +136,8 @@ class FakeHandOffs:
         record: ConsumerRecord,
         topic_id: str,
         decision: RouteDecision,
+        *,
+        priority: Priority,
     ) -> HandOff:
         call = Call(record)
         self.calls.append(call)
