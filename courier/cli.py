@@ -35,6 +35,10 @@ config_app = typer.Typer(
     help="Check the config file or print its JSON schema.", no_args_is_help=True
 )
 app.add_typer(config_app, name="config")
+deploy_app = typer.Typer(
+    help="Generate deployment manifests from the config file.", no_args_is_help=True
+)
+app.add_typer(deploy_app, name="deploy")
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -76,8 +80,10 @@ ConfigOption = Annotated[
 MetricsPort = Annotated[
     int | None,
     typer.Option(
-        help="Serve Courier's Prometheus metrics on 127.0.0.1:PORT/metrics, and the Temporal "
-        "SDK's (activity schedule-to-start latency per task queue, polls, slots) on PORT+1.",
+        help="Serve Courier's Prometheus metrics on 127.0.0.1:PORT/metrics (liveness /healthz, "
+        "readiness /readyz on the same port), and the Temporal SDK's (activity "
+        "schedule-to-start latency per task queue, polls, slots) on PORT+1. COURIER_METRICS_HOST "
+        "sets the address to bind (e.g. 0.0.0.0 in a container).",
         envvar="COURIER_METRICS_PORT",
     ),
 ]
@@ -179,7 +185,11 @@ def _serve_metrics(port: int | None) -> None:
                 2,
             ) from None
         logging.getLogger("courier").info(
-            "metrics on http://127.0.0.1:%d/metrics (Temporal SDK: port %d)", port, port + 1
+            "metrics on http://%s:%d/metrics, health on /healthz and /readyz (Temporal SDK: "
+            "port %d)",
+            metrics.bind_host(),
+            port,
+            port + 1,
         )
 
 
@@ -202,6 +212,8 @@ async def _run(
     metrics_port: int | None,
 ) -> None:
     """Connect to Temporal (retrying), then run; SIGINT/SIGTERM stop it in any state."""
+    from courier.health import HEALTH
+    from courier.metrics import bind_host
     from courier.service import run_service, stop_on_signals
     from courier.stopping import unless_stopped
     from courier.temporal import connect, sdk_metrics_runtime
@@ -209,13 +221,20 @@ async def _run(
 
     log = logging.getLogger("courier")
     _serve_metrics(metrics_port)
-    runtime = sdk_metrics_runtime(metrics_port + 1) if metrics_port is not None else None
+    runtime = (
+        sdk_metrics_runtime(metrics_port + 1, bind_host()) if metrics_port is not None else None
+    )
     stop = asyncio.Event()
+    beating = asyncio.create_task(HEALTH.keep_beating())
     with stop_on_signals(stop):
+        HEALTH.set_ready(False, f"connecting to Temporal at {config.temporal.address}")
         client = await unless_stopped(connect(config.temporal, wait=True, runtime=runtime), stop)
         if client is None:
             log.info("stopped before connecting to Temporal")
             return
+        HEALTH.set_ready(True)
+        stop_task = asyncio.create_task(stop.wait())
+        stop_task.add_done_callback(lambda _: HEALTH.set_ready(False, "shutting down"))
         try:
             await run_service(
                 client,
@@ -228,6 +247,9 @@ async def _run(
         except Exception:
             log.critical("stopped by an unexpected error (please report it)", exc_info=True)
             raise typer.Exit(1) from None
+        finally:
+            stop_task.cancel()
+            beating.cancel()
 
 
 @app.command()
@@ -569,6 +591,38 @@ def config_reference() -> None:
 def config_schema() -> None:
     """Print the JSON schema of the config file (for editors and the config reference)."""
     sys.stdout.write(json.dumps(CourierConfig.model_json_schema(), indent=2) + "\n")
+
+
+@deploy_app.command("k8s")
+def deploy_k8s(
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Partitions of the topics (the smallest count): refuse more ingest replicas.",
+        ),
+    ] = None,
+) -> None:
+    """Print Kubernetes manifests (YAML) for this config: ingest, workers, KEDA autoscaling.
+
+    Redirect the output to a file and apply it: courier deploy k8s -c courier.yaml > courier.yaml
+    (then kubectl apply -f). Secrets stay ${NAME} placeholders read from a Secret; the
+    `kubernetes` section of the config sets images, replicas and scaling.
+    """
+    from courier.ops.k8s import DeployError, generate
+
+    try:
+        source = config.read_text()
+    except OSError as err:
+        raise _fail(
+            f"cannot read config file {config}: {err.strerror}; pass --config FILE", 2
+        ) from None
+    try:
+        manifests = generate(source, partitions=partitions)
+    except DeployError as err:
+        raise _fail(f"{config}: {err}", 2) from None
+    sys.stdout.write(manifests.render(config.name))
 
 
 _add_plugin_commands()
