@@ -146,10 +146,17 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _load(path: Path) -> CourierConfig:
+    from courier.encryption import EncryptionKeyError
+
     try:
-        return load_config(path)
+        cfg = load_config(path)
+        if cfg.temporal.encryption is not None:
+            cfg.temporal.encryption.materials()  # a bad key is one line now, not a crash later
     except ConfigError as err:
         raise _fail(_config_problem(path, err), 2) from None
+    except EncryptionKeyError as err:
+        raise _fail(f"{path}: {err}", 2) from None
+    return cfg
 
 
 def _config_problem(path: Path, err: ConfigError) -> str:
@@ -591,6 +598,59 @@ def config_reference() -> None:
 def config_schema() -> None:
     """Print the JSON schema of the config file (for editors and the config reference)."""
     sys.stdout.write(json.dumps(CourierConfig.model_json_schema(), indent=2) + "\n")
+
+
+@app.command("codec-server")
+def codec_server(
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; only key holders should reach it.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8888,
+    ui_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Origin of the Temporal UI allowed to call it from a browser (CORS; "
+            "repeatable). Default: http://127.0.0.1:8233 and http://localhost:8233.",
+        ),
+    ] = None,
+    log_format: LogFormatOption = LogFormat.text,
+    log_level: LogLevelOption = LogLevel.INFO,
+) -> None:
+    """Serve the Temporal UI's codec endpoint (/decode, /encode) with temporal.encryption's keys.
+
+    Point the UI at it (Settings → Codec Server, or the UI server's TEMPORAL_CODEC_ENDPOINT)
+    to read encrypted records; the CLI takes it as temporal workflow show --codec-endpoint.
+    """
+    from courier.codec import codec_for
+    from courier.ops.codec_server import build_app, serve
+    from courier.service import stop_on_signals
+
+    _setup_logging(log_level.value, log_format)
+    cfg = _load(config)
+    if cfg.temporal.encryption is None:
+        raise _fail(
+            f"{config}: temporal.encryption is not set, so there is nothing to decode; add the "
+            "section (courier config reference describes it)",
+            2,
+        )
+    app_ = build_app(
+        codec_for(cfg.temporal.encryption),
+        namespace=cfg.temporal.namespace,
+        origins=ui_origin or ["http://127.0.0.1:8233", "http://localhost:8233"],
+    )
+
+    async def main_() -> None:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            await serve(app_, host=host, port=port, stop=stop)
+
+    try:
+        asyncio.run(main_())
+    except OSError as err:
+        raise _fail(
+            f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port", 2
+        ) from None
 
 
 @deploy_app.command("k8s")

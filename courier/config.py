@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from activities.base import DestinationConfig
 from activities.registry import AnyDestinationConfig
 from courier.durations import Duration
+from courier.encryption import EncryptionConfig
 from courier.k8s_config import KubernetesConfig
 
 DEFAULT_CONFIG_PATH = Path("courier.yaml")
@@ -154,6 +155,12 @@ class TemporalConfig(_Strict):
         description="Largest workflow input (as encoded, JSON with base64 for binary) ingest "
         "starts; a record over it gets a workflow that fails with the reason. Temporal "
         "refuses payloads over 2 MiB; the default leaves room for the rest of the request.",
+    )
+    encryption: EncryptionConfig | None = Field(
+        default=None,
+        description="Encrypt every payload sent to Temporal with AES-256-GCM (section "
+        "temporal.encryption); unset: payloads are plain. The Temporal UI then needs "
+        "`courier codec-server` to show records.",
     )
 
 

@@ -20,7 +20,10 @@ DEVELOPMENT = ("devtools", "benchmarks", "tests")
 LAYERS: list[tuple[str, ...]] = [
     (
         "courier.durations",
+        "courier.encryption",
+        "courier.health",
         "courier.ids",
+        "courier.k8s_config",
         "courier.metrics",
         "courier.rates",
         "courier.search_attributes",
@@ -38,6 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
         "activities.source",
     ),
     ("activities",),
+    ("courier.codec",),
     (
         "courier.config",
         "courier.config_reference",
