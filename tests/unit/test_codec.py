@@ -132,9 +132,10 @@ def test_bad_key_material_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(EncryptionKeyError, match="cannot read"):
         missing.materials()
     config = tmp_path / "c.yaml"
+    key_file = tmp_path / "nope"
     config.write_text(
         "kafka: {topics: [t]}\n"
-        f"temporal: {{encryption: {{current_key: k1, keys: [{{id: k1, file: {tmp_path}/nope}}]}}}}\n"
+        f"temporal: {{encryption: {{current_key: k1, keys: [{{id: k1, file: {key_file}}}]}}}}\n"
         "destinations: [{name: f, kind: file, path: x}]\nroutes: {default: f}\n"
     )
     result = CliRunner().invoke(app, ["codec-server", "-c", str(config)])
