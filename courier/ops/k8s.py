@@ -152,8 +152,59 @@ def generate(source: str, *, partitions: int | None = None) -> Manifests:
             f"{partitions} partitions: the extra consumers would sit idle; lower it to "
             f"{partitions} or add partitions"
         )
+    written = literal_secrets(tree)
+    if written:
+        raise DeployError(
+            f"{', '.join(written)}: written into the config file, which becomes a ConfigMap "
+            f"anyone with read access to the namespace can see; write ${{NAME}} there and put "
+            f"the value in the Secret {k8s.secret_name}"
+        )
     secret_keys = [p for p in names if p.name not in plain]
     return _Builder(cfg, k8s, source, plain, secret_keys).build()
+
+
+SENSITIVE_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-auth-token"}
+)
+_USERINFO_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@:]*:([^/@]*)@", re.IGNORECASE)
+
+
+def literal_secrets(tree: dict[str, Any]) -> list[str]:
+    """Paths of credentials written literally (without a ``${NAME}``) in a parsed config file.
+
+    Checked: ``kafka.security.sasl_password``, ``temporal.api_key``, encryption keys, passwords
+    in destination URLs and DSNs, and credential headers of REST destinations.
+    """
+
+    def literal(value: Any) -> bool:
+        return isinstance(value, str) and bool(value) and "${" not in value
+
+    def mapping(value: Any) -> dict[str, Any]:
+        return value if isinstance(value, dict) else {}
+
+    found: list[str] = []
+    kafka_security = mapping(mapping(tree.get("kafka")).get("security"))
+    if literal(kafka_security.get("sasl_password")):
+        found.append("kafka.security.sasl_password")
+    temporal = mapping(tree.get("temporal"))
+    if literal(temporal.get("api_key")):
+        found.append("temporal.api_key")
+    keys = mapping(temporal.get("encryption")).get("keys")
+    for i, key in enumerate(keys if isinstance(keys, list) else []):
+        if literal(mapping(key).get("key")):
+            found.append(f"temporal.encryption.keys[{i}].key")
+    destinations = tree.get("destinations")
+    for i, dest in enumerate(destinations if isinstance(destinations, list) else []):
+        dest = mapping(dest)
+        for field_name in ("url", "dsn"):
+            value = dest.get(field_name)
+            match = _USERINFO_PASSWORD.match(value) if isinstance(value, str) else None
+            if match and literal(match.group(1)):
+                found.append(f"destinations[{i}].{field_name} (its password)")
+        for name, value in mapping(dest.get("headers")).items():
+            if str(name).lower() in SENSITIVE_HEADERS and literal(value):
+                found.append(f"destinations[{i}].headers.{name}")
+    return found
 
 
 class _Builder:

@@ -313,7 +313,10 @@ def test_more_ingest_replicas_than_partitions_is_refused(tmp_path: Path) -> None
             ("    TEMPORAL_ADDRESS: temporal-frontend.temporal.svc:7233\n", ""),
             None,  # the default address is used
         ),
-        (("  api_key: ${TEMPORAL_API_KEY}\n", "  api_key: plain-key\n"), "placeholder"),
+        (
+            ("  env:\n", "  env:\n    TEMPORAL_API_KEY: x\n"),
+            "kept in the Secret (not in kubernetes.env)",
+        ),
     ],
 )
 def test_bad_kubernetes_settings_are_one_clear_error(
@@ -334,3 +337,24 @@ def test_unresolvable_keda_endpoint_is_refused() -> None:
     )
     with pytest.raises(DeployError, match="KEDA cannot resolve"):
         generate(text)
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        (("${KAFKA_PASSWORD}", "hunter2-kafka"), "kafka.security.sasl_password"),
+        (
+            ("Bearer ${ORDERS_TOKEN}", "Bearer hunter2-token"),
+            "destinations[0].headers.Authorization",
+        ),
+        (("${WAREHOUSE_DSN}", "postgresql://u:hunter2-pg@db/x"), "destinations[1].dsn"),
+        (("api_key: ${TEMPORAL_API_KEY}", "api_key: hunter2-api"), "temporal.api_key"),
+    ],
+)
+def test_literal_credentials_are_refused_without_repeating_them(
+    change: tuple[str, str], path: str
+) -> None:
+    with pytest.raises(DeployError) as caught:
+        generate(CONFIG.replace(*change))
+    assert path in str(caught.value) and "becomes a ConfigMap" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
