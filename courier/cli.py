@@ -666,9 +666,9 @@ def deploy_k8s(
 ) -> None:
     """Print Kubernetes manifests (YAML) for this config: ingest, workers, KEDA autoscaling.
 
-    Redirect the output to a file and apply it: courier deploy k8s -c courier.yaml > courier.yaml
-    (then kubectl apply -f). Secrets stay ${NAME} placeholders read from a Secret; the
-    `kubernetes` section of the config sets images, replicas and scaling.
+    Example: courier deploy k8s -c courier.yaml > courier-k8s.yaml && kubectl apply -f
+    courier-k8s.yaml. Secrets stay ${NAME} placeholders read from a Secret; the `kubernetes`
+    section of the config sets the image, replicas and scaling.
     """
     from courier.ops.k8s import DeployError, generate
 

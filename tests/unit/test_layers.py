@@ -19,6 +19,7 @@ DEVELOPMENT = ("devtools", "benchmarks", "tests")
 # the same or a lower layer.
 LAYERS: list[tuple[str, ...]] = [
     (
+        "courier.codec",
         "courier.durations",
         "courier.encryption",
         "courier.health",
@@ -41,7 +42,6 @@ LAYERS: list[tuple[str, ...]] = [
         "activities.source",
     ),
     ("activities",),
-    ("courier.codec",),
     (
         "courier.config",
         "courier.config_reference",
