@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.history.v1 import History
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.converter import DataConverter
 
 from courier.codec import ENCODING, KEY_ID
@@ -61,7 +61,8 @@ def config_tree(settings: Any, unique: str, out: Path, keys: dict[str, str], cur
         },
         "ingest": {"payloads": "inline"},
         "destinations": [{"name": f"file-{unique}", "kind": "file", "path": str(out)}],
-        "routes": {"default": f"file-{unique}"},
+        # No default: a key no rule matches fails its workflow with a reason naming the key.
+        "routes": {"rules": [{"prefix": "key-", "destination": f"file-{unique}"}]},
     }
 
 
@@ -168,6 +169,9 @@ async def run_pipeline(
     await produce(settings.kafka_bootstrap, topic, records)
     async with courier_running(client, config):
         await wait_for_workflows(client, f"CourierTopic = '{topic}'", total)
+        await wait_for_workflows(
+            client, f"CourierTopic = '{topic}'", 1, status=WorkflowExecutionStatus.FAILED
+        )
 
 
 async def test_history_is_ciphertext_ui_decodes_and_rotated_keys_still_read(
@@ -185,7 +189,8 @@ async def test_history_is_ciphertext_ui_decodes_and_rotated_keys_still_read(
         (f"key-{secret}-{i}".encode(), json.dumps({"card": f"{secret}-{i}"}).encode())
         for i in range(4)
     ]
-    await run_pipeline(stack_settings, config, records, len(records))
+    unroutable = (f"nowhere-{secret}".encode(), b'{"n": 0}')
+    await run_pipeline(stack_settings, config, [*records, unroutable], len(records))
 
     # The records were exported in the clear...
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -194,14 +199,22 @@ async def test_history_is_ciphertext_ui_decodes_and_rotated_keys_still_read(
     # ...while Temporal holds none of their plaintext, seen without the codec.
     query = f"CourierTopic = '{topic}'"
     old = await histories(temporal_client, query)
-    assert len(old) == 4
+    assert len(old) == 5
     for history in old.values():
         raw = history.SerializeToString()
         text = json_format.MessageToJson(history)
-        for key, value in records:
+        for key, value in [*records, unroutable]:
             for needle in (secret.encode(), key, value, base64.b64encode(value)):
                 assert needle not in raw and needle.decode() not in text
         assert key_ids(history) == {"k1"}
+    # The failure reason (it names the key) is sealed too, and Courier's client reads it.
+    [failed] = [
+        wf.id
+        async for wf in temporal_client.list_workflows(f"{query} AND ExecutionStatus = 'Failed'")
+    ]
+    with pytest.raises(WorkflowFailureError) as caught:
+        await (await connect(config.temporal)).get_workflow_handle(failed).result()
+    assert f"nowhere-{secret}" in str(caught.value.cause)
     described = await temporal_client.get_workflow_handle(next(iter(old))).describe()
     assert "CourierKey" not in described.search_attributes, "keys are record data: not indexed"
 
@@ -221,8 +234,9 @@ async def test_history_is_ciphertext_ui_decodes_and_rotated_keys_still_read(
             [record] = await DataConverter.default.decode(
                 list(opened.payloads), [ExportRecordInput]
             )
-            assert record.record.value is not None
-            assert secret in record.record.value.to_bytes().decode()
+            assert record.record.key is not None and record.record.value is not None
+            assert secret in record.record.key.to_bytes().decode()
+            assert record.record.value.to_bytes() in {v for _, v in [*records, unroutable]}
 
     # Rotation: k2 becomes current, k1 stays listed for the retained histories.
     rotated_tree = config_tree(stack_settings, unique, out, {"k1": "", "k2": ""}, "k2")
@@ -234,7 +248,7 @@ async def test_history_is_ciphertext_ui_decodes_and_rotated_keys_still_read(
     for history in new.values():
         assert key_ids(history) == {"k2"}
     rotated_client = await connect(rotated.temporal)
-    for wid in old:  # Courier's client reads the old results with the rotated config
+    for wid in set(old) - {failed}:  # the rotated config reads the old results
         await rotated_client.get_workflow_handle(wid).result()
     rotated_file = tmp_path / "rotated.yaml"
     rotated_file.write_text(yaml.safe_dump(rotated_tree))
