@@ -237,6 +237,7 @@ async def _run(
         HEALTH.set_ready(False, f"connecting to Temporal at {config.temporal.address}")
         client = await unless_stopped(connect(config.temporal, wait=True, runtime=runtime), stop)
         if client is None:
+            beating.cancel()
             log.info("stopped before connecting to Temporal")
             return
         HEALTH.set_ready(True)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from courier import metrics
 from courier.health import HEALTH, Check, Health
@@ -65,3 +70,38 @@ def test_the_metrics_port_serves_health_and_metrics() -> None:
     assert get(port, "/readyz") == (200, "running\n")
     status, body = get(port, "/metrics")
     assert status == 200 and "courier_records_exported" in body
+
+
+def test_a_process_waiting_for_temporal_is_live_but_not_ready(tmp_path: Path) -> None:
+    """What the kubelet sees of a worker whose Temporal is down: alive (no restart), unready."""
+    temporal_port, metrics_port = free_port(), free_port()  # nothing listens on temporal_port
+    config = tmp_path / "courier.yaml"
+    config.write_text(
+        "kafka: {topics: [t]}\n"
+        f"temporal: {{address: '127.0.0.1:{temporal_port}'}}\n"
+        "destinations: [{name: f, kind: file, path: out.jsonl}]\nroutes: {default: f}\n"
+    )
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "courier"), "worker", "--workflows", "-c", str(config)],
+        env={**os.environ, "COURIER_METRICS_PORT": str(metrics_port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        answer: tuple[int, str] | None = None
+        while time.monotonic() < deadline:
+            try:
+                answer = get(metrics_port, "/readyz")
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert answer == (503, f"connecting to Temporal at 127.0.0.1:{temporal_port}\n")
+        time.sleep(2)  # a few failed connection attempts later
+        assert get(metrics_port, "/healthz") == (200, "live\n")
+        assert get(metrics_port, "/readyz")[0] == 503
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=20)[1].decode()
+    assert process.returncode == 0, stderr
+    assert "cannot reach Temporal" in stderr
