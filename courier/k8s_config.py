@@ -118,6 +118,14 @@ class KubernetesConfig(_Strict):
         default=None,
         description="host:port KEDA's temporal scaler queries; unset: temporal.address.",
     )
+    ui_origins: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8233", "http://localhost:8233"],
+        description="With temporal.encryption: origins of the Temporal UI allowed to call the "
+        "codec server (CORS), e.g. https://temporal.example.com.",
+    )
+    codec_server_port: int = Field(
+        default=8888, ge=1024, le=65535, description="Port of the codec server's Service."
+    )
     ingest: ProcessDeployment = Field(
         default_factory=ProcessDeployment,
         description="Ingest pods. More replicas than the topics' partitions sit idle "

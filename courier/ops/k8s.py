@@ -250,6 +250,8 @@ class _Builder:
                 resources=k8s.workflow_worker.resources,
             ),
         ]
+        if self.cfg.temporal.encryption is not None:
+            docs += self._codec_server()
         auth = self._trigger_auth()
         if auth is not None:
             docs.append(auth)
@@ -384,9 +386,10 @@ class _Builder:
         resources: Resources,
         destination: str | None = None,
         volume: tuple[str, str] | None = None,
+        probes: bool = True,
     ) -> dict[str, Any]:
         labels = self._labels(component, destination)
-        container = self._container(args, resources)
+        container = self._container(args, resources, probes=probes)
         pod = self._pod(container, labels)
         spec: dict[str, Any] = {"selector": {"matchLabels": labels}, "template": pod}
         if replicas is not None:
@@ -404,6 +407,38 @@ class _Builder:
             "metadata": self._meta(name, component, destination),
             "spec": spec,
         }
+
+    def _codec_server(self) -> list[dict[str, Any]]:
+        """With encryption: ``courier codec-server`` and a ClusterIP Service in front of it."""
+        k8s = self.k8s
+        name = f"{k8s.name}-codec-server"
+        port = k8s.codec_server_port
+        args = ["codec-server", "--host", "0.0.0.0", "--port", str(port)]
+        for origin in k8s.ui_origins:
+            args += ["--ui-origin", origin]
+        deployment = self._deployment(
+            name, "codec-server", args, replicas=1, resources=Resources(), probes=False
+        )
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        container["ports"] = [{"name": "codec", "containerPort": port}]
+        probe = {"tcpSocket": {"port": "codec"}, "periodSeconds": 10}
+        container["livenessProbe"] = {**probe, "initialDelaySeconds": 10}
+        container["readinessProbe"] = probe
+        labels = self._labels("codec-server")
+        service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": self._meta(name, "codec-server"),
+            "spec": {
+                "selector": labels,
+                "ports": [{"name": "codec", "port": port, "targetPort": "codec"}],
+            },
+        }
+        self.notes.append(
+            f"the codec server ({name}:{port}) decrypts for anyone who reaches it: expose it "
+            "only behind the authentication that guards the Temporal UI"
+        )
+        return [deployment, service]
 
     def _setup_job(self) -> dict[str, Any]:
         labels = self._labels("setup")

@@ -80,6 +80,9 @@ temporal:
   address: ${TEMPORAL_ADDRESS:-127.0.0.1:7233}
   namespace: prod
   api_key: ${TEMPORAL_API_KEY}
+  encryption:
+    current_key: k1
+    keys: [{id: k1, key: "${COURIER_KEY}"}]
 workers: {graceful_shutdown: 45s}
 destinations:
   - name: Orders_API
@@ -98,6 +101,7 @@ routes: {default: warehouse}
 kubernetes:
   namespace: courier-prod
   image: registry.example.com/courier:1.2.3
+  ui_origins: [https://temporal.example.com]
   env:
     KAFKA_BOOTSTRAP: kafka.kafka.svc:9092
     TEMPORAL_ADDRESS: temporal-frontend.temporal.svc:7233
@@ -123,6 +127,7 @@ def test_every_manifest_validates_against_its_schema(docs: list[dict[str, Any]])
         "Namespace",
         "PersistentVolumeClaim",
         "ScaledObject",
+        "Service",
         "TriggerAuthentication",
     ]
     for doc in docs:
@@ -172,6 +177,7 @@ def test_one_worker_deployment_and_scaled_object_per_destination(
         "TEMPORAL_API_KEY",
         "WAREHOUSE_DSN",
         "KAFKA_BOOTSTRAP",
+        "COURIER_KEY",
     )
     cfg = parse_config(yaml.safe_load(CONFIG), environ=dict.fromkeys(names, "x"))
     deployments = by_kind(docs, "Deployment")
@@ -230,8 +236,10 @@ def test_ingest_and_workflow_worker(docs: list[dict[str, Any]]) -> None:
 def test_probes_grace_and_config_in_every_pod(docs: list[dict[str, Any]]) -> None:
     configmap = by_kind(docs, "ConfigMap")["courier-config"]
     assert configmap["data"]["courier.yaml"] == CONFIG, "the file as written, placeholders kept"
-    for deployment in by_kind(docs, "Deployment").values():
+    for name, deployment in by_kind(docs, "Deployment").items():
         pod = deployment["spec"]["template"]["spec"]
+        if name == "courier-codec-server":
+            continue  # no metrics port: tested below
         assert pod["terminationGracePeriodSeconds"] == math.ceil(45) + GRACE_MARGIN_S
         [container] = pod["containers"]
         command = container["command"]
@@ -254,7 +262,13 @@ def test_placeholders_come_from_the_secret_or_plain_env(docs: list[dict[str, Any
     ][0]
     env = {e["name"]: e for e in container["env"]}
     assert env["KAFKA_BOOTSTRAP"] == {"name": "KAFKA_BOOTSTRAP", "value": "kafka.kafka.svc:9092"}
-    for secret in ("KAFKA_PASSWORD", "TEMPORAL_API_KEY", "ORDERS_TOKEN", "WAREHOUSE_DSN"):
+    for secret in (
+        "KAFKA_PASSWORD",
+        "TEMPORAL_API_KEY",
+        "ORDERS_TOKEN",
+        "WAREHOUSE_DSN",
+        "COURIER_KEY",
+    ):
         assert env[secret]["valueFrom"] == {
             "secretKeyRef": {"name": "courier-secrets", "key": secret}
         }
@@ -349,6 +363,7 @@ def test_unresolvable_keda_endpoint_is_refused() -> None:
         ),
         (("${WAREHOUSE_DSN}", "postgresql://u:hunter2-pg@db/x"), "destinations[1].dsn"),
         (("api_key: ${TEMPORAL_API_KEY}", "api_key: hunter2-api"), "temporal.api_key"),
+        (('key: "${COURIER_KEY}"', "key: hunter2-key"), "temporal.encryption.keys[0].key"),
     ],
 )
 def test_literal_credentials_are_refused_without_repeating_them(
@@ -358,3 +373,23 @@ def test_literal_credentials_are_refused_without_repeating_them(
         generate(CONFIG.replace(*change))
     assert path in str(caught.value) and "becomes a ConfigMap" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+def test_with_encryption_the_codec_server_runs_behind_a_service(
+    docs: list[dict[str, Any]],
+) -> None:
+    deployment = by_kind(docs, "Deployment")["courier-codec-server"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert command[:2] == ["courier", "codec-server"]
+    assert command[command.index("--ui-origin") + 1] == "https://temporal.example.com"
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["COURIER_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "COURIER_KEY"
+    service = by_kind(docs, "Service")["courier-codec-server"]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["port"] == int(command[command.index("--port") + 1])
+    encryption = '  encryption:\n    current_key: k1\n    keys: [{id: k1, key: "${COURIER_KEY}"}]\n'
+    assert encryption in CONFIG
+    plain = documents(generate(CONFIG.replace(encryption, "")).render())
+    assert not any(d["kind"] == "Service" for d in plain)
