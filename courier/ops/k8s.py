@@ -82,7 +82,11 @@ class Manifests:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Writes multi-line strings (the config file in the ConfigMap) as literal blocks."""
+    """Writes multi-line strings (the config file in the ConfigMap) as literal blocks, and
+    repeated values (a pod's labels and its selector) in full rather than as YAML aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

@@ -138,6 +138,7 @@ def test_the_example_config_validates() -> None:
     result = runner.invoke(app, ["deploy", "k8s", "-c", str(EXAMPLE)])
     assert result.exit_code == 0, result.output
     example = documents(result.stdout)
+    assert "&id0" not in result.stdout, "no YAML aliases: plain manifests for reviewers"
     for doc in example:
         validate(doc)
     names = {d["name"] for d in yaml.safe_load(EXAMPLE.read_text())["destinations"]}
