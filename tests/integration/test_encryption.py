@@ -32,7 +32,9 @@ from devtools.topics import create_topic, produce
 from tests.integration.harness import courier_running, eventually, wait_for_workflows
 from workflows.types import ExportRecordInput
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+WAIT_S = 240.0
+"""Generous: on a loaded 2-core machine an export can miss its heartbeat and wait for a retry."""
 
 UI_ORIGIN = "http://127.0.0.1:8233"
 COURIER = str(Path(sys.executable).parent / "courier")
@@ -168,9 +170,13 @@ async def run_pipeline(
     topic = config.kafka.topics[0]
     await produce(settings.kafka_bootstrap, topic, records)
     async with courier_running(client, config):
-        await wait_for_workflows(client, f"CourierTopic = '{topic}'", total)
+        await wait_for_workflows(client, f"CourierTopic = '{topic}'", total, timeout=WAIT_S)
         await wait_for_workflows(
-            client, f"CourierTopic = '{topic}'", 1, status=WorkflowExecutionStatus.FAILED
+            client,
+            f"CourierTopic = '{topic}'",
+            1,
+            status=WorkflowExecutionStatus.FAILED,
+            timeout=WAIT_S,
         )
 
 
