@@ -107,6 +107,17 @@ class KubernetesConfig(_Strict):
         description="Secret holding the values of the config's other ${NAME} placeholders "
         "(tokens, passwords, DSNs); create it yourself, Courier never writes secret values.",
     )
+    files_secret: str | None = Field(
+        default=None,
+        description="Secret mounted read-only at `files_dir`, one file per key: the TLS "
+        "certificates and keys and the encryption key files the config names (their paths must "
+        "be in `files_dir`). KEDA reads Temporal's CA and client certificate from it too.",
+    )
+    files_dir: str = Field(
+        default="/etc/courier/files",
+        pattern=r"^/",
+        description="Where `files_secret` is mounted in every pod.",
+    )
     metrics_port: int = Field(
         default=9400,
         ge=1024,

@@ -227,9 +227,11 @@ class _Builder:
         self.secret_keys = secret_keys
         self.config_hash = hashlib.sha256(source.encode()).hexdigest()
         self.notes: list[str] = []
+        self.files: dict[str, str] = {}
 
     def build(self) -> Manifests:
         k8s = self.k8s
+        self.files = self._files()
         docs: list[dict[str, Any]] = [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": k8s.namespace}},
             {
@@ -261,12 +263,6 @@ class _Builder:
             docs.append(auth)
         for dest in self.cfg.destinations:
             docs += self._destination(dest, auth is not None)
-        if self.cfg.temporal.tls is not None:
-            self.notes.append(
-                "temporal.tls is set: give KEDA the CA/client certificate in a "
-                "TriggerAuthentication (parameters ca, cert, key) and mount the files into the "
-                "pods; this generator does not do it"
-            )
         return Manifests(docs, self.secret_keys, self.notes)
 
     # -- pieces -------------------------------------------------------------------------------
@@ -369,6 +365,13 @@ class _Builder:
                 {"name": "config", "configMap": {"name": f"{self.k8s.name}-config"}},
             ],
         }
+        if self.files:
+            container["volumeMounts"].append(
+                {"name": "files", "mountPath": self.k8s.files_dir, "readOnly": True}
+            )
+            spec["volumes"].append(
+                {"name": "files", "secret": {"secretName": self.k8s.files_secret}}
+            )
         if self.k8s.service_account:
             spec["serviceAccountName"] = self.k8s.service_account
         return {
@@ -465,26 +468,73 @@ class _Builder:
             )
         return endpoint
 
-    def _trigger_auth(self) -> dict[str, Any] | None:
-        """A TriggerAuthentication giving KEDA the API key, when temporal.api_key is set."""
-        key = self.cfg.temporal.api_key
-        if key is None:
-            return None
-        match = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", key.get_secret_value())
-        if match is None or match.group(1) in self.plain:
+    def _files(self) -> dict[str, str]:
+        """Config field → file name in ``files_secret``, for every file the config reads."""
+        cfg, k8s = self.cfg, self.k8s
+        paths: dict[str, Any] = {
+            f"kafka.security.{name}": getattr(cfg.kafka.security, name)
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        }
+        if cfg.temporal.tls is not None:
+            paths |= {
+                f"temporal.tls.{name}": getattr(cfg.temporal.tls, name)
+                for name in ("server_root_ca_cert", "client_cert", "client_private_key")
+            }
+        if cfg.temporal.encryption is not None:
+            paths |= {
+                f"temporal.encryption.keys[{i}].file": key.file
+                for i, key in enumerate(cfg.temporal.encryption.keys)
+            }
+        files = {where: PurePosixPath(str(p)) for where, p in paths.items() if p is not None}
+        if files and k8s.files_secret is None:
             raise DeployError(
-                "temporal.api_key must be a ${NAME} placeholder kept in the Secret (not in "
-                "kubernetes.env): KEDA reads it from there too"
+                f"{', '.join(files)} name files: set kubernetes.files_secret to a Secret holding "
+                f"them (one key per file name), mounted at kubernetes.files_dir ({k8s.files_dir})"
             )
+        outside = [w for w, p in files.items() if str(p.parent) != k8s.files_dir]
+        if outside:
+            raise DeployError(
+                f"{', '.join(outside)}: in a pod the files of kubernetes.files_secret are in "
+                f"{k8s.files_dir}; point the config there (e.g. {k8s.files_dir}/ca.pem)"
+            )
+        return {where: p.name for where, p in files.items()}
+
+    def _trigger_auth(self) -> dict[str, Any] | None:
+        """KEDA's credentials for Temporal: the API key and/or the TLS files, when configured."""
+        refs: list[dict[str, str]] = []
+        key = self.cfg.temporal.api_key
+        if key is not None:
+            match = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", key.get_secret_value())
+            if match is None or match.group(1) in self.plain:
+                raise DeployError(
+                    "temporal.api_key must be a ${NAME} placeholder kept in the Secret (not in "
+                    "kubernetes.env): KEDA reads it from there too"
+                )
+            refs.append(
+                {"parameter": "apiKey", "name": self.k8s.secret_name, "key": match.group(1)}
+            )
+        for parameter, name in (
+            ("ca", "server_root_ca_cert"),
+            ("cert", "client_cert"),
+            ("key", "client_private_key"),
+        ):
+            file = self.files.get(f"temporal.tls.{name}")
+            if file is not None:
+                assert self.k8s.files_secret is not None
+                refs.append({"parameter": parameter, "name": self.k8s.files_secret, "key": file})
+        tls = self.cfg.temporal.tls
+        if tls is not None and key is None and tls.client_cert is None:
+            self.notes.append(
+                "KEDA's temporal scaler (2.20) speaks TLS only with an API key or a client "
+                "certificate: with server TLS alone it cannot reach Temporal"
+            )
+        if not refs:
+            return None
         return {
             "apiVersion": "keda.sh/v1alpha1",
             "kind": "TriggerAuthentication",
             "metadata": self._meta(f"{self.k8s.name}-temporal", "autoscaling"),
-            "spec": {
-                "secretTargetRef": [
-                    {"parameter": "apiKey", "name": self.k8s.secret_name, "key": match.group(1)}
-                ]
-            },
+            "spec": {"secretTargetRef": refs},
         }
 
     def _destination(self, dest: DestinationConfig, with_auth: bool) -> list[dict[str, Any]]:
@@ -540,7 +590,9 @@ class _Builder:
         }
         if with_auth:
             trigger["authenticationRef"] = {"name": f"{k8s.name}-temporal"}
-            trigger["metadata"]["enableTLS"] = "true"
+        tls = self.cfg.temporal.tls
+        if tls is not None and tls.domain:
+            trigger["metadata"]["tlsServerName"] = tls.domain
         docs.append(
             {
                 "apiVersion": "keda.sh/v1alpha1",

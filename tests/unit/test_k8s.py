@@ -45,7 +45,6 @@ TEMPORAL_TRIGGER_KEYS = {
     "minConnectTimeout",
     "unsafeSsl",
     "tlsServerName",
-    "enableTLS",
 }
 runner = CliRunner()
 
@@ -394,3 +393,68 @@ def test_with_encryption_the_codec_server_runs_behind_a_service(
     assert encryption in CONFIG
     plain = documents(generate(CONFIG.replace(encryption, "")).render())
     assert not any(d["kind"] == "Service" for d in plain)
+
+
+TLS_CONFIG = """
+kafka:
+  bootstrap_servers: kafka:9093
+  topics: [orders]
+  security: {protocol: SSL, ssl_cafile: /etc/courier/files/kafka-ca.pem}
+temporal:
+  address: my-ns.tmprl.example:7233
+  namespace: my-ns
+  tls:
+    server_root_ca_cert: /etc/courier/files/ca.pem
+    client_cert: /etc/courier/files/client.pem
+    client_private_key: /etc/courier/files/client.key
+    domain: my-ns.tmprl.example
+  encryption:
+    current_key: k1
+    keys: [{id: k1, file: /etc/courier/files/k1.key}]
+destinations: [{name: api, kind: rest, url: "https://api.example.com/{key}"}]
+routes: {default: api}
+kubernetes: {files_secret: courier-files}
+"""
+
+
+def test_files_the_config_reads_come_from_a_mounted_secret() -> None:
+    docs = documents(generate(TLS_CONFIG).render())
+    for doc in docs:
+        validate(doc)
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "Job")]
+    assert len(pods) == 5  # setup, ingest, workflows, codec server, one destination
+    for pod in pods:
+        [container] = pod["containers"]
+        assert {"name": "files", "mountPath": "/etc/courier/files", "readOnly": True} in (
+            container["volumeMounts"]
+        )
+        assert {"name": "files", "secret": {"secretName": "courier-files"}} in pod["volumes"]
+    auth = by_kind(docs, "TriggerAuthentication")["courier-temporal"]
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "ca", "name": "courier-files", "key": "ca.pem"},
+        {"parameter": "cert", "name": "courier-files", "key": "client.pem"},
+        {"parameter": "key", "name": "courier-files", "key": "client.key"},
+    ]
+    [trigger] = by_kind(docs, "ScaledObject")["courier-dest-api"]["spec"]["triggers"]
+    assert trigger["metadata"]["tlsServerName"] == "my-ns.tmprl.example"
+    assert trigger["authenticationRef"] == {"name": "courier-temporal"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ("kubernetes: {files_secret: courier-files}", ""),
+            "kafka.security.ssl_cafile, temporal.tls.server_root_ca_cert",
+        ),
+        (
+            ("/etc/courier/files/k1.key", "/keys/k1.key"),
+            "temporal.encryption.keys[0].file: in a pod the files",
+        ),
+    ],
+)
+def test_files_without_their_secret_are_one_clear_error(
+    change: tuple[str, str], message: str
+) -> None:
+    with pytest.raises(DeployError, match=re.escape(message)):
+        generate(TLS_CONFIG.replace(*change))
