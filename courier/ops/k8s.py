@@ -232,6 +232,11 @@ class _Builder:
     def build(self) -> Manifests:
         k8s = self.k8s
         self.files = self._files()
+        if self.files:
+            self.notes.append(
+                f"Secret {k8s.files_secret} (mounted at {k8s.files_dir}) must hold the files "
+                f"{', '.join(sorted(set(self.files.values())))}"
+            )
         docs: list[dict[str, Any]] = [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": k8s.namespace}},
             {

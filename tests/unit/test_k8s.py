@@ -418,7 +418,9 @@ kubernetes: {files_secret: courier-files}
 
 
 def test_files_the_config_reads_come_from_a_mounted_secret() -> None:
-    docs = documents(generate(TLS_CONFIG).render())
+    text = generate(TLS_CONFIG).render()
+    assert "must hold the files ca.pem, client.key, client.pem, k1.key, kafka-ca.pem" in text
+    docs = documents(text)
     for doc in docs:
         validate(doc)
     pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "Job")]
