@@ -35,6 +35,10 @@ config_app = typer.Typer(
     help="Check the config file or print its JSON schema.", no_args_is_help=True
 )
 app.add_typer(config_app, name="config")
+deploy_app = typer.Typer(
+    help="Generate deployment manifests from the config file.", no_args_is_help=True
+)
+app.add_typer(deploy_app, name="deploy")
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -76,8 +80,10 @@ ConfigOption = Annotated[
 MetricsPort = Annotated[
     int | None,
     typer.Option(
-        help="Serve Courier's Prometheus metrics on 127.0.0.1:PORT/metrics, and the Temporal "
-        "SDK's (activity schedule-to-start latency per task queue, polls, slots) on PORT+1.",
+        help="Serve Courier's Prometheus metrics on 127.0.0.1:PORT/metrics (liveness /healthz, "
+        "readiness /readyz on the same port), and the Temporal SDK's (activity "
+        "schedule-to-start latency per task queue, polls, slots) on PORT+1. COURIER_METRICS_HOST "
+        "sets the address to bind (e.g. 0.0.0.0 in a container).",
         envvar="COURIER_METRICS_PORT",
     ),
 ]
@@ -140,10 +146,17 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _load(path: Path) -> CourierConfig:
+    from courier.encryption import EncryptionKeyError
+
     try:
-        return load_config(path)
+        cfg = load_config(path)
+        if cfg.temporal.encryption is not None:
+            cfg.temporal.encryption.materials()  # a bad key is one line now, not a crash later
     except ConfigError as err:
         raise _fail(_config_problem(path, err), 2) from None
+    except EncryptionKeyError as err:
+        raise _fail(f"{path}: {err}", 2) from None
+    return cfg
 
 
 def _config_problem(path: Path, err: ConfigError) -> str:
@@ -179,7 +192,11 @@ def _serve_metrics(port: int | None) -> None:
                 2,
             ) from None
         logging.getLogger("courier").info(
-            "metrics on http://127.0.0.1:%d/metrics (Temporal SDK: port %d)", port, port + 1
+            "metrics on http://%s:%d/metrics, health on /healthz and /readyz (Temporal SDK: "
+            "port %d)",
+            metrics.bind_host(),
+            port,
+            port + 1,
         )
 
 
@@ -202,6 +219,8 @@ async def _run(
     metrics_port: int | None,
 ) -> None:
     """Connect to Temporal (retrying), then run; SIGINT/SIGTERM stop it in any state."""
+    from courier.health import HEALTH
+    from courier.metrics import bind_host
     from courier.service import run_service, stop_on_signals
     from courier.stopping import unless_stopped
     from courier.temporal import connect, sdk_metrics_runtime
@@ -209,13 +228,21 @@ async def _run(
 
     log = logging.getLogger("courier")
     _serve_metrics(metrics_port)
-    runtime = sdk_metrics_runtime(metrics_port + 1) if metrics_port is not None else None
+    runtime = (
+        sdk_metrics_runtime(metrics_port + 1, bind_host()) if metrics_port is not None else None
+    )
     stop = asyncio.Event()
+    beating = asyncio.create_task(HEALTH.keep_beating())
     with stop_on_signals(stop):
+        HEALTH.set_ready(False, f"connecting to Temporal at {config.temporal.address}")
         client = await unless_stopped(connect(config.temporal, wait=True, runtime=runtime), stop)
         if client is None:
+            beating.cancel()
             log.info("stopped before connecting to Temporal")
             return
+        HEALTH.set_ready(True)
+        stop_task = asyncio.create_task(stop.wait())
+        stop_task.add_done_callback(lambda _: HEALTH.set_ready(False, "shutting down"))
         try:
             await run_service(
                 client,
@@ -228,6 +255,9 @@ async def _run(
         except Exception:
             log.critical("stopped by an unexpected error (please report it)", exc_info=True)
             raise typer.Exit(1) from None
+        finally:
+            stop_task.cancel()
+            beating.cancel()
 
 
 @app.command()
@@ -569,6 +599,91 @@ def config_reference() -> None:
 def config_schema() -> None:
     """Print the JSON schema of the config file (for editors and the config reference)."""
     sys.stdout.write(json.dumps(CourierConfig.model_json_schema(), indent=2) + "\n")
+
+
+@app.command("codec-server")
+def codec_server(
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; only key holders should reach it.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8888,
+    ui_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Origin of the Temporal UI allowed to call it from a browser (CORS; "
+            "repeatable). Default: http://127.0.0.1:8233 and http://localhost:8233.",
+        ),
+    ] = None,
+    log_format: LogFormatOption = LogFormat.text,
+    log_level: LogLevelOption = LogLevel.INFO,
+) -> None:
+    """Serve the Temporal UI's codec endpoint (/decode, /encode) with temporal.encryption's keys.
+
+    Point the UI at it (Settings → Codec Server, or the UI server's TEMPORAL_CODEC_ENDPOINT)
+    to read encrypted records; the CLI takes it as temporal workflow show --codec-endpoint.
+    """
+    from courier.codec import codec_for
+    from courier.ops.codec_server import build_app, serve
+    from courier.service import stop_on_signals
+
+    _setup_logging(log_level.value, log_format)
+    cfg = _load(config)
+    if cfg.temporal.encryption is None:
+        raise _fail(
+            f"{config}: temporal.encryption is not set, so there is nothing to decode; add the "
+            "section (courier config reference describes it)",
+            2,
+        )
+    app_ = build_app(
+        codec_for(cfg.temporal.encryption),
+        namespace=cfg.temporal.namespace,
+        origins=ui_origin or ["http://127.0.0.1:8233", "http://localhost:8233"],
+    )
+
+    async def main_() -> None:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            await serve(app_, host=host, port=port, stop=stop)
+
+    try:
+        asyncio.run(main_())
+    except OSError as err:
+        raise _fail(
+            f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port", 2
+        ) from None
+
+
+@deploy_app.command("k8s")
+def deploy_k8s(
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Partitions of the topics (the smallest count): refuse more ingest replicas.",
+        ),
+    ] = None,
+) -> None:
+    """Print Kubernetes manifests (YAML) for this config: ingest, workers, KEDA autoscaling.
+
+    Example: courier deploy k8s -c courier.yaml > courier-k8s.yaml && kubectl apply -f
+    courier-k8s.yaml. Secrets stay ${NAME} placeholders read from a Secret; the `kubernetes`
+    section of the config sets the image, replicas and scaling.
+    """
+    from courier.ops.k8s import DeployError, generate
+
+    try:
+        source = config.read_text()
+    except OSError as err:
+        raise _fail(
+            f"cannot read config file {config}: {err.strerror}; pass --config FILE", 2
+        ) from None
+    try:
+        manifests = generate(source, partitions=partitions)
+    except DeployError as err:
+        raise _fail(f"{config}: {err}", 2) from None
+    sys.stdout.write(manifests.render(config.name))
 
 
 _add_plugin_commands()

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from activities.base import DestinationConfig
 from activities.registry import AnyDestinationConfig
 from courier.durations import Duration
+from courier.encryption import EncryptionConfig
+from courier.k8s_config import KubernetesConfig
 
 DEFAULT_CONFIG_PATH = Path("courier.yaml")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -154,6 +156,12 @@ class TemporalConfig(_Strict):
         "starts; a record over it gets a workflow that fails with the reason. Temporal "
         "refuses payloads over 2 MiB; the default leaves room for the rest of the request.",
     )
+    encryption: EncryptionConfig | None = Field(
+        default=None,
+        description="Encrypt every payload sent to Temporal with AES-256-GCM (section "
+        "temporal.encryption); unset: payloads are plain. The Temporal UI then needs "
+        "`courier codec-server` to show records.",
+    )
 
 
 class RouteRule(_Strict):
@@ -272,6 +280,10 @@ class CourierConfig(_Strict):
     workers: WorkersConfig = Field(
         default_factory=WorkersConfig, description="How worker processes start and stop."
     )
+    kubernetes: KubernetesConfig = Field(
+        default_factory=KubernetesConfig,
+        description="How `courier deploy k8s` lays Courier out on Kubernetes.",
+    )
 
     @model_validator(mode="after")
     def _names_resolve(self) -> CourierConfig:
@@ -284,6 +296,7 @@ class CourierConfig(_Strict):
             (f"routes.rules[{i}].destination", r.destination)
             for i, r in enumerate(self.routes.rules)
         ]
+        targets += [(f"kubernetes.destinations.{n}", n) for n in self.kubernetes.destinations]
         for where, target in targets:
             if target is not None and target not in known:
                 raise ValueError(

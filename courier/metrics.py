@@ -1,10 +1,23 @@
-"""Prometheus metrics of Courier, labelled by destination; served by ``--metrics-port``."""
+"""Prometheus metrics of Courier, labelled by destination; served by ``--metrics-port``.
+
+The same port answers ``/healthz`` and ``/readyz`` (see :mod:`courier.health`).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+import socketserver
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+
+from courier.health import HEALTH, Health
+
+HOST_ENV = "COURIER_METRICS_HOST"
+"""Address the metrics (and health) server binds to; 127.0.0.1 unless set (in a pod: 0.0.0.0)."""
 
 EXPORTED = Counter(
     "courier_records_exported", "Records written to their destination.", ["destination"]
@@ -76,6 +89,47 @@ def record_failure(destination: str, *, kind: FailureKind, count: int) -> None:
     EXPORT_FAILURES.labels(destination, kind).inc(count)
 
 
-def serve(port: int, host: str = "127.0.0.1") -> None:
-    """Serve ``/metrics`` for Prometheus on ``host:port``."""
-    start_http_server(port, addr=host)
+def bind_host() -> str:
+    """The address to serve metrics on: ``$COURIER_METRICS_HOST``, else 127.0.0.1."""
+    return os.environ.get(HOST_ENV) or "127.0.0.1"
+
+
+_Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def health_and_metrics_app(health: Health = HEALTH) -> _Wsgi:
+    """A WSGI app: ``/healthz``, ``/readyz`` from ``health``, anything else Prometheus metrics."""
+    metrics_app = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path in ("/healthz", "/readyz"):
+            check = health.liveness() if path == "/healthz" else health.readiness()
+            status = "200 OK" if check.ok else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"{check.reason}\n".encode()]
+        result: Iterable[bytes] = metrics_app(environ, start_response)
+        return result
+
+    return app
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds: no access log."""
+
+
+def serve(port: int, host: str | None = None) -> None:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` (a daemon thread)."""
+    server = make_server(
+        host or bind_host(),
+        port,
+        health_and_metrics_app(),
+        server_class=_Server,
+        handler_class=_QuietHandler,
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

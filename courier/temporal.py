@@ -28,6 +28,7 @@ from temporalio.runtime import (
 )
 from temporalio.service import RPCError, TLSConfig
 
+from courier.codec import data_converter
 from courier.config import TemporalConfig
 
 log = logging.getLogger("courier")
@@ -206,8 +207,11 @@ async def connect(
 
     Each attempt takes at most :data:`CONNECT_TIMEOUT_S`. With ``wait``, a failure is logged in
     one line and retried with backoff (for long-running services; cancel the call to give up);
-    without it, the first failure raises :class:`TemporalUnreachable`.
+    without it, the first failure raises :class:`TemporalUnreachable`. The client encrypts
+    payloads when ``temporal.encryption`` is set (a key that cannot be read raises
+    :class:`courier.encryption.EncryptionKeyError` at once).
     """
+    converter = data_converter(config.encryption)  # EncryptionKeyError: not worth retrying
     delay = 1.0
     while True:
         try:
@@ -215,6 +219,7 @@ async def connect(
                 return await Client.connect(
                     config.address,
                     namespace=config.namespace,
+                    data_converter=converter,
                     tls=_tls(config),
                     api_key=config.api_key.get_secret_value() if config.api_key else None,
                     runtime=runtime or default_runtime(),

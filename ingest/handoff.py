@@ -260,7 +260,10 @@ async def hand_off(
                 workflow_input, attributes = request  # built once; retries only resend it
             elif failed_reason is None:
                 workflow_input = await checked_input(client, config, record, topic_id, decision)
-                attributes = search_attributes(record, decision)
+                # Search attributes are never encrypted: with encryption the key stays out.
+                attributes = search_attributes(
+                    record, decision, with_key=config.temporal.encryption is None
+                )
             else:
                 workflow_input = failed_input(record, topic_id, decision, failed_reason)
                 attributes = search_attributes(record, decision, with_key=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,55 @@ def test_destination_workers_match_the_example_config(services: dict[str, Any]) 
 def test_search_attributes_are_registered_by_courier_setup(services: dict[str, Any]) -> None:
     assert services["temporal-setup"]["command"] == ["courier", "setup"]
     assert services["temporal-setup"]["image"] == services["ingest"]["image"]
+
+
+def test_images_are_pinned_and_none_is_deprecated(services: dict[str, Any]) -> None:
+    images = {name: svc["image"] for name, svc in services.items() if "image" in svc}
+    for name, image in images.items():
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest", f"{name}: pin a version, not {image!r}"
+    assert not any("auto-setup" in image for image in images.values()), "deprecated image"
+    server = images["temporal"].partition(":")[2]
+    assert images["temporal"].startswith("temporalio/server:")
+    for job in ("temporal-schema", "temporal-namespace"):
+        assert images[job] == f"temporalio/admin-tools:{server}", "tools match the server"
+
+
+def test_temporal_schema_namespace_and_setup_run_in_order(services: dict[str, Any]) -> None:
+    def waits_for(name: str) -> dict[str, str]:
+        return {dep: cond["condition"] for dep, cond in services[name]["depends_on"].items()}
+
+    assert waits_for("temporal") == {"temporal-schema": "service_completed_successfully"}
+    assert waits_for("temporal-namespace") == {"temporal": "service_healthy"}
+    assert waits_for("temporal-setup") == {"temporal-namespace": "service_completed_successfully"}
+    assert env(services["temporal-namespace"])["RETENTION"] == "168h"
+    schema = env(services["temporal-schema"])
+    assert (schema["POSTGRES_USER"], schema["SQL_PASSWORD"]) == (POSTGRES_USER, POSTGRES_PASSWORD)
+
+
+def test_mounted_scripts_exist_and_parse(services: dict[str, Any]) -> None:
+    for name in ("temporal-schema", "temporal-namespace"):
+        svc = services[name]
+        [mount] = svc["volumes"]
+        host, container, _ = mount.split(":")
+        script = svc["entrypoint"][-1]
+        assert script.startswith(container + "/")
+        path = ROOT / host / script.removeprefix(container + "/")
+        assert path.is_file(), path
+        subprocess.run(["sh", "-n", str(path)], check=True)
+
+
+def test_dynamic_config_file_is_what_courier_generates(services: dict[str, Any]) -> None:
+    from courier.config import load_config
+    from courier.ops.dynamic_config import render
+
+    temporal = services["temporal"]
+    [mount] = temporal["volumes"]
+    host, container, _ = mount.split(":")
+    path = env(temporal)["DYNAMIC_CONFIG_FILE_PATH"]  # relative to /etc/temporal
+    assert f"/etc/temporal/{path}".startswith(container + "/")
+    file = ROOT / host / Path(path).name
+    expected = render(load_config(ROOT / "config" / "example.yaml", environ={}))
+    assert file.read_text() == expected, (
+        "regenerate: courier config temporal-dynamic-config -c config/example.yaml > " + str(file)
+    )

@@ -19,8 +19,12 @@ DEVELOPMENT = ("devtools", "benchmarks", "tests")
 # the same or a lower layer.
 LAYERS: list[tuple[str, ...]] = [
     (
+        "courier.codec",
         "courier.durations",
+        "courier.encryption",
+        "courier.health",
         "courier.ids",
+        "courier.k8s_config",
         "courier.metrics",
         "courier.rates",
         "courier.search_attributes",
