@@ -75,6 +75,35 @@ def short_error(text: str) -> str:
     return first if len(first) <= 200 else first[:197] + "..."
 
 
+_BAD_CERTIFICATE = re.compile(r"InvalidCertificate\((\w+)")
+_EXPECTED_NAME = re.compile(r"expected: \w+\(\\?\"?([^)\"\\]+)")
+_PRESENTED_NAMES = re.compile(r"(?:IpAddress|DnsName)\(\\*\"?([^)\"\\]+)")
+
+
+def _certificate_problem(address: str, kind: str, text: str) -> str:
+    """One line for a server certificate the client refused (rustls' ``InvalidCertificate``)."""
+    if kind.startswith("NotValidForName"):
+        expected = _EXPECTED_NAME.search(text)
+        presented = text.partition("presented:")[2]
+        names = ", ".join(_PRESENTED_NAMES.findall(presented)) or "other names"
+        wanted = expected.group(1) if expected else "the name asked for"
+        return (
+            f"the TLS certificate of Temporal at {address} is not valid for the name {wanted} "
+            f"(it is for {names}); check temporal.tls.domain (or the host in temporal.address)"
+        )
+    if kind == "UnknownIssuer":
+        return (
+            f"Temporal at {address} presented a TLS certificate this client does not trust "
+            "(unknown issuer); check temporal.tls.server_root_ca_cert (it must hold the CA "
+            "that signed the server's certificate)"
+        )
+    words = re.sub(r"(?<!^)(?=[A-Z])", " ", kind).lower()
+    return (
+        f"Temporal at {address} presented a TLS certificate this client refused ({words}); "
+        "check the server's certificate and temporal.tls"
+    )
+
+
 def describe_failure(address: str, err: BaseException) -> str:
     """One line: why connecting to Temporal at ``address`` failed and what to check."""
     if isinstance(err, TimeoutError):
@@ -92,6 +121,9 @@ def describe_failure(address: str, err: BaseException) -> str:
         )
     if "dns error" in lower or "failed to lookup address" in lower:
         return f"cannot reach Temporal at {address}: unknown host; check temporal.address"
+    certificate = _BAD_CERTIFICATE.search(text)
+    if certificate:
+        return _certificate_problem(address, certificate.group(1), text)
     if "certificate" in lower or "tls" in lower or "ssl" in lower:
         return f"TLS with Temporal at {address} failed ({short_error(text)}); check temporal.tls"
     code = _CODE.search(text)
