@@ -55,10 +55,42 @@ DNS = (
     'lookup address information: Name or service not known" })))'
 )
 
+UNKNOWN_ISSUER = (
+    "Failed client connect: Server connection error: tonic::transport::Error(Transport, "
+    "ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }))"
+)
+OTHER_NAME = (
+    "Failed client connect: Server connection error: tonic::transport::Error(Transport, "
+    "ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(NotValidForNameContext "
+    '{ expected: DnsName("wrong.example"), presented: ["IpAddress(127.0.0.1)", '
+    '"DnsName(\\"localhost\\")"] }) }))'
+)
+EXPIRED = (
+    "Failed client connect: Server connection error: tonic::transport::Error(Transport, "
+    "ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(Expired) }))"
+)
+
 
 @pytest.mark.parametrize(
     ("raised", "message"),
     [
+        (
+            UNKNOWN_ISSUER,
+            "Temporal at 127.0.0.1:5432 presented a TLS certificate this client does not trust "
+            "(unknown issuer); check temporal.tls.server_root_ca_cert (it must hold the CA that "
+            "signed the server's certificate)",
+        ),
+        (
+            OTHER_NAME,
+            "the TLS certificate of Temporal at 127.0.0.1:5432 is not valid for the name "
+            "wrong.example (it is for 127.0.0.1, localhost); check temporal.tls.domain (or the "
+            "host in temporal.address)",
+        ),
+        (
+            EXPIRED,
+            "Temporal at 127.0.0.1:5432 presented a TLS certificate this client refused "
+            "(expired); check the server's certificate and temporal.tls",
+        ),
         (
             RESET,
             "the server at 127.0.0.1:5432 is not a Temporal server (Unknown: transport error: "
