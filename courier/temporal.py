@@ -124,6 +124,14 @@ def describe_failure(address: str, err: BaseException) -> str:
     certificate = _BAD_CERTIFICATE.search(text)
     if certificate:
         return _certificate_problem(address, certificate.group(1), text)
+    if "certificaterequired" in lower or "close_notify" in lower:
+        # A server that wants a client certificate it did not get sends the certificate_required
+        # alert, or (some TLS stacks) just hangs up right after the handshake.
+        said = "it asked for a client certificate" if "required" in lower else "it hung up"
+        return (
+            f"Temporal at {address} ended the TLS connection ({said}); check "
+            "temporal.tls.client_cert and client_private_key (mutual TLS) and temporal.api_key"
+        )
     if "certificate" in lower or "tls" in lower or "ssl" in lower:
         return f"TLS with Temporal at {address} failed ({short_error(text)}); check temporal.tls"
     code = _CODE.search(text)

@@ -1,9 +1,10 @@
 """Throw-away TLS certificates for tests, made with ``openssl`` at test time.
 
 :func:`make_certificates` writes, into one folder, a private certificate authority, a server
-certificate it signed (valid for ``127.0.0.1`` and ``localhost``, 2 days), that certificate as a
-PKCS#12 keystore (what a Kafka broker reads), and a second, unrelated CA: a client that trusts
-only the second CA must refuse the server.
+certificate it signed (valid for ``127.0.0.1`` and ``localhost`` unless told other names, 2
+days), that certificate as a PKCS#12 keystore (what a Kafka broker reads), a client certificate
+it signed (mutual TLS), and a second, unrelated CA: a client that trusts only the second CA must
+refuse the server.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class Certificates:
     keystore: Path
     """The server's key and chain as a PKCS#12 keystore (password :attr:`keystore_password`)."""
     keystore_password: str
+    client_cert: Path
+    """A client certificate signed by :attr:`ca` (for mutual TLS)."""
+    client_key: Path
+    """The client certificate's private key."""
     other_ca: Path
     """A CA that signed nothing here: trusting only it, a client must refuse the server."""
 
@@ -59,38 +64,54 @@ def _ca(openssl: str, directory: Path, name: str) -> tuple[Path, Path]:
     return key, cert
 
 
-def make_certificates(directory: Path, *, password: str = "courier-keystore") -> Certificates:
-    """A test CA, a server certificate it signed, a PKCS#12 keystore and an unrelated CA."""
-    openssl = _openssl()
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca = _ca(openssl, directory, "courier-test-ca")
-    _, other_ca = _ca(openssl, directory, "courier-other-ca")
-    key, csr = directory / "server.key", directory / "server.csr"
-    signed, chain = directory / "server-only.pem", directory / "server.pem"
-    ext = directory / "server.ext"
+def _leaf(
+    openssl: str, directory: Path, name: str, *, ca: Path, ca_key: Path, usage: str, names: str
+) -> tuple[Path, Path]:
+    """A key and a certificate signed by ``ca`` (``usage``: serverAuth or clientAuth)."""
+    key, csr, cert = (directory / f"{name}{suffix}" for suffix in (".key", ".csr", "-only.pem"))
+    ext = directory / f"{name}.ext"
     ext.write_text(
         "basicConstraints=CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-        "subjectAltName=" + ",".join(
-            f"IP:{n}" if n[0].isdigit() else f"DNS:{n}" for n in SERVER_NAMES
-        ) + "\n"
-    )  # fmt: skip
+        f"extendedKeyUsage={usage}\n" + (f"subjectAltName={names}\n" if names else "")
+    )
     _run(
         [
-            openssl, "req", "-newkey", "rsa:2048", "-nodes", "-sha256", "-subj", "/CN=localhost",
+            openssl, "req", "-newkey", "rsa:2048", "-nodes", "-sha256", "-subj", f"/CN={name}",
             "-keyout", str(key), "-out", str(csr),
         ],
-        what="Making the test server key",
+        what=f"Making the test key {name}",
     )  # fmt: skip
     _run(
         [
             openssl, "x509", "-req", "-sha256", "-days", "2", "-in", str(csr), "-CA", str(ca),
-            "-CAkey", str(ca_key), "-CAcreateserial", "-extfile", str(ext), "-out", str(signed),
+            "-CAkey", str(ca_key), "-CAcreateserial", "-extfile", str(ext), "-out", str(cert),
         ],
-        what="Signing the test server certificate",
+        what=f"Signing the test certificate {name}",
     )  # fmt: skip
+    return key, cert
+
+
+def make_certificates(
+    directory: Path,
+    *,
+    server_names: tuple[str, ...] = SERVER_NAMES,
+    password: str = "courier-keystore",
+) -> Certificates:
+    """A test CA, server and client certificates it signed, a keystore and an unrelated CA."""
+    openssl = _openssl()
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca = _ca(openssl, directory, "courier-test-ca")
+    _, other_ca = _ca(openssl, directory, "courier-other-ca")
+    names = ",".join(f"IP:{n}" if n[0].isdigit() else f"DNS:{n}" for n in server_names)
+    key, signed = _leaf(
+        openssl, directory, "server", ca=ca, ca_key=ca_key, usage="serverAuth", names=names
+    )
+    chain = directory / "server.pem"
     chain.write_text(signed.read_text() + ca.read_text())
+    client_key, client_cert = _leaf(
+        openssl, directory, "courier-client", ca=ca, ca_key=ca_key, usage="clientAuth", names=""
+    )
     keystore = directory / "server.p12"
     _run(
         [
@@ -105,5 +126,7 @@ def make_certificates(directory: Path, *, password: str = "courier-keystore") ->
         server_key=key,
         keystore=keystore,
         keystore_password=password,
+        client_cert=client_cert,
+        client_key=client_key,
         other_ca=other_ca,
     )

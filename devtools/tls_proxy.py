@@ -104,11 +104,22 @@ async def _pipe(
 
 @contextlib.asynccontextmanager
 async def tls_proxy(
-    target: tuple[str, int], *, cert: Path, key: Path, host: str = "127.0.0.1"
+    target: tuple[str, int],
+    *,
+    cert: Path,
+    key: Path,
+    client_ca: Path | None = None,
+    host: str = "127.0.0.1",
 ) -> AsyncIterator[TLSProxy]:
-    """Serve TLS (``cert`` chain, ``key``; ALPN h2) on a free port, forwarding to ``target``."""
+    """Serve TLS (``cert`` chain, ``key``; ALPN h2) on a free port, forwarding to ``target``.
+
+    ``client_ca``: require a client certificate signed by this CA (mutual TLS).
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
     context.set_alpn_protocols(["h2"])
     tasks: set[asyncio.Task[None]] = set()
     proxy = TLSProxy("")

@@ -23,9 +23,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from temporalio.client import Client
 
 from activities.errors import RetryableExportError
-from courier.config import KafkaConfig
+from courier.config import KafkaConfig, KafkaSecurity
+from devtools.certs import make_certificates
 from devtools.stack import StackSettings
 from devtools.stack.secure_kafka import SecureKafka
+from devtools.tls_proxy import tls_proxy
 from ingest.fetch import KafkaRecordSource
 from tests.integration.harness import courier_running, file_config, wait_for_workflows
 from tests.integration.test_cli_errors import assert_plain, courier
@@ -211,3 +213,26 @@ async def test_fetch_by_reference_names_the_problem(
     else:
         assert "presented a TLS certificate this client does not trust" in message
         assert "check kafka.security.ssl_cafile" in message
+
+
+async def test_certificate_for_another_name_is_one_clear_line(
+    secure_kafka: SecureKafka, tmp_path: Path
+) -> None:
+    """A listener whose certificate (from a trusted CA) names another host."""
+    from ingest.kafka import KafkaUnreachable, check_brokers
+
+    other = make_certificates(tmp_path, server_names=("kafka.example.com",))
+    target = (secure_kafka.host, secure_kafka.port)
+    async with tls_proxy(target, cert=other.server_cert, key=other.server_key) as proxy:
+        kafka = KafkaConfig(
+            bootstrap_servers=proxy.address,
+            topics=["t"],
+            security=KafkaSecurity(protocol="SSL", ssl_cafile=other.ca),
+        )
+        with pytest.raises(KafkaUnreachable) as caught:
+            await check_brokers(kafka)
+    assert str(caught.value) == (
+        f"the TLS certificate of Kafka at {proxy.address} is not valid for the name 127.0.0.1 "
+        "(IP address mismatch, certificate is not valid for '127.0.0.1'.); check that "
+        "kafka.bootstrap_servers uses a name the brokers' certificates were issued for"
+    )

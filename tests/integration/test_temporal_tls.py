@@ -144,3 +144,27 @@ async def test_plaintext_client_at_a_tls_endpoint_points_at_temporal_tls(proxy: 
     message = str(caught.value)
     assert message.startswith(f"the server at {proxy.address} is not a Temporal server (")
     assert message.endswith("check temporal.address (or temporal.tls if the server expects TLS)")
+
+
+async def test_mutual_tls(stack: StackSettings, certificates: Certificates) -> None:
+    """A frontend that requires a client certificate: with one it serves, without one it is
+    one line naming temporal.tls.client_cert."""
+    target = (stack.host, stack.temporal_port)
+    c = certificates
+    async with tls_proxy(target, cert=c.server_cert, key=c.server_key, client_ca=c.ca) as proxy:
+        with_cert = temporal(
+            proxy,
+            server_root_ca_cert=c.ca,
+            client_cert=c.client_cert,
+            client_private_key=c.client_key,
+        )
+        client = await connect(with_cert)
+        assert (await client.count_workflows("WorkflowId = 'none'")).count == 0
+        assert proxy.headers, "no request went through the proxy"
+
+        with pytest.raises(TemporalUnreachable) as caught:
+            await connect(temporal(proxy, server_root_ca_cert=c.ca))
+    assert str(caught.value).startswith(f"Temporal at {proxy.address} ended the TLS connection (")
+    assert str(caught.value).endswith(
+        "); check temporal.tls.client_cert and client_private_key (mutual TLS) and temporal.api_key"
+    )

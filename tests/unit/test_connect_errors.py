@@ -70,10 +70,37 @@ EXPIRED = (
     "ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(Expired) }))"
 )
 
+HUNG_UP = (
+    "Failed client connect: `get_system_info` call error after connection: Status { code: "
+    'Unknown, message: "transport error", source: Some(tonic::transport::Error(Transport, '
+    'hyper::Error(Io, Custom { kind: UnexpectedEof, error: "peer closed connection without '
+    "sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/"
+    'index.html#unexpected-eof" }))) }'
+)
+# Written after rustls' Debug form of a received certificate_required alert (not observed here:
+# Python's TLS server in tests/integration/test_temporal_tls.py hangs up instead, as HUNG_UP).
+CERTIFICATE_REQUIRED = (
+    "Failed client connect: `get_system_info` call error after connection: Status { code: "
+    'Unknown, message: "transport error", source: Some(tonic::transport::Error(Transport, '
+    "hyper::Error(Io, Custom { kind: InvalidData, error: AlertReceived(CertificateRequired) "
+    "}))) }"
+)
+
 
 @pytest.mark.parametrize(
     ("raised", "message"),
     [
+        (
+            HUNG_UP,
+            "Temporal at 127.0.0.1:5432 ended the TLS connection (it hung up); check "
+            "temporal.tls.client_cert and client_private_key (mutual TLS) and temporal.api_key",
+        ),
+        (
+            CERTIFICATE_REQUIRED,
+            "Temporal at 127.0.0.1:5432 ended the TLS connection (it asked for a client "
+            "certificate); check temporal.tls.client_cert and client_private_key (mutual TLS) "
+            "and temporal.api_key",
+        ),
         (
             UNKNOWN_ISSUER,
             "Temporal at 127.0.0.1:5432 presented a TLS certificate this client does not trust "
