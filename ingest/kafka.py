@@ -13,7 +13,8 @@ server that accepts connections but never answers, and logs an error per attempt
 says in one line what is wrong and which setting to check (``cannot reach Kafka at HOST:PORT:
 connection refused``, ``the server at HOST:PORT is not a Kafka server (…)``) within
 :data:`CHECK_TIMEOUT_S`. With TLS it names an untrusted certificate (check
-``kafka.security.ssl_cafile``) or one issued for another name; with SASL it also logs in, as
+``kafka.security.ssl_cafile``), one issued for another name, or a broker that wants a client
+certificate (check ``ssl_certfile`` and ``ssl_keyfile``); with SASL it also logs in, as
 aiokafka would, and names a refused login (check ``sasl_username`` and ``sasl_password``) — where
 aiokafka would log several errors and end with "Unable to bootstrap".
 """
@@ -139,11 +140,16 @@ async def _check_broker(host: str, port: int, sec: KafkaSecurity, timeout: float
     except ssl.SSLCertVerificationError as err:
         return _untrusted(host, where, err)
     except ssl.SSLError as err:
-        return (
-            f"TLS with Kafka at {where} failed ({err.reason or err})",
-            "kafka.security.protocol (does this listener speak TLS?)",
-        )
+        return _tls_failed(where, sec, err)
     except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
+        if sec.protocol in ("SSL", "SASL_SSL") and connected:
+            # After a completed TLS handshake: with TLS 1.3 a server that wants a client
+            # certificate may only hang up.
+            return (
+                f"Kafka at {where} closed the TLS connection when sent a Kafka request (does "
+                "it want a client certificate?)",
+                "kafka.security.ssl_certfile and ssl_keyfile, and kafka.bootstrap_servers",
+            )
         hint = "" if sec.protocol in ("SSL", "SASL_SSL") else ", or expects TLS"
         return (
             f"the server at {where} is not a Kafka server (it closed the connection when sent "
@@ -176,6 +182,29 @@ async def _check_broker(host: str, port: int, sec: KafkaSecurity, timeout: float
     if sec.protocol.startswith("SASL"):
         return await _check_login(host, port, sec, timeout)
     return None
+
+
+_CLIENT_CERTIFICATE = "kafka.security.ssl_certfile and ssl_keyfile"
+
+
+def _tls_failed(where: str, sec: KafkaSecurity, err: ssl.SSLError) -> Problem:
+    reason = str(err.reason or err)
+    refused = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_UNKNOWN")
+    if any(alert in reason for alert in refused) and sec.ssl_certfile is None:
+        return (
+            f"Kafka at {where} asks for a client certificate (mutual TLS) and none is "
+            f"configured ({reason})",
+            _CLIENT_CERTIFICATE,
+        )
+    if any(alert in reason for alert in refused):
+        return (
+            f"Kafka at {where} refused this client's TLS certificate ({reason})",
+            _CLIENT_CERTIFICATE + " (a certificate signed by a CA the brokers trust)",
+        )
+    return (
+        f"TLS with Kafka at {where} failed ({reason})",
+        "kafka.security.protocol (does this listener speak TLS?)",
+    )
 
 
 def _untrusted(host: str, where: str, err: ssl.SSLCertVerificationError) -> Problem:

@@ -1,4 +1,4 @@
-"""A private Kafka broker that speaks only SASL_SSL (SCRAM-SHA-512), for security tests.
+"""A private Kafka broker that speaks only TLS: SASL_SSL (SCRAM-SHA-512) and mutual TLS.
 
 It runs next to the stack's own broker, never instead of it: the same jars (``.stack/kafka/lib``,
 fetched when the stack first started), its own free ports on 127.0.0.1, its own data folder, and
@@ -10,6 +10,8 @@ its own process, stopped by PID. What it proves is what a production cluster ask
   metadata by Kafka's own ``kafka-storage format --add-scram``, before the first start (the
   KRaft way; there is no ZooKeeper to write them to). The broker itself authenticates to its
   SASL_SSL listener as ``admin`` (inter-broker listener).
+- **Mutual TLS**: a second listener (:attr:`SecureKafka.mtls_bootstrap`, protocol SSL) admits
+  only clients with a certificate signed by the test CA (``ssl.client.auth=required``).
 
 Typical use (a pytest fixture)::
 
@@ -62,7 +64,7 @@ def _cluster_id() -> str:
 
 
 class SecureKafka:
-    """One KRaft node (broker + controller) whose only client listener is SASL_SSL."""
+    """One KRaft node (broker + controller) whose client listeners are SASL_SSL and mutual TLS."""
 
     def __init__(
         self,
@@ -78,6 +80,7 @@ class SecureKafka:
         self.users = {ADMIN_USER: "admin-" + uuid.uuid4().hex[:12], **users}
         self.certificates = certificates or make_certificates(directory / "certs")
         self.port = free_port(self.host)
+        self.mtls_port = free_port(self.host)
         self.controller_port = free_port(self.host)
         self.pid: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -86,6 +89,11 @@ class SecureKafka:
     def bootstrap(self) -> str:
         """The SASL_SSL listener, ``127.0.0.1:PORT``."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def mtls_bootstrap(self) -> str:
+        """The SSL listener that requires a client certificate (mutual TLS), ``127.0.0.1:PORT``."""
+        return f"{self.host}:{self.mtls_port}"
 
     @property
     def log_file(self) -> Path:
@@ -124,12 +132,16 @@ class SecureKafka:
             "node.id": "1",
             "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
             "listeners": (
-                f"SASL_SSL://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}"
+                f"SASL_SSL://{self.host}:{self.port},MTLS://{self.host}:{self.mtls_port},"
+                f"CONTROLLER://{self.host}:{self.controller_port}"
             ),
-            "advertised.listeners": f"SASL_SSL://{self.host}:{self.port}",
+            "advertised.listeners": (
+                f"SASL_SSL://{self.host}:{self.port},MTLS://{self.host}:{self.mtls_port}"
+            ),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "SASL_SSL",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,MTLS:SSL",
+            "listener.name.mtls.ssl.client.auth": "required",
             "sasl.enabled.mechanisms": MECHANISM,
             "sasl.mechanism.inter.broker.protocol": MECHANISM,
             f"listener.name.sasl_ssl.{MECHANISM.lower()}.sasl.jaas.config": (

@@ -1,11 +1,13 @@
-"""Courier against a Kafka broker that speaks only SASL_SSL (SCRAM-SHA-512), for real.
+"""Courier against a Kafka broker that speaks only SASL_SSL (SCRAM-SHA-512) and mTLS, for real.
 
 One private broker for the module (:class:`devtools.stack.secure_kafka.SecureKafka`: its own
 free ports, a CA and certificate made with ``openssl``, SCRAM users written by Kafka's own
 ``kafka-storage format --add-scram``), next to the stack's broker and stopped by PID at the end.
 The tests prove that ingest reads, commits and hands off over SASL_SSL, that workers fetch
-records by reference over it, and that a wrong password or an untrusted certificate is one clear
-line naming the setting to check, in the ``courier ingest`` process and in a worker's fetch.
+records by reference over it (and over the broker's mutual-TLS listener), and that a wrong
+password, an untrusted certificate, a certificate for another name or a missing client
+certificate is one clear line naming the setting to check, in the ``courier ingest`` process and
+in a worker's fetch.
 """
 
 from __future__ import annotations
@@ -235,4 +237,50 @@ async def test_certificate_for_another_name_is_one_clear_line(
         f"the TLS certificate of Kafka at {proxy.address} is not valid for the name 127.0.0.1 "
         "(IP address mismatch, certificate is not valid for '127.0.0.1'.); check that "
         "kafka.bootstrap_servers uses a name the brokers' certificates were issued for"
+    )
+
+
+async def test_mutual_tls_fetch_and_a_missing_client_certificate(
+    secure_kafka: SecureKafka, unique: str
+) -> None:
+    """The mTLS listener: with ``ssl_certfile``/``ssl_keyfile`` a worker reads a record by
+    reference; without them, ingest's check is one line naming those settings."""
+    from aiokafka.client import AIOKafkaClient
+
+    from ingest.kafka import KafkaUnreachable, check_brokers
+    from ingest.topic_ids import fetch_topic_ids
+
+    topic = f"mtls-{unique}"
+    await create_topic(secure_kafka, topic)
+    await produce(secure_kafka, topic, [(b"k0", b'{"n": 0}')])
+    client = AIOKafkaClient(**secure_kafka.client_options())
+    await client.bootstrap()
+    try:
+        topic_id = (await fetch_topic_ids(client, [topic]))[topic]
+    finally:
+        await client.close()
+    assert topic_id is not None
+
+    c = secure_kafka.certificates
+    with_cert = KafkaSecurity(
+        protocol="SSL", ssl_cafile=c.ca, ssl_certfile=c.client_cert, ssl_keyfile=c.client_key
+    )
+    kafka = KafkaConfig(
+        bootstrap_servers=secure_kafka.mtls_bootstrap, topics=[topic], security=with_cert
+    )
+    source = KafkaRecordSource(kafka)
+    try:
+        fetched = await source.fetch(topic=topic, topic_id=topic_id, partition=0, offsets=[0])
+    finally:
+        await source.close()
+    record = fetched.records[0]
+    assert record.key is not None and record.key.to_bytes() == b"k0"
+
+    without = kafka.model_copy(update={"security": KafkaSecurity(protocol="SSL", ssl_cafile=c.ca)})
+    with pytest.raises(KafkaUnreachable) as caught:
+        await check_brokers(without)
+    assert str(caught.value) == (
+        f"Kafka at {secure_kafka.mtls_bootstrap} asks for a client certificate (mutual TLS) and "
+        "none is configured (SSLV3_ALERT_BAD_CERTIFICATE); check kafka.security.ssl_certfile and "
+        "ssl_keyfile"
     )
