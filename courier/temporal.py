@@ -104,8 +104,12 @@ def _certificate_problem(address: str, kind: str, text: str) -> str:
     )
 
 
-def describe_failure(address: str, err: BaseException) -> str:
-    """One line: why connecting to Temporal at ``address`` failed and what to check."""
+def describe_failure(address: str, err: BaseException, *, tls: bool = False) -> str:
+    """One line: why connecting to Temporal at ``address`` failed and what to check.
+
+    ``tls``: the client used TLS (then a server that hangs up after the handshake most likely
+    wants a client certificate).
+    """
     if isinstance(err, TimeoutError):
         return (
             f"no answer from Temporal at {address} within {CONNECT_TIMEOUT_S:.0f}s; check "
@@ -124,9 +128,13 @@ def describe_failure(address: str, err: BaseException) -> str:
     certificate = _BAD_CERTIFICATE.search(text)
     if certificate:
         return _certificate_problem(address, certificate.group(1), text)
-    if "certificaterequired" in lower or "close_notify" in lower:
-        # A server that wants a client certificate it did not get sends the certificate_required
-        # alert, or (some TLS stacks) just hangs up right after the handshake.
+    hung_up = any(
+        sign in lower for sign in ("close_notify", "connectionreset", "brokenpipe", "unexpectedeof")
+    )
+    if "certificaterequired" in lower or (tls and "after connection" in lower and hung_up):
+        # With TLS 1.3 the client's handshake completes before the server checks the client's
+        # certificate: a server that wants one it did not get sends the certificate_required
+        # alert or (some TLS stacks) just hangs up when the first request comes.
         said = "it asked for a client certificate" if "required" in lower else "it hung up"
         return (
             f"Temporal at {address} ended the TLS connection ({said}); check "
@@ -261,7 +269,7 @@ async def connect(
                     connect_timeout=timedelta(seconds=CONNECT_TIMEOUT_S),
                 )
         except (RuntimeError, RPCError, TimeoutError) as err:
-            reason = describe_failure(config.address, err)
+            reason = describe_failure(config.address, err, tls=config.tls is not None)
             if not wait:
                 raise TemporalUnreachable(reason) from err
             log.warning("%s; retrying in %.0fs", reason, delay)

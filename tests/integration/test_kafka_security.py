@@ -155,7 +155,7 @@ async def test_wrong_password_is_one_clear_line(
     config = ingest_config(tmp_path, stack, secure_kafka, secure_kafka.security(USER, WRONG))
     where = secure_kafka.bootstrap
     async with courier("ingest", "-c", config) as run:
-        _, line = await run.line_with(f"Kafka at {where} refused the SCRAM-SHA-512 login", 20)
+        _, line = await run.line_with(f"Kafka at {where} refused the SCRAM-SHA-512 login", 30)
         await run.terminate()
     assert line.endswith(
         f" WARNING courier.ingest: Kafka at {where} refused the SCRAM-SHA-512 login of user "
@@ -176,7 +176,7 @@ async def test_untrusted_certificate_is_one_clear_line(
     config = ingest_config(tmp_path, stack, secure_kafka, security)
     where = secure_kafka.bootstrap
     async with courier("ingest", "-c", config) as run:
-        _, line = await run.line_with(f"Kafka at {where} presented a TLS certificate", 20)
+        _, line = await run.line_with(f"Kafka at {where} presented a TLS certificate", 30)
         await run.terminate()
     assert (
         f" WARNING courier.ingest: Kafka at {where} presented a TLS certificate this client "

@@ -91,11 +91,6 @@ CERTIFICATE_REQUIRED = (
     ("raised", "message"),
     [
         (
-            HUNG_UP,
-            "Temporal at 127.0.0.1:5432 ended the TLS connection (it hung up); check "
-            "temporal.tls.client_cert and client_private_key (mutual TLS) and temporal.api_key",
-        ),
-        (
             CERTIFICATE_REQUIRED,
             "Temporal at 127.0.0.1:5432 ended the TLS connection (it asked for a client "
             "certificate); check temporal.tls.client_cert and client_private_key (mutual TLS) "
@@ -148,6 +143,16 @@ def test_temporal_failures_are_one_line_without_rust_debug(raised: str, message:
     described = describe_failure("127.0.0.1:5432", RuntimeError(raised))
     assert described == message
     assert "{" not in described and "\n" not in described
+
+
+@pytest.mark.parametrize("raised", [HUNG_UP, RESET, BROKEN_PIPE])
+def test_a_tls_server_hanging_up_after_the_handshake_points_at_client_certificates(
+    raised: str,
+) -> None:
+    assert describe_failure("127.0.0.1:5432", RuntimeError(raised), tls=True) == (
+        "Temporal at 127.0.0.1:5432 ended the TLS connection (it hung up); check "
+        "temporal.tls.client_cert and client_private_key (mutual TLS) and temporal.api_key"
+    )
 
 
 def test_temporal_silence_is_a_timeout_message() -> None:
