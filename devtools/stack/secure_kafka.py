@@ -200,8 +200,7 @@ class SecureKafka:
                 heap="256m",
             ),
             what="Formatting the SASL_SSL broker's storage",
-            log=self.log_file,
-        )
+        )  # no log: the command line holds the passwords
 
     async def start(self) -> None:
         """Format, launch and wait until an authenticated SASL_SSL client gets cluster metadata."""

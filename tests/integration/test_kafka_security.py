@@ -117,7 +117,8 @@ async def test_ingest_and_fetch_by_reference_over_sasl_ssl(
     await produce(secure_kafka, topic, records)
 
     async with courier_running(temporal_client, config):
-        await wait_for_workflows(temporal_client, f"CourierTopic = '{topic}'", len(records))
+        query = f"CourierTopic = '{topic}'"
+        await wait_for_workflows(temporal_client, query, len(records), timeout=180)
 
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(line["key"] for line in lines) == [f"k{i}" for i in range(6)]
