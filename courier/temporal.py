@@ -76,8 +76,41 @@ def short_error(text: str) -> str:
     return first if len(first) <= 200 else first[:197] + "..."
 
 
-def describe_failure(address: str, err: BaseException) -> str:
-    """One line: why connecting to Temporal at ``address`` failed and what to check."""
+_BAD_CERTIFICATE = re.compile(r"InvalidCertificate\((\w+)")
+_EXPECTED_NAME = re.compile(r"expected: \w+\(\\?\"?([^)\"\\]+)")
+_PRESENTED_NAMES = re.compile(r"(?:IpAddress|DnsName)\(\\*\"?([^)\"\\]+)")
+
+
+def _certificate_problem(address: str, kind: str, text: str) -> str:
+    """One line for a server certificate the client refused (rustls' ``InvalidCertificate``)."""
+    if kind.startswith("NotValidForName"):
+        expected = _EXPECTED_NAME.search(text)
+        presented = text.partition("presented:")[2]
+        names = ", ".join(_PRESENTED_NAMES.findall(presented)) or "other names"
+        wanted = expected.group(1) if expected else "the name asked for"
+        return (
+            f"the TLS certificate of Temporal at {address} is not valid for the name {wanted} "
+            f"(it is for {names}); check temporal.tls.domain (or the host in temporal.address)"
+        )
+    if kind == "UnknownIssuer":
+        return (
+            f"Temporal at {address} presented a TLS certificate this client does not trust "
+            "(unknown issuer); check temporal.tls.server_root_ca_cert (it must hold the CA "
+            "that signed the server's certificate)"
+        )
+    words = re.sub(r"(?<!^)(?=[A-Z])", " ", kind).lower()
+    return (
+        f"Temporal at {address} presented a TLS certificate this client refused ({words}); "
+        "check the server's certificate and temporal.tls"
+    )
+
+
+def describe_failure(address: str, err: BaseException, *, tls: bool = False) -> str:
+    """One line: why connecting to Temporal at ``address`` failed and what to check.
+
+    ``tls``: the client used TLS (then a server that hangs up after the handshake most likely
+    wants a client certificate).
+    """
     if isinstance(err, TimeoutError):
         return (
             f"no answer from Temporal at {address} within {CONNECT_TIMEOUT_S:.0f}s; check "
@@ -93,6 +126,21 @@ def describe_failure(address: str, err: BaseException) -> str:
         )
     if "dns error" in lower or "failed to lookup address" in lower:
         return f"cannot reach Temporal at {address}: unknown host; check temporal.address"
+    certificate = _BAD_CERTIFICATE.search(text)
+    if certificate:
+        return _certificate_problem(address, certificate.group(1), text)
+    hung_up = any(
+        sign in lower for sign in ("close_notify", "connectionreset", "brokenpipe", "unexpectedeof")
+    )
+    if "certificaterequired" in lower or (tls and "after connection" in lower and hung_up):
+        # With TLS 1.3 the client's handshake completes before the server checks the client's
+        # certificate: a server that wants one it did not get sends the certificate_required
+        # alert or (some TLS stacks) just hangs up when the first request comes.
+        said = "it asked for a client certificate" if "required" in lower else "it hung up"
+        return (
+            f"Temporal at {address} ended the TLS connection ({said}); check "
+            "temporal.tls.client_cert and client_private_key (mutual TLS) and temporal.api_key"
+        )
     if "certificate" in lower or "tls" in lower or "ssl" in lower:
         return f"TLS with Temporal at {address} failed ({short_error(text)}); check temporal.tls"
     code = _CODE.search(text)
@@ -226,7 +274,7 @@ async def connect(
                     connect_timeout=timedelta(seconds=CONNECT_TIMEOUT_S),
                 )
         except (RuntimeError, RPCError, TimeoutError) as err:
-            reason = describe_failure(config.address, err)
+            reason = describe_failure(config.address, err, tls=config.tls is not None)
             if not wait:
                 raise TemporalUnreachable(reason) from err
             log.warning("%s; retrying in %.0fs", reason, delay)

