@@ -595,6 +595,38 @@ def redrive(
 
 
 @app.command()
+def show(
+    record: Annotated[
+        str,
+        typer.Argument(help="A workflow ID, or the record as TOPIC/PARTITION/OFFSET."),
+    ],
+    json_: Annotated[bool, typer.Option("--json", help="Print the journey as JSON.")] = False,
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+) -> None:
+    """Show one record's journey: the record, its route and why, attempts, receipt, UI link.
+
+    The record is read from its workflow input, or from Kafka when it went by reference.
+    """
+    from courier.ops import show as ops
+
+    _setup_logging("WARNING")
+    cfg = _load(config)
+
+    async def go() -> None:
+        client = await _client(cfg)
+        try:
+            journey = await ops.show(client, cfg, record)
+        except ops.ShowError as err:
+            raise _fail(str(err)) from None
+        if json_:
+            sys.stdout.write(json.dumps(journey.as_dict(), indent=2) + "\n")
+        else:
+            ops.render(journey, console)
+
+    asyncio.run(go())
+
+
+@app.command()
 def setup(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
     """Register Courier's search attributes in the Temporal namespace (idempotent)."""
     _setup_logging("WARNING")

@@ -36,7 +36,10 @@ def two_destinations(
             {"name": f"a-{unique}", "kind": "rest", "url": f"{receiver.url}/a/{{key}}"},
             {"name": f"b-{unique}", "kind": "rest", "url": f"{receiver.url}/b/{{key}}"},
         ],
-        routes={"rules": [{"prefix": "a-", "destination": f"a-{unique}"}], "default": f"b-{unique}"},
+        routes={
+            "rules": [{"prefix": "a-", "destination": f"a-{unique}"}],
+            "default": f"b-{unique}",
+        },
         ingest=ingest,
     )
 
@@ -71,8 +74,9 @@ async def test_redrive_by_offset_keeps_keys_and_resumes(
             # Partition 0 from offset 3, partition 1 from its start.
             first = [Start(topic, 0, 3), Start(topic, 1, 0)]
             expected = [
-                m for m, (k, _) in zip(sent, records, strict=True) if k.startswith(b"a-")
-                and (m.partition == 1 or m.offset >= 3)
+                m
+                for m, (k, _) in zip(sent, records, strict=True)
+                if k.startswith(b"a-") and (m.partition == 1 or m.offset >= 3)
             ]
             summary = await redrive(temporal_client, config, run_id="r1", starts=first)
             assert summary.read == sum(1 for m in sent if m.partition == 1 or m.offset >= 3)
@@ -80,16 +84,20 @@ async def test_redrive_by_offset_keeps_keys_and_resumes(
             assert (summary.started, summary.already_present) == (len(expected), 0)
             await _requests(receiver, "/a/", 20 + len(expected))
             again = [r for r in receiver.requests if r.path.startswith("/a/")][20:]
-            assert {r.idempotency_key for r in again} == {
-                workflow_id(
-                    group=config.kafka.group,
-                    topic=topic,
-                    topic_id=tid,
-                    partition=m.partition,
-                    offset=m.offset,
-                )
-                for m in expected
-            } <= originals, "a re-drive keeps each record's own idempotency key"
+            assert (
+                {r.idempotency_key for r in again}
+                == {
+                    workflow_id(
+                        group=config.kafka.group,
+                        topic=topic,
+                        topic_id=tid,
+                        partition=m.partition,
+                        offset=m.offset,
+                    )
+                    for m in expected
+                }
+                <= originals
+            ), "a re-drive keeps each record's own idempotency key"
             assert all(r.duplicate for r in again), "so the endpoint sees repeats, no new effect"
             assert len(receiver.times("/b/")) == 20, "other destinations are untouched"
 
