@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from datetime import timedelta
 from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -448,6 +449,57 @@ async def _limit(cfg: CourierConfig, name: str, rate: float | None, reason: str)
     )
 
 
+SinceOption = Annotated[
+    str | None,
+    typer.Option(help="Only exports that failed in this last period, e.g. 30m, 1h, 2h30m."),
+]
+
+
+def _since(value: str | None) -> timedelta | None:
+    from courier.durations import parse_duration
+
+    if value is None:
+        return None
+    try:
+        since: timedelta = parse_duration(value)
+    except ValueError as err:
+        raise _fail(f"--since: {err}", 2) from None
+    return since
+
+
+@app.command()
+def failures(
+    destination: Annotated[
+        str | None, typer.Option("--destination", "-d", help="Only this destination.")
+    ] = None,
+    since: SinceOption = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+) -> None:
+    """List failed records grouped by destination and reason: count, first/last seen, example."""
+    from courier.ops import failures as ops
+
+    _setup_logging("WARNING")
+    cfg = _load(config)
+    if destination is not None:
+        _destination(cfg, destination)
+    period = _since(since)
+
+    async def go() -> None:
+        client = await _client(cfg)
+        groups = ops.group(
+            await ops.find_failures(client, cfg, destination=destination, since=period)
+        )
+        if json_:
+            sys.stdout.write(json.dumps([g.as_dict() for g in groups], indent=2) + "\n")
+        elif not groups:
+            console.print("no failed records")
+        else:
+            ops.render(groups, console)
+
+    asyncio.run(go())
+
+
 @app.command("replay")
 def replay_command(
     config: ConfigOption = DEFAULT_CONFIG_PATH,
@@ -455,6 +507,7 @@ def replay_command(
         str | None,
         typer.Option("--destination", "-d", help="Only this destination's failed exports."),
     ] = None,
+    since: SinceOption = None,
     query: Annotated[
         str | None,
         typer.Option(help="Extra visibility filter, e.g. \"CourierTopic = 'orders'\"."),
@@ -464,39 +517,55 @@ def replay_command(
     ] = "replayed with courier replay",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Replay without asking.")] = False,
 ) -> None:
-    """Export failed records again: reset each Failed ExportRecord run (fix the cause first)."""
+    """Export failed records again: reset each failed export run (fix the cause first).
+
+    Takes the filters of `courier failures`, shows what it will replay and asks first.
+    """
     _setup_logging("WARNING")
-    asyncio.run(_replay(_load(config), destination, query, reason, yes))
+    cfg = _load(config)
+    if destination is not None:
+        _destination(cfg, destination)
+    asyncio.run(_replay(cfg, destination, _since(since), query, reason, yes))
 
 
 async def _replay(
-    cfg: CourierConfig, destination: str | None, query: str | None, reason: str, yes: bool
+    cfg: CourierConfig,
+    destination: str | None,
+    since: timedelta | None,
+    query: str | None,
+    reason: str,
+    yes: bool,
 ) -> None:
     from rich.progress import Progress
+    from temporalio.client import WorkflowExecution
 
+    from courier.ops import failures as found
     from courier.ops import replay
 
     client = await _client(cfg)
-    selector = replay.failed_exports_query(destination, query)
-    executions = [e async for e in client.list_workflows(selector)]
-    if not executions:
-        console.print(f"no failed exports match: {selector}")
+    exports = await found.find_failures(
+        client, cfg, destination=destination, since=since, extra=query
+    )
+    if not exports:
+        console.print("no failed exports match")
         return
-    console.print(f"{len(executions)} failed export(s) match: {selector}")
-    if not yes and not typer.confirm("Replay them?"):
+    found.render(found.group(exports), console)
+    count = len(exports)
+    if not yes and not typer.confirm(f"Replay these {count} failed export workflow(s)?"):
         raise typer.Exit(1)
-    failures = 0
     with Progress(console=console) as progress:
-        task = progress.add_task("replaying", total=len(executions))
-        for execution in executions:
-            try:
-                await replay.replay(client, execution, reason=reason)
-            except Exception as err:  # one bad reset must not stop the others
-                failures += 1
+        task = progress.add_task("replaying", total=count)
+
+        def done(execution: WorkflowExecution, err: Exception | None) -> None:
+            if err is not None:
                 _error(f"{execution.id}: {err}")
             progress.advance(task)
-    console.print(f"replayed {len(executions) - failures} of {len(executions)}")
-    if failures:
+
+        failed = await replay.replay_all(
+            client, [e.execution for e in exports], reason=reason, on_done=done
+        )
+    console.print(f"replayed {count - failed} of {count}")
+    if failed:
         raise typer.Exit(1)
 
 
