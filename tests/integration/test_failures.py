@@ -1,4 +1,4 @@
-"""``courier failures`` finds failed records by destination and reason; ``courier replay`` fixes them."""
+"""``courier failures`` groups failed records by destination and reason; ``courier replay``."""
 
 from __future__ import annotations
 
