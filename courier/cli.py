@@ -600,8 +600,9 @@ def redrive(
     new_idempotency_key: Annotated[
         bool,
         typer.Option(
+            "--new-idempotency-key",
             help="Give the records new idempotency keys (their re-drive IDs), so destinations "
-            "that deduplicate apply them again. Default: keep each record's own key."
+            "that deduplicate apply them again. Default: keep each record's own key.",
         ),
     ] = False,
     rate: Annotated[
@@ -609,7 +610,10 @@ def redrive(
         typer.Option(help="Start at most this many records/s (default: the destination's limit)."),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option(help="Read and route only: print the counts and the first records.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Read and route only: print the counts and the first records."
+        ),
     ] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     config: ConfigOption = DEFAULT_CONFIG_PATH,

@@ -534,7 +534,9 @@ def render(journey: Journey, console: Console) -> None:
     """Print a journey for people."""
 
     def line(label: str, value: object) -> None:
-        console.print(Text.assemble((f"{label}: ", "bold"), str(value)), highlight=False)
+        console.print(
+            Text.assemble((f"{label}: ", "bold"), str(value)), highlight=False, soft_wrap=True
+        )
 
     def block(label: str, data: Data) -> None:
         if data.kind == "null":
