@@ -164,20 +164,25 @@ class RedriveSummary:
 
 
 class _Pacer:
-    """Spaces starts at ``rate`` records/s (burst of one); only started work is charged."""
+    """Spaces starts at ``rate`` records/s (burst of one); work found present is refunded."""
 
     def __init__(self, rate: float | None) -> None:
         self.rate = rate
         self._next = time.monotonic()
 
-    async def ready(self) -> None:
+    async def take(self, records: int) -> None:
+        """Wait for the turn of ``records`` records, and book their time."""
+        if self.rate is None:
+            return
         delay = self._next - time.monotonic()
-        if self.rate is not None and delay > 0:
+        self._next = max(self._next, time.monotonic()) + records / self.rate
+        if delay > 0:
             await asyncio.sleep(delay)
 
-    def charge(self, records: int) -> None:
+    def refund(self, records: int) -> None:
+        """Give back the time of records that needed no start (already present)."""
         if self.rate is not None:
-            self._next = max(self._next, time.monotonic()) + records / self.rate
+            self._next = max(time.monotonic(), self._next - records / self.rate)
 
 
 class Redrive:
@@ -302,10 +307,14 @@ class Redrive:
         return spans
 
     async def _destination_rate(self) -> float | None:
-        """The destination's rate limit in force, in records/s (None: unlimited)."""
+        """The destination's rate limit in force, in records/s (None: unlimited).
+
+        The queue's limit as the server applies it (an operator's or rate control's override,
+        or the workers'); with neither, e.g. while no worker polls, the configured limit.
+        """
         queue = await describe(self.client, self.policy.task_queue)
         if queue.rate_limit is None:
-            return None
+            return self.config.destination(self.policy.name).rate_limit
         if self.config.ingest.mode == "batch":
             return queue.rate_limit * self.policy.batch_size
         return queue.rate_limit
@@ -413,7 +422,7 @@ class Redrive:
                 await self._flush_block(tp, self.summary.spans, pacer, blocks)
             blocks.setdefault(tp, (block, []))[1].append(record.offset)
             return
-        await pacer.ready()
+        await pacer.take(1)
         await slots.acquire()
         task = asyncio.create_task(self._hand_off(record, span, decision, rid, original, pacer))
         starts.add(task)
@@ -444,8 +453,8 @@ class Redrive:
         )
         if not result.started:
             self.summary.already_present += 1
+            pacer.refund(1)
             return
-        pacer.charge(1)
         if result.failed_reason is not None:
             self.summary.failed_hand_offs += 1
         else:
@@ -481,15 +490,15 @@ class Redrive:
             partition=tp.partition,
             first=block * RANGE_BLOCK,
         )
-        await pacer.ready()
+        await pacer.take(len(offsets))
         if (
             await start_range(self.client, self.config, wid, workflow_input, max_backoff=30.0)
             is None
         ):
             self.summary.started += len(offsets)
-            pacer.charge(len(offsets))
         else:
             self.summary.already_present += len(offsets)
+            pacer.refund(len(offsets))
 
 
 def default_run_id() -> str:

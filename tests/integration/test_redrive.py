@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,30 @@ async def _all_exported(receiver: Receiver, prefix: str, expected: int) -> None:
             return
         await asyncio.sleep(0.25)
     raise AssertionError(f"{receiver.effects(prefix)} of {expected} effects at {prefix}")
+
+
+async def test_redrive_starts_at_the_destination_rate(
+    stack_settings: Any, temporal_client: Client, unique: str
+) -> None:
+    name = f"slow-{unique}"
+    config = pipeline_config(
+        stack_settings,
+        unique,
+        destinations=[
+            {"name": name, "kind": "rest", "url": "http://127.0.0.1:9/{key}", "rate_limit": 5}
+        ],
+        routes={"default": name},
+    )
+    topic = config.kafka.topics[0]
+    await create_topic(stack_settings.kafka_bootstrap, topic, partitions=1)
+    await produce(stack_settings.kafka_bootstrap, topic, [(b"k%d" % i, b"v") for i in range(11)])
+    started = time.monotonic()
+    summary = await redrive(temporal_client, config, run_id="paced", starts=[Start(topic, 0, 0)])
+    elapsed = time.monotonic() - started
+    try:
+        assert summary.rate == 5 and summary.started == 11
+        assert elapsed >= 10 / 5 - 0.1, "11 starts at 5/s take at least 2 s"
+    finally:  # no worker runs them: end them
+        prefix = redrive_prefix(config.kafka.group, "paced")
+        async for execution in temporal_client.list_workflows(f"WorkflowId STARTS_WITH '{prefix}'"):
+            await temporal_client.get_workflow_handle(execution.id).terminate("test over")
