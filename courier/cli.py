@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from datetime import timedelta
 from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -478,6 +479,57 @@ async def _limit(cfg: CourierConfig, name: str, rate: float | None, reason: str)
     )
 
 
+SinceOption = Annotated[
+    str | None,
+    typer.Option(help="Only exports that failed in this last period, e.g. 30m, 1h, 2h30m."),
+]
+
+
+def _since(value: str | None) -> timedelta | None:
+    from courier.durations import parse_duration
+
+    if value is None:
+        return None
+    try:
+        since: timedelta = parse_duration(value)
+    except ValueError as err:
+        raise _fail(f"--since: {err}", 2) from None
+    return since
+
+
+@app.command()
+def failures(
+    destination: Annotated[
+        str | None, typer.Option("--destination", "-d", help="Only this destination.")
+    ] = None,
+    since: SinceOption = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+) -> None:
+    """List failed records grouped by destination and reason: count, first/last seen, example."""
+    from courier.ops import failures as ops
+
+    _setup_logging("WARNING")
+    cfg = _load(config)
+    if destination is not None:
+        _destination(cfg, destination)
+    period = _since(since)
+
+    async def go() -> None:
+        client = await _client(cfg)
+        groups = ops.group(
+            await ops.find_failures(client, cfg, destination=destination, since=period)
+        )
+        if json_:
+            sys.stdout.write(json.dumps([g.as_dict() for g in groups], indent=2) + "\n")
+        elif not groups:
+            console.print("no failed records")
+        else:
+            ops.render(groups, console)
+
+    asyncio.run(go())
+
+
 @app.command("replay")
 def replay_command(
     config: ConfigOption = DEFAULT_CONFIG_PATH,
@@ -485,6 +537,7 @@ def replay_command(
         str | None,
         typer.Option("--destination", "-d", help="Only this destination's failed exports."),
     ] = None,
+    since: SinceOption = None,
     query: Annotated[
         str | None,
         typer.Option(help="Extra visibility filter, e.g. \"CourierTopic = 'orders'\"."),
@@ -494,40 +547,186 @@ def replay_command(
     ] = "replayed with courier replay",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Replay without asking.")] = False,
 ) -> None:
-    """Export failed records again: reset each Failed ExportRecord run (fix the cause first)."""
+    """Export failed records again: reset each failed export run (fix the cause first).
+
+    Takes the filters of `courier failures`, shows what it will replay and asks first.
+    """
     _setup_logging("WARNING")
-    asyncio.run(_replay(_load(config), destination, query, reason, yes))
+    cfg = _load(config)
+    if destination is not None:
+        _destination(cfg, destination)
+    asyncio.run(_replay(cfg, destination, _since(since), query, reason, yes))
 
 
 async def _replay(
-    cfg: CourierConfig, destination: str | None, query: str | None, reason: str, yes: bool
+    cfg: CourierConfig,
+    destination: str | None,
+    since: timedelta | None,
+    query: str | None,
+    reason: str,
+    yes: bool,
 ) -> None:
     from rich.progress import Progress
+    from temporalio.client import WorkflowExecution
 
+    from courier.ops import failures as found
     from courier.ops import replay
 
     client = await _client(cfg)
-    selector = replay.failed_exports_query(destination, query)
-    executions = [e async for e in client.list_workflows(selector)]
-    if not executions:
-        console.print(f"no failed exports match: {selector}")
+    exports = await found.find_failures(
+        client, cfg, destination=destination, since=since, extra=query
+    )
+    if not exports:
+        console.print("no failed exports match")
         return
-    console.print(f"{len(executions)} failed export(s) match: {selector}")
-    if not yes and not typer.confirm("Replay them?"):
+    found.render(found.group(exports), console)
+    count = len(exports)
+    if not yes and not typer.confirm(f"Replay these {count} failed export workflow(s)?"):
         raise typer.Exit(1)
-    failures = 0
     with Progress(console=console) as progress:
-        task = progress.add_task("replaying", total=len(executions))
-        for execution in executions:
-            try:
-                await replay.replay(client, execution, reason=reason)
-            except Exception as err:  # one bad reset must not stop the others
-                failures += 1
+        task = progress.add_task("replaying", total=count)
+
+        def done(execution: WorkflowExecution, err: Exception | None) -> None:
+            if err is not None:
                 _error(f"{execution.id}: {err}")
             progress.advance(task)
-    console.print(f"replayed {len(executions) - failures} of {len(executions)}")
-    if failures:
+
+        failed = await replay.replay_all(
+            client, [e.execution for e in exports], reason=reason, on_done=done
+        )
+    console.print(f"replayed {count - failed} of {count}")
+    if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def redrive(
+    destination: Annotated[
+        str, typer.Option("--destination", "-d", help="Re-export the records routed here.")
+    ],
+    from_offset: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="TOPIC:PARTITION:OFFSET to start reading a partition at (repeatable; only "
+            "these partitions are read)."
+        ),
+    ] = None,
+    from_time: Annotated[
+        str | None,
+        typer.Option(help="Start every partition at this time (ISO 8601; no offset means UTC)."),
+    ] = None,
+    to_time: Annotated[
+        str | None,
+        typer.Option(help="Stop before records of this time or later (default: the end now)."),
+    ] = None,
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(help="With --from-time: topics to read (default: the configured ones)."),
+    ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(help="Name of this re-drive; give an earlier run's ID to resume it."),
+    ] = None,
+    new_idempotency_key: Annotated[
+        bool,
+        typer.Option(
+            "--new-idempotency-key",
+            help="Give the records new idempotency keys (their re-drive IDs), so destinations "
+            "that deduplicate apply them again. Default: keep each record's own key.",
+        ),
+    ] = False,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Start at most this many records/s (default: the destination's limit)."),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Read and route only: print the counts and the first records."
+        ),
+    ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+) -> None:
+    """Export one destination's records again, read from Kafka from an offset or a time.
+
+    Reads with its own consumer (the consumer group is untouched), routes each record with the
+    current rules and starts exports for those routed to the destination, under IDs of their
+    own (courier/<group>/redrive/<run-id>/...). Resumable: the same --run-id starts nothing twice.
+    """
+    from courier.ops import redrive as ops
+
+    _setup_logging("WARNING")
+    cfg = _load(config)
+    _destination(cfg, destination)
+    if rate is not None and rate <= 0:
+        raise _fail(f"--rate must be greater than 0, not {rate:g}", 2)
+    try:
+        starts = [ops.Start.parse(s) for s in from_offset or []]
+        since = ops.parse_time(from_time) if from_time else None
+        until = ops.parse_time(to_time) if to_time else None
+        run = run_id or ops.default_run_id()
+        from courier.ids import check_run_id
+
+        check_run_id(run)
+    except ValueError as err:
+        raise _fail(str(err), 2) from None
+    if bool(starts) == (since is not None):
+        raise _fail("give either --from-offset TOPIC:PARTITION:OFFSET or --from-time TIME", 2)
+
+    async def go() -> None:
+        client = await _client(cfg)
+        try:
+            async with ops.Redrive(
+                client,
+                cfg,
+                destination=destination,
+                run_id=run,
+                starts=starts,
+                from_time=since,
+                to_time=until,
+                topics=topic,
+                new_idempotency_key=new_idempotency_key,
+                dry_run=dry_run,
+                rate=rate,
+            ) as job:
+                await ops.execute(job, console, as_json=json_)
+        except ops.RedriveError as err:
+            raise _fail(str(err)) from None
+
+    asyncio.run(go())
+
+
+@app.command()
+def show(
+    record: Annotated[
+        str,
+        typer.Argument(help="A workflow ID, or the record as TOPIC/PARTITION/OFFSET."),
+    ],
+    json_: Annotated[bool, typer.Option("--json", help="Print the journey as JSON.")] = False,
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+) -> None:
+    """Show one record's journey: the record, its route and why, attempts, receipt, UI link.
+
+    The record is read from its workflow input, or from Kafka when it went by reference.
+    """
+    from courier.ops import show as ops
+
+    _setup_logging("WARNING")
+    cfg = _load(config)
+
+    async def go() -> None:
+        client = await _client(cfg)
+        try:
+            journey = await ops.show(client, cfg, record)
+        except ops.ShowError as err:
+            raise _fail(str(err)) from None
+        if json_:
+            sys.stdout.write(json.dumps(journey.as_dict(), indent=2) + "\n")
+        else:
+            ops.render(journey, console)
+
+    asyncio.run(go())
 
 
 @app.command()

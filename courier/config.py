@@ -148,6 +148,11 @@ class TemporalConfig(_Strict):
         """
         return f"{self.workflow_task_queue}-control"
 
+    ui_url: str | None = Field(
+        default=None,
+        description="Base URL of the Temporal Web UI, for the links `courier show` prints "
+        "(unset: http://<address's host>:8233, the dev server's UI).",
+    )
     max_input_bytes: int = Field(
         default=2_000_000,
         ge=1_000,

@@ -105,24 +105,39 @@ def to_kafka_record(record: ConsumerRecord, topic_id: str) -> KafkaRecord:
 
 
 def build_input(
-    record: ConsumerRecord, topic_id: str, decision: RouteDecision, config: CourierConfig
+    record: ConsumerRecord,
+    topic_id: str,
+    decision: RouteDecision,
+    config: CourierConfig,
+    *,
+    idempotency_key: str | None = None,
 ) -> ExportRecordInput:
-    """The workflow input: the record plus its destination's name and policies, no secrets."""
+    """The workflow input: the record plus its destination's name and policies, no secrets.
+
+    ``idempotency_key``: the key the destination sees, if not the workflow ID (a re-drive).
+    """
     kafka_record = to_kafka_record(record, topic_id)
     if decision.destination is None:
         return ExportRecordInput(
             record=kafka_record, destination=None, unroutable_reason=decision.reason
         )
     return ExportRecordInput(
-        record=kafka_record, destination=config.destination(decision.destination).policy()
+        record=kafka_record,
+        destination=config.destination(decision.destination).policy(),
+        idempotency_key=idempotency_key,
     )
 
 
 def reference_input(
-    record: ConsumerRecord, topic_id: str, decision: RouteDecision, config: CourierConfig
+    record: ConsumerRecord,
+    topic_id: str,
+    decision: RouteDecision,
+    config: CourierConfig,
+    *,
+    idempotency_key: str | None = None,
 ) -> ExportRecordInput:
     """An input with the record's coordinates and key; the worker reads the rest from Kafka."""
-    full = build_input(record, topic_id, decision, config)
+    full = build_input(record, topic_id, decision, config, idempotency_key=idempotency_key)
     reference = replace(full.record, value=None, headers=[])
     return replace(full, record=reference, by_reference=True)
 
@@ -160,11 +175,14 @@ async def checked_input(
     record: ConsumerRecord,
     topic_id: str,
     decision: RouteDecision,
+    *,
+    idempotency_key: str | None = None,
 ) -> ExportRecordInput:
     """The record's workflow input; :class:`RecordRejected` if it cannot be one."""
     limit = config.temporal.max_input_bytes
+    key = idempotency_key
     try:
-        workflow_input = build_input(record, topic_id, decision, config)
+        workflow_input = build_input(record, topic_id, decision, config, idempotency_key=key)
         if config.ingest.payloads == "inline":
             size = await encoded_size(client, workflow_input)
             if size <= limit:
@@ -175,7 +193,7 @@ async def checked_input(
                 coordinates(record),
                 f"{size:,}",
             )
-        workflow_input = reference_input(record, topic_id, decision, config)
+        workflow_input = reference_input(record, topic_id, decision, config, idempotency_key=key)
         size = await encoded_size(client, workflow_input)
     except Exception as err:  # any conversion problem is about this record
         raise RecordRejected(f"cannot encode the record: {type(err).__name__}: {err}") from err
@@ -234,22 +252,29 @@ async def hand_off(
     *,
     priority: Priority = Priority.default,
     max_backoff: float = 30.0,
+    wid: str | None = None,
+    idempotency_key: str | None = None,
 ) -> HandOff:
     """Start the record's workflow following the failure contract of this module.
 
     ``priority`` is its task-queue priority and fairness key (``ingest/priority.py``).
 
     Returns once the record is handed off (its workflow or its failed workflow exists); retries
-    for as long as Temporal is unreachable or Courier is misconfigured.
+    for as long as Temporal is unreachable or Courier is misconfigured. ``wid`` and
+    ``idempotency_key`` replace the record's own workflow ID and key (a re-drive).
     """
-    wid = workflow_id(
-        group=config.kafka.group,
-        topic=record.topic,
-        topic_id=topic_id,
-        partition=record.partition,
-        offset=record.offset,
-    )
-    summary = f"{key_text(record.key)!r} → {decision.destination or 'no route'}"[:200]
+    summary = f"{key_text(record.key)!r} → {decision.destination or 'no route'}"
+    if wid is not None:
+        summary = f"re-drive: {summary}"
+    else:
+        wid = workflow_id(
+            group=config.kafka.group,
+            topic=record.topic,
+            topic_id=topic_id,
+            partition=record.partition,
+            offset=record.offset,
+        )
+    summary = summary[:200]
     warning = ThrottledLog()
     delay = 0.5
     failed_reason: str | None = None
@@ -259,7 +284,9 @@ async def hand_off(
             if request is not None:
                 workflow_input, attributes = request  # built once; retries only resend it
             elif failed_reason is None:
-                workflow_input = await checked_input(client, config, record, topic_id, decision)
+                workflow_input = await checked_input(
+                    client, config, record, topic_id, decision, idempotency_key=idempotency_key
+                )
                 # Search attributes are never encrypted: with encryption the key stays out.
                 attributes = search_attributes(
                     record, decision, with_key=config.temporal.encryption is None

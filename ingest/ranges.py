@@ -141,7 +141,7 @@ async def hand_off_range(
             partition=partition,
             first=offsets[0],
         )
-        last = await _start(client, config, wid, workflow_input, max_backoff=max_backoff)
+        last = await start_range(client, config, wid, workflow_input, max_backoff=max_backoff)
         if last is None:
             started += len(offsets) - skipped_here
             skipped += skipped_here
@@ -152,7 +152,7 @@ async def hand_off_range(
     return RangeHandOff(covered, started=started, existing=existing, skipped=skipped)
 
 
-async def _start(
+async def start_range(
     client: Client,
     config: CourierConfig,
     wid: str,
@@ -160,7 +160,7 @@ async def _start(
     *,
     max_backoff: float,
 ) -> int | None:
-    """Start the range's workflow; None if started, else the existing range's last offset."""
+    """Start a range's workflow; None if started, else the existing range's last offset."""
     names = [piece.destination.name for piece in workflow_input.slices]
     attributes = TypedSearchAttributes(
         [

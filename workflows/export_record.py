@@ -84,7 +84,11 @@ class ExportRecord:
                 EXPORT_ACTIVITY,
                 ExportBatch(
                     destination=policy.name,
-                    records=[OutgoingRecord(idempotency_key=workflow_id, record=record)],
+                    records=[
+                        OutgoingRecord(
+                            idempotency_key=input.idempotency_key or workflow_id, record=record
+                        )
+                    ],
                     by_reference=input.by_reference,
                 ),
                 task_queue=policy.task_queue,

@@ -101,6 +101,9 @@ class ExportRecordInput:
     the input carries the coordinates only and the workflow fails with this reason."""
     by_reference: bool = False
     """The record carries its coordinates and key only; the worker reads it from Kafka."""
+    idempotency_key: str | None = None
+    """The key the destination sees; unset: the workflow ID. A re-drive sets the record's own
+    workflow ID here, so the re-exported record keeps its original idempotency key."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,8 @@ class ExportRangeInput:
     """
 
     group: str
+    """The group in the records' identities: each record's idempotency key is its
+    ``workflow_id`` under this group (a re-drive keeps the consumer group, or gives its own)."""
     topic: str
     topic_id: str
     partition: int

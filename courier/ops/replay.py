@@ -9,7 +9,9 @@ keys, so the file and PostgreSQL sinks skip them and REST endpoints see a repeat
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
@@ -50,3 +52,32 @@ async def replay(client: Client, execution: Execution, *, reason: str) -> str:
         )
     )
     return response.run_id
+
+
+RESETS_IN_FLIGHT = 8
+
+
+async def replay_all(
+    client: Client,
+    executions: list[Execution],
+    *,
+    reason: str,
+    on_done: Callable[[Execution, Exception | None], None],
+) -> int:
+    """Reset every run, a few at a time; ``on_done`` after each. Returns how many failed."""
+    slots = asyncio.Semaphore(RESETS_IN_FLIGHT)
+    failures = 0
+
+    async def one(execution: Execution) -> None:
+        nonlocal failures
+        async with slots:
+            try:
+                await replay(client, execution, reason=reason)
+            except Exception as err:  # one bad reset must not stop the others
+                failures += 1
+                on_done(execution, err)
+            else:
+                on_done(execution, None)
+
+    await asyncio.gather(*(one(e) for e in executions))
+    return failures

@@ -3,7 +3,8 @@
 ``tests/histories/`` holds ``ExportRecord`` histories (exported, binary value, failed after
 retries, unroutable) recorded with release 0.1.0, and ``ExportRange`` histories (exported,
 partly failed) recorded when batch mode was added, an ``ExportRecord`` with a heartbeat timeout
-and a ``DestinationState`` (workers reporting, then stopping) recorded when those were added; a
+and a ``DestinationState`` (workers reporting, then stopping) recorded when those were added,
+and a re-driven ``ExportRecord`` carrying its record's own idempotency key; a
 workflow change that would break workflows started by those releases and still running fails
 here.
 """
