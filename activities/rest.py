@@ -41,6 +41,10 @@ URL_PLACEHOLDERS = ("key", "topic", "partition", "offset")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 BATCH_CONCURRENCY = 8
 """Requests of one batch in flight at once."""
+FAIL_FAST_AFTER = BATCH_CONCURRENCY
+"""Requests in a row that find the destination unavailable after which the rest of a batch is
+not sent (the batch is retried whole): a down endpoint costs a few connection attempts per
+batch, not one per record."""
 
 _BODY_EXCERPT_CHARS = 200
 _BODY_EXCERPT_BYTES = 4096
@@ -244,17 +248,38 @@ class RestDestination:
             raise RuntimeError("RestDestination.write() called before open()")
         client = self._client
         limit = asyncio.Semaphore(BATCH_CONCURRENCY)
+        unavailable_in_a_row = 0
+        stop = False
 
         async def send(item: OutgoingRecord) -> int:
+            nonlocal unavailable_in_a_row, stop
             async with limit:
-                return await self._send(client, item)
+                if stop:
+                    raise _NotSent
+                try:
+                    status = await self._send(client, item)
+                except RetryableExportError as err:
+                    if err.cause == "throttled":
+                        stop = True  # the destination asks for less: send it nothing more now
+                    elif err.cause == "unavailable":
+                        unavailable_in_a_row += 1
+                        stop = stop or unavailable_in_a_row >= FAIL_FAST_AFTER
+                    raise
+                except PermanentExportError:
+                    unavailable_in_a_row = 0  # answered: the destination is up
+                    raise
+                unavailable_in_a_row = 0
+                return status
 
-        # Let every request finish: a partly delivered batch is retried whole, which the
-        # idempotency keys make harmless.
+        # Otherwise every request finishes: a partly delivered batch is retried whole, which
+        # the idempotency keys make harmless.
         results = await asyncio.gather(*(send(item) for item in batch), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        not_sent = sum(1 for r in results if isinstance(r, _NotSent))
+        errors = [
+            r for r in results if isinstance(r, BaseException) and not isinstance(r, _NotSent)
+        ]
         if errors:
-            raise _worst(errors, len(batch))
+            raise _worst(errors, len(batch), not_sent)
         counts = Counter(r for r in results if isinstance(r, int))
         return ", ".join(
             f"HTTP {status}" if n == 1 and len(batch) == 1 else f"{n} × HTTP {status}"
@@ -318,11 +343,16 @@ class RestDestination:
         raise RetryableExportError(reason, retry_after=retry_after, cause=cause)
 
 
-def _worst(errors: list[BaseException], size: int) -> BaseException:
+class _NotSent(Exception):
+    """A request of a batch left unsent: the destination was down or asked for less."""
+
+
+def _worst(errors: list[BaseException], size: int, not_sent: int = 0) -> BaseException:
     """The error a partly failed batch raises: permanent beats retryable beats unexpected."""
     if size == 1:
         return errors[0]
-    prefix = f"{len(errors)} of {size} requests failed; first: "
+    unsent = f" ({not_sent} not sent)" if not_sent else ""
+    prefix = f"{len(errors)} of {size} requests failed{unsent}; first: "
     permanent = [e for e in errors if isinstance(e, PermanentExportError)]
     if permanent:
         return PermanentExportError(prefix + permanent[0].reason)

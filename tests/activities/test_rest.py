@@ -294,3 +294,45 @@ async def test_batch_with_one_permanent_failure_fails_permanently() -> None:
     with pytest.raises(PermanentExportError) as caught:
         await destination.write([outgoing(offset=o) for o in (1, 2, 3)])
     assert caught.value.reason.startswith("3 of 3 requests failed; first: POST")
+
+
+async def test_a_down_destination_gets_a_few_requests_per_batch_not_one_per_record() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Idempotency-Key"])
+        raise httpx.ConnectError("connection refused", request=request)
+
+    destination = await opened(handler)
+    with pytest.raises(RetryableExportError) as caught:
+        await destination.write([outgoing(offset=o) for o in range(500)])
+    assert len(seen) < 20  # the first requests in a row that found it down, not 500
+    assert caught.value.cause == "unavailable"
+    assert caught.value.reason.startswith(
+        f"{len(seen)} of 500 requests failed ({500 - len(seen)} not sent); first: POST"
+    )
+
+
+async def test_a_429_stops_the_rest_of_the_batch() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Idempotency-Key"])
+        return httpx.Response(429, headers={"Retry-After": "2"})
+
+    destination = await opened(handler)
+    with pytest.raises(RetryableExportError) as caught:
+        await destination.write([outgoing(offset=o) for o in range(100)])
+    assert len(seen) <= 8  # only those already in flight when the first 429 came
+    assert caught.value.cause == "throttled" and caught.value.retry_after == 2
+
+
+async def test_answers_between_failures_keep_the_batch_going() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        offset = int(request.headers["Idempotency-Key"].rsplit("/", 1)[1])
+        return httpx.Response(503 if offset % 2 else 200)
+
+    destination = await opened(handler)
+    with pytest.raises(RetryableExportError) as caught:
+        await destination.write([outgoing(offset=o) for o in range(100)])
+    assert caught.value.reason.startswith("50 of 100 requests failed; first:")  # all were sent
