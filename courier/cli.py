@@ -478,7 +478,7 @@ def replay_command(
     ] = "replayed with courier replay",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Replay without asking.")] = False,
 ) -> None:
-    """Export failed records again: reset each Failed ExportRecord run (fix the cause first)."""
+    """Export failed records again: reset each Failed export run, retry each blocked key (fix the cause first)."""  # noqa: E501 (typer keeps line breaks)
     _setup_logging("WARNING")
     asyncio.run(_replay(_load(config), destination, query, reason, yes))
 

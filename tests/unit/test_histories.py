@@ -6,8 +6,8 @@ partly failed) recorded when batch mode was added, an ``ExportRecord`` with a he
 and a ``DestinationState`` (workers reporting, then stopping) recorded when those were added,
 and the two runs of an ``ExportKey`` (per-key ordering: records exported, one blocked, retried,
 skipped, continued as new; the carried-over queue exported, then idle) recorded when it was
-added; a workflow change that would break workflows started by those releases and still running fails
-here.
+added; a workflow change that would break workflows started by those releases and still
+running fails here.
 """
 
 from __future__ import annotations
