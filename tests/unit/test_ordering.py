@@ -1,4 +1,4 @@
-"""Per-key ordering without services: config, identities, ingest's chains, the carried queue."""
+"""Per-key ordering without services: config, IDs, the ordered hand-off, chains, carry-over."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ from collections.abc import Iterable
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from temporalio.service import RPCError, RPCStatusCode
 
 from courier.config import ConfigError, CourierConfig, parse_config
 from courier.ids import key_workflow_id, parse_workflow_id, workflow_id
 from ingest import consumer as consumer_module
+from ingest import ordered as ordered_module
 from ingest.consumer import Ingest
-from ingest.ordered import ChainBroken, KeyChains
+from ingest.handoff import HandOff
+from ingest.ordered import ChainBroken, KeyChains, hand_off_ordered
+from ingest.routing import Router
+from tests.unit.test_handoff import FakeClient, record, unavailable
 from tests.unit.test_ingest_loop import (
     TOPIC,
     TOPIC_ID,
@@ -24,7 +29,7 @@ from tests.unit.test_ingest_loop import (
     cleanup,
     settle,
 )
-from workflows.export_key import INLINE_CARRY_BYTES, carried
+from workflows.export_key import INLINE_CARRY_BYTES, RECORD_SIGNAL, carried
 from workflows.types import Blob, ExportRecordInput, KafkaRecord, OrderedRecord
 
 
@@ -155,3 +160,66 @@ def test_a_long_queue_is_carried_over_by_reference_past_the_inline_budget() -> N
     assert [i.export.record.value for i in result[3:]] == [None, None]
     assert [i.export.record.key for i in result] == [Blob("k")] * 5
     assert [i.idempotency_key for i in result] == [f"courier/g/t@ID/0/{o}" for o in range(5)]
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    slept: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(ordered_module.asyncio, "sleep", no_sleep)
+    return slept
+
+
+async def test_the_ordered_hand_off_signals_the_keys_workflow_with_the_records_own_id(
+    sleeps: list[float],
+) -> None:
+    cfg = parse_config(
+        {
+            "kafka": {"topics": ["orders"], "group": "g"},
+            "destinations": [
+                {"name": "api", "kind": "rest", "url": "http://127.0.0.1:9/x", "ordering": "key"}
+            ],
+            "routes": {"default": "api"},
+        },
+        environ={},
+    )
+    client = FakeClient([unavailable()])
+    rec = record(b"o-1")
+    result = await hand_off_ordered(
+        client,  # type: ignore[arg-type]
+        cfg,
+        rec,
+        TOPIC_ID,
+        Router(cfg.routes).route(rec.key),
+    )
+    assert result == HandOff("courier/g/ordered/api/key=o-1", started=True)
+    assert len(client.calls) == 2 and sleeps == [0.5]  # UNAVAILABLE is retried
+    call = client.calls[-1]
+    assert call["id"] == "courier/g/ordered/api/key=o-1"
+    assert call["start_signal"] == RECORD_SIGNAL
+    (item,) = call["start_signal_args"]
+    assert item.idempotency_key == f"courier/g/orders@{TOPIC_ID}/1/3"
+    assert item.export.record.offset == 3 and item.export.destination.name == "api"
+
+
+async def test_a_record_temporal_refuses_is_signalled_as_a_failure_that_blocks_its_key(
+    sleeps: list[float],
+) -> None:
+    cfg = config()
+    client = FakeClient([RPCError("too large", RPCStatusCode.INVALID_ARGUMENT, b"")])
+    rec = record(b"o-1")
+    result = await hand_off_ordered(
+        client,  # type: ignore[arg-type]
+        cfg,
+        rec,
+        TOPIC_ID,
+        Router(cfg.routes).route(rec.key),
+    )
+    assert result.failed_reason == "Temporal refused the record's signal: too large"
+    (item,) = client.calls[-1]["start_signal_args"]
+    assert item.export.hand_off_failure == result.failed_reason
+    assert item.export.record.value is None  # coordinates only
+    assert item.idempotency_key == f"courier/g/orders@{TOPIC_ID}/1/3"
