@@ -390,12 +390,17 @@ async def _status(cfg: CourierConfig) -> None:
     for ordered in await ordered_statuses(client, cfg):
         console.print(
             f"{ordered.name}: ordered by key, {ordered.active} keys in flight, "
-            f"{len(ordered.blocked)} blocked",
+            f"{len(ordered.blocked) + ordered.unanswered} blocked",
             highlight=False,
             markup=False,
         )
         for blocked in ordered.blocked:
             console.print(describe_blocked(ordered.name, blocked), highlight=False, markup=False)
+        if ordered.unanswered:
+            _warning(
+                f"{ordered.name}: {ordered.unanswered} blocked key(s) did not answer; is a "
+                "workflow worker (courier worker --workflows) running?"
+            )
 
 
 async def _warn_retention(cfg: CourierConfig, backlogs: list[tuple[str, float]]) -> None:

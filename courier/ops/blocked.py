@@ -71,14 +71,22 @@ async def key_state(client: Client, workflow_id: str) -> KeyState:
     return state
 
 
-async def blocked_keys(client: Client, destination: str | None = None) -> list[BlockedKey]:
-    """The blocked keys (of one destination), each with its state, oldest block first."""
+async def blocked_keys(
+    client: Client, destination: str | None = None, *, unanswered: list[str] | None = None
+) -> list[BlockedKey]:
+    """The blocked keys (of one destination), each with its state, oldest block first.
+
+    Keys listed as blocked whose workflow did not answer are left out, their IDs appended to
+    ``unanswered`` if given.
+    """
     found = []
     async for execution in client.list_workflows(blocked_keys_query(destination)):
         try:
             state = await key_state(client, execution.id)
         except BlockedKeyError:
-            continue  # it just ended or moved on: visibility lags a second or two
+            if unanswered is not None:
+                unanswered.append(execution.id)
+            continue
         if state.blocked is not None:
             found.append(BlockedKey(execution.id, state))
     return sorted(found, key=lambda b: b.state.blocked.since if b.state.blocked else 0.0)

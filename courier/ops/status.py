@@ -152,6 +152,8 @@ class OrderedStatus:
     active: int
     """Keys whose ``ExportKey`` workflow runs (records queued, or idle for under a minute)."""
     blocked: list[BlockedKey]
+    unanswered: int = 0
+    """Keys visibility lists as blocked whose workflow did not answer (no workflow worker?)."""
 
 
 async def ordered_statuses(client: Client, config: CourierConfig) -> list[OrderedStatus]:
@@ -164,7 +166,9 @@ async def ordered_statuses(client: Client, config: CourierConfig) -> list[Ordere
             f"WorkflowType = 'ExportKey' AND ExecutionStatus = 'Running' "
             f"AND {sa.DESTINATION.name} = '{dest.name}'"
         )
-        result.append(OrderedStatus(dest.name, active.count, await blocked_keys(client, dest.name)))
+        unanswered: list[str] = []
+        blocked = await blocked_keys(client, dest.name, unanswered=unanswered)
+        result.append(OrderedStatus(dest.name, active.count, blocked, len(unanswered)))
     return result
 
 
