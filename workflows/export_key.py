@@ -16,7 +16,8 @@ Per-key ordering (a destination with ``ordering: key``). One long-lived workflow
    for the update ``retry`` (``courier replay``) or ``skip`` (``courier skip``). Other keys
    run on.
 4. It continues as new every :data:`EVENTS_PER_RUN` records and signals (or when Temporal
-   suggests it), carrying its queue (the first :data:`INLINE_CARRY_BYTES` of record data
+   suggests it; an export in flight is given up at twice that, and done again in the next
+   run), carrying its queue (the first :data:`INLINE_CARRY_BYTES` of record data
    inline, the rest by reference; at most :data:`MAX_CARRIED` records), and completes once
    the key has been idle for :data:`IDLE_S` with nothing queued.
 
@@ -30,7 +31,8 @@ from dataclasses import replace
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, CancelledError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from courier import search_attributes as sa
@@ -151,22 +153,33 @@ class ExportKey:
         policy = export.destination
         if policy is None:
             return export.unroutable_reason or "the record's key has no route"
+        attempt = workflow.start_activity(
+            EXPORT_ACTIVITY,
+            ExportBatch(
+                destination=policy.name,
+                records=[OutgoingRecord(item.idempotency_key, export.record)],
+                by_reference=export.by_reference,
+            ),
+            task_queue=policy.task_queue,
+            start_to_close_timeout=timedelta(seconds=policy.start_to_close_s),
+            schedule_to_close_timeout=total_timeout(policy),
+            heartbeat_timeout=heartbeat_timeout(policy),
+            retry_policy=retry_policy(policy),
+            result_type=ExportResult,
+            # A cancelled export is over before the next run exports the record again.
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        # An export that retries for long (a destination down) while the key's records keep
+        # arriving must not grow this run's history without bound: give it up and export the
+        # record again, under the same idempotency key, in a new run.
+        await workflow.wait_condition(lambda: attempt.done() or self._run_is_too_long())
+        if not attempt.done():
+            attempt.cancel()
         try:
-            await workflow.execute_activity(
-                EXPORT_ACTIVITY,
-                ExportBatch(
-                    destination=policy.name,
-                    records=[OutgoingRecord(item.idempotency_key, export.record)],
-                    by_reference=export.by_reference,
-                ),
-                task_queue=policy.task_queue,
-                start_to_close_timeout=timedelta(seconds=policy.start_to_close_s),
-                schedule_to_close_timeout=total_timeout(policy),
-                heartbeat_timeout=heartbeat_timeout(policy),
-                retry_policy=retry_policy(policy),
-                result_type=ExportResult,
-            )
+            await attempt
         except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                await self._continue_as_new()
             return failure_reason(err)
         return None
 
@@ -209,6 +222,12 @@ class ExportKey:
             self._skipped += 1
         self._blocked = None
         workflow.upsert_search_attributes([sa.FAILED_COUNT.value_set(0)])
+
+    def _run_is_too_long(self) -> bool:
+        """Long enough to give up an export in flight (twice the usual length)."""
+        if len(self._queue) > MAX_CARRIED:
+            return False
+        return self._events >= 2 * EVENTS_PER_RUN or workflow.info().is_continue_as_new_suggested()
 
     def _run_is_long(self) -> bool:
         if len(self._queue) > MAX_CARRIED:

@@ -5,6 +5,7 @@
   unordered destination arrives out of order (so the order check can fail).
 - A record that fails for good blocks only its key; ``courier status`` says so; ``courier
   replay`` exports it once fixed, ``courier skip`` lets its key go on without it.
+- An export retrying for long while records keep arriving is given up and redone in a new run.
 - kill -9 of a destination worker, of ingest and of the workflow worker during a run (real
   ``courier`` processes; no stack service is restarted): order kept, nothing lost.
 """
@@ -18,10 +19,13 @@ from typing import Any
 
 import pytest
 import yaml
+from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from courier.config import parse_config
-from courier.ops.blocked import blocked_keys
+from courier.ops.blocked import blocked_keys, key_state
 from devtools.topics import create_topic
 from tests.faults.ledger import Ledger
 from tests.faults.processes import config_data
@@ -37,6 +41,20 @@ from tests.integration.keyorder import (
     rest,
     true,
     updates,
+)
+from workflows import export_key
+from workflows.export_key import RECORD_SIGNAL, ExportKey
+from workflows.export_record import EXPORT_ACTIVITY
+from workflows.types import (
+    Blob,
+    DestinationPolicy,
+    ExportBatch,
+    ExportKeyInput,
+    ExportRecordInput,
+    ExportResult,
+    KafkaRecord,
+    OrderedRecord,
+    RetrySpec,
 )
 
 pytestmark = pytest.mark.integration
@@ -211,3 +229,80 @@ async def test_a_failed_record_blocks_only_its_key_until_replayed_or_skipped(
 
         assert receiver.duplicates("/b/") == 0
         assert await blocked_keys(temporal_client, name) == []
+
+
+async def test_an_export_retrying_for_long_is_given_up_and_the_key_goes_on_in_a_new_run(
+    temporal_client: Client, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one export retries (the destination is down), the key's records keep coming.
+
+    Past twice the run's length the export is cancelled and the queue carried into a new run,
+    which exports it again; nothing is lost or reordered. The run length is cut to 4 events
+    (workflow code run unsandboxed, so the patch holds), and the export activity is a stand-in
+    that fails until the destination "comes back".
+    """
+    monkeypatch.setattr(export_key, "EVENTS_PER_RUN", 4)
+    queue, wid = f"courier-key-test-{unique}", f"key-test-{unique}"
+    down = True
+    delivered: list[int] = []
+
+    @activity.defn(name=EXPORT_ACTIVITY)
+    async def export(batch: ExportBatch) -> ExportResult:
+        if down:
+            raise ApplicationError("503 from the destination", type="RetryableExportError")
+        delivered.extend(item.record.offset for item in batch.records)
+        return ExportResult(destination=batch.destination, written=len(batch.records), detail="")
+
+    policy = DestinationPolicy(
+        name="d",
+        task_queue=queue,
+        retry=RetrySpec(
+            initial_interval_s=0.2,
+            backoff_coefficient=1.0,
+            maximum_interval_s=0.2,
+            maximum_attempts=0,
+        ),
+        start_to_close_s=10,
+    )
+    async with Worker(
+        temporal_client,
+        task_queue=queue,
+        workflows=[ExportKey],
+        activities=[export],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    ):
+        for offset in range(10):
+            record = KafkaRecord(
+                topic="t",
+                partition=0,
+                offset=offset,
+                key=Blob("k"),
+                value=Blob(f"{offset}"),
+                timestamp_ms=0,
+                topic_id="ID",
+            )
+            await temporal_client.start_workflow(
+                ExportKey.run,
+                ExportKeyInput(destination="d", key="k"),
+                id=wid,
+                task_queue=queue,
+                start_signal=RECORD_SIGNAL,
+                start_signal_args=[OrderedRecord(f"r{offset}", ExportRecordInput(record, policy))],
+            )
+
+        async def carried_over() -> bool:
+            runs = f"WorkflowId = '{wid}' AND ExecutionStatus = 'ContinuedAsNew'"
+            return (await temporal_client.count_workflows(runs)).count >= 1
+
+        await eventually(carried_over, timeout=60)
+        assert delivered == []
+        down = False
+
+        async def all_delivered() -> bool:
+            return len(delivered) >= 10
+
+        await eventually(all_delivered, timeout=60)
+        assert delivered == list(range(10))
+        state = await key_state(temporal_client, wid)
+        assert state.exported == 10 and state.pending == 0, state
+        await temporal_client.get_workflow_handle(wid).terminate("test over")
