@@ -41,6 +41,7 @@ from workflows.destination_state import (
     DestinationState,
     destination_state_id,
 )
+from workflows.export_key import ExportKey
 from workflows.export_range import ExportRange
 from workflows.export_record import ExportRecord
 from workflows.rate_control import describe_decision
@@ -67,12 +68,12 @@ def control_worker(client: Client, config: CourierConfig) -> Worker:
 
 
 def workflow_worker(client: Client, config: CourierConfig) -> Worker:
-    """The worker of the export workflows (no activities, eager activities off)."""
+    """The worker of the export workflows, ordered keys' included (no activities, eager off)."""
     return Worker(
         client,
         task_queue=config.temporal.workflow_task_queue,
         # DestinationState too: runs started before it had its own queue continue here.
-        workflows=[ExportRecord, ExportRange, DestinationState],
+        workflows=[ExportRecord, ExportRange, ExportKey, DestinationState],
         # Eager activities would run on this worker, bypassing the destination's queue limit.
         disable_eager_activity_execution=True,
         max_concurrent_workflow_tasks=200,

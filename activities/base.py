@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -128,6 +128,14 @@ class DestinationConfig(BaseModel):
     rate_control: RateControlConfig = Field(
         default_factory=RateControlConfig,
         description="Circuit breaker and adaptive rate (section destinations[].rate_control).",
+    )
+    ordering: Literal["none", "key"] = Field(
+        default="none",
+        description="`none`: records are exported concurrently, two records of one key in "
+        "either order. `key`: the records of one key reach the destination one at a time, in "
+        "offset order (one ExportKey workflow per key; different keys still run in "
+        "parallel); a record that fails for good blocks its key until `courier replay` or "
+        "`courier skip`. Records with a null key are not ordered. Per-record mode only.",
     )
 
     def create(self) -> Destination:

@@ -361,7 +361,12 @@ def status(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
 
 
 async def _status(cfg: CourierConfig) -> None:
-    from courier.ops.status import destination_statuses, range_status
+    from courier.ops.status import (
+        describe_blocked,
+        destination_statuses,
+        ordered_statuses,
+        range_status,
+    )
 
     client = await _client(cfg)
     table = Table(
@@ -413,6 +418,20 @@ async def _status(cfg: CourierConfig) -> None:
             f"{ranges.failed} failed ({ranges.failed_records} records could not be exported; "
             "per-destination record counts: the courier_records_exported metric)"
         )
+    for ordered in await ordered_statuses(client, cfg):
+        console.print(
+            f"{ordered.name}: ordered by key, {ordered.active} keys in flight, "
+            f"{len(ordered.blocked) + ordered.unanswered} blocked",
+            highlight=False,
+            markup=False,
+        )
+        for blocked in ordered.blocked:
+            console.print(describe_blocked(ordered.name, blocked), highlight=False, markup=False)
+        if ordered.unanswered:
+            _warning(
+                f"{ordered.name}: {ordered.unanswered} blocked key(s) did not answer; is a "
+                "workflow worker (courier worker --workflows) running?"
+            )
 
 
 async def _warn_retention(cfg: CourierConfig, backlogs: list[tuple[str, float]]) -> None:
@@ -547,7 +566,8 @@ def replay_command(
     ] = "replayed with courier replay",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Replay without asking.")] = False,
 ) -> None:
-    """Export failed records again: reset each failed export run (fix the cause first).
+    """Export failed records again: reset each failed export run and retry each blocked key
+    (fix the cause first).
 
     Takes the filters of `courier failures`, shows what it will replay and asks first.
     """
@@ -597,6 +617,67 @@ async def _replay(
     console.print(f"replayed {count - failed} of {count}")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("skip")
+def skip_command(
+    record_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID",
+            help="The ID of the record a key is blocked on, as courier status shows it "
+            "(courier/<group>/<topic>@<topic ID>/<partition>/<offset>), or the key's "
+            "workflow ID (courier/<group>/ordered/<destination>/key=<key>).",
+        ),
+    ],
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the outcome as one JSON object.")
+    ] = False,
+) -> None:
+    """Skip the record a key of an ordered destination is blocked on; its next records go on.
+
+    The skipped record never reaches the destination (it stays in Kafka). To export it instead, fix the cause and run courier replay.
+    """  # noqa: E501 (typer keeps line breaks)
+    _setup_logging("WARNING")
+    asyncio.run(_skip(_load(config), record_id, json_output))
+
+
+async def _skip(cfg: CourierConfig, record_id: str, json_output: bool) -> None:
+    from courier.ops.blocked import BlockedKeyError
+    from courier.ops.skip import skip
+
+    client = await _client(cfg)
+    try:
+        done = await skip(client, record_id)
+    except BlockedKeyError as err:
+        raise _fail(str(err)) from None
+    record = done.record
+    if json_output:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "skipped": record.idempotency_key,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "reason": record.reason,
+                    "destination": done.destination,
+                    "key": done.key,
+                    "key_workflow_id": done.workflow_id,
+                    "waiting": done.waiting,
+                }
+            )
+            + "\n"
+        )
+        return
+    console.print(
+        f"skipped {record.topic}/{record.partition}/{record.offset} (it had failed: "
+        f"{record.reason}); key {done.key!r} of {done.destination} goes on with its "
+        f"{done.waiting} waiting record(s)",
+        highlight=False,
+        markup=False,
+    )
 
 
 @app.command()

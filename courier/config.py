@@ -309,6 +309,16 @@ class CourierConfig(_Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _ordering_needs_per_record(self) -> CourierConfig:
+        ordered = [d.name for d in self.destinations if d.ordering == "key"]
+        if ordered and self.ingest.mode == "batch":
+            raise ValueError(
+                f"ingest.mode: batch cannot keep the order of a key (ordering: key on "
+                f"{', '.join(ordered)}); use ingest.mode: per_record, or ordering: none"
+            )
+        return self
+
     def destination(self, name: str) -> DestinationConfig:
         """The destination called ``name``; KeyError names the known ones."""
         for dest in self.destinations:

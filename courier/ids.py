@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -119,3 +120,25 @@ def parse_workflow_id(wid: str) -> ParsedId:
             f"{wid!r} is not a Courier workflow ID (courier/<group>/<topic>@<topic ID>/"
             "<partition>/<offset>)"
         ) from None
+
+
+KEY_TEXT_LIMIT = 200
+"""Longest key (in characters) that appears as itself in a key workflow's ID; longer ones and
+keys that are not printable UTF-8 appear as their SHA-256."""
+
+
+def key_workflow_id(*, group: str, destination: str, key: bytes) -> str:
+    """The ID of the workflow that exports one key's records to an ordered destination.
+
+    ``courier/<group>/ordered/<destination>/key=<key>`` for a printable UTF-8 key of at most
+    :data:`KEY_TEXT_LIMIT` characters, else ``…/key#<SHA-256 of the key, hex>``. Each record
+    keeps its own identity (:func:`workflow_id`) as its idempotency key.
+    """
+    prefix = f"{WORKFLOW_ID_PREFIX}/{group}/ordered/{destination}/key"
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and len(text) <= KEY_TEXT_LIMIT and text.isprintable():
+        return f"{prefix}={text}"
+    return f"{prefix}#{hashlib.sha256(key).hexdigest()}"

@@ -38,6 +38,7 @@ from courier.stopping import unless_stopped
 from ingest.handoff import coordinates, hand_off
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options, never_create_topics
 from ingest.offsets import OffsetTracker
+from ingest.ordered import ChainBroken, KeyChains, Turn, hand_off_ordered, ordered_chain
 from ingest.priority import DestinationLoad, record_priority
 from ingest.ranges import OpenRange, hand_off_range
 from ingest.routing import Router
@@ -93,6 +94,8 @@ class Ingest:
         """Batch mode: last offset of a partition that earlier runs' ranges cover."""
         self._seen_ids: dict[str, str] = {}
         """The last ID each topic was seen with (a topic that disappears keeps its entry)."""
+        self._chains = KeyChains()
+        """Records of ordered destinations: each key's hand-offs one after the other."""
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this ingest owns right now."""
@@ -417,7 +420,10 @@ class Ingest:
             self.tracker.forget({tp})
         self.tracker.begin(tp, record.offset)
         self._in_flight += 1
-        task = asyncio.create_task(self._hand_off(tp, record, topic_id, self._epoch[tp]))
+        # Claimed here, in offset order, so a key's records are signalled in that order.
+        chain = ordered_chain(self.config, record, self.router.route(record.key))
+        turn = self._chains.claim(chain) if chain is not None else None
+        task = asyncio.create_task(self._hand_off(tp, record, topic_id, self._epoch[tp], turn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -432,10 +438,18 @@ class Ingest:
             )
 
     async def _hand_off(
-        self, tp: TopicPartition, record: ConsumerRecord, topic_id: str, epoch: int
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord,
+        topic_id: str,
+        epoch: int,
+        turn: Turn | None = None,
     ) -> None:
         delay = 1.0
+        handed_off = False
         try:
+            if turn is not None:
+                await turn.wait()
             while True:
                 try:
                     decision = self.router.route(record.key)
@@ -444,15 +458,11 @@ class Ingest:
                         outcome = "skipped"
                     else:
                         destination = decision.destination
-                        result = await hand_off(
-                            self.client,
-                            self.config,
-                            record,
-                            topic_id,
-                            decision,
-                            priority=record_priority(
-                                self.config, destination, self.load.congested(destination)
-                            ),
+                        priority = record_priority(
+                            self.config, destination, self.load.congested(destination)
+                        )
+                        result = await (hand_off_ordered if turn is not None else hand_off)(
+                            self.client, self.config, record, topic_id, decision, priority=priority
                         )
                         if result.failed_reason is not None:
                             outcome = "failed"
@@ -467,11 +477,16 @@ class Ingest:
                     metrics.HAND_OFF_FAILURES.labels(record.topic).inc()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_BACKOFF_S)
+            handed_off = True
             self.counts[outcome] += 1
             metrics.INGESTED.labels(tp.topic, outcome).inc()
             if self._epoch[tp] == epoch:
                 self.tracker.finish(tp, record.offset)
+        except ChainBroken as err:  # only when hand-offs are abandoned: left uncommitted
+            log.warning("%s not handed off: %s", coordinates(record), err)
         finally:
+            if turn is not None:
+                turn.release(handed_off)
             self._in_flight -= 1
             self._slot_freed.set()
 

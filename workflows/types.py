@@ -273,3 +273,70 @@ class ControlState:
     last_adjusted: float | None = None
     rate_before_open: float | None = None
     unlimited_start: float | None = None
+
+
+@dataclass(frozen=True)
+class OrderedRecord:
+    """One record of a key queued in its ``ExportKey`` workflow (per-key ordering).
+
+    ``idempotency_key`` is the record's own identity (``courier.ids.workflow_id``), the same
+    key it has at the sink in unordered mode, so a record exported again has no new effect.
+    """
+
+    idempotency_key: str
+    export: ExportRecordInput
+
+
+@dataclass(frozen=True)
+class BlockedRecord:
+    """The record a key waits on: it failed for good and waits to be replayed or skipped."""
+
+    idempotency_key: str
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    since: float
+    """Unix time it failed."""
+
+
+@dataclass(frozen=True)
+class ExportKeyInput:
+    """Input of the ``ExportKey`` workflow: one key of one destination, exported in order.
+
+    A new workflow gets the destination and key only; a run that continues as new carries its
+    queue, the last offset taken from each source partition and a record it is blocked on.
+    """
+
+    destination: str
+    key: str
+    """The key as text, for people (undecodable bytes escaped)."""
+    pending: list[OrderedRecord] = field(default_factory=list)
+    last_offsets: dict[str, int] = field(default_factory=dict)
+    """``<topic ID>/<partition>`` → last offset queued: a record at or below it is a repeat."""
+    blocked: BlockedRecord | None = None
+    exported: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """What an ``ExportKey`` workflow reports to ``courier status``, ``replay`` and ``skip``."""
+
+    destination: str
+    key: str
+    pending: int
+    """Records queued, the blocked one included."""
+    exported: int
+    skipped: int
+    repeats: int
+    """Records received again (ingest read them again) and dropped, in this run."""
+    blocked: BlockedRecord | None = None
+
+
+@dataclass(frozen=True)
+class ExportKeyResult:
+    """Result of an ``ExportKey`` run that ended because its key went idle."""
+
+    exported: int
+    skipped: int

@@ -5,6 +5,10 @@ again; the failed run stays listed in the Temporal UI. A batch-mode ``ExportRang
 whole: its records that were exported already are written again with the same idempotency
 keys, so the file and PostgreSQL sinks skip them and REST endpoints see a repeated
 ``Idempotency-Key``; only the records that failed have a new effect.
+
+A key blocked by a record that failed for good (``ordering: key``) is not a Failed run: its
+``ExportKey`` workflow gets the update ``retry`` and exports the record again, under the same
+idempotency key, before the key's next records.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from temporalio.client import Client
 from temporalio.client import WorkflowExecution as Execution
 
 from courier import search_attributes as sa
+from courier.ops.blocked import blocked_keys_query, decide
+from workflows.export_key import RETRY_UPDATE
 
 
 def failed_exports_query(destination: str | None = None, extra: str | None = None) -> str:
-    """Visibility query for Failed exports, optionally of one destination and a further filter."""
-    parts = ["WorkflowType IN ('ExportRecord', 'ExportRange')", "ExecutionStatus = 'Failed'"]
+    """Visibility query for Failed exports and blocked keys, of one destination, filtered."""
+    failed = "WorkflowType IN ('ExportRecord', 'ExportRange') AND ExecutionStatus = 'Failed'"
+    parts = [f"(({failed}) OR ({blocked_keys_query()}))"]
     if destination:
         parts.append(f"{sa.DESTINATION.name} = '{destination}'")
     if extra:
@@ -33,7 +40,13 @@ def failed_exports_query(destination: str | None = None, extra: str | None = Non
 
 
 async def replay(client: Client, execution: Execution, *, reason: str) -> str:
-    """Reset one failed run so the record is exported again; returns the new run ID."""
+    """Reset one failed run so the record is exported again; returns the new run ID.
+
+    A blocked key's workflow is asked to export its blocked record again instead; returns the
+    record's ID.
+    """
+    if execution.workflow_type == "ExportKey":
+        return await decide(client, execution.id, RETRY_UPDATE)
     handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
     first_task_done = None
     async for event in handle.fetch_history_events():

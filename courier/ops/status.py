@@ -11,6 +11,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from courier import search_attributes as sa
 from courier.config import CourierConfig
+from courier.ops.blocked import BlockedKey, blocked_keys
 from courier.task_queues import QueueState, describe
 from workflows.destination_state import CONTROL_QUERY, WORKERS_QUERY, destination_state_id
 from workflows.rate_control import describe_decision
@@ -89,8 +90,9 @@ async def destination_statuses(client: Client, config: CourierConfig) -> list[De
     result = []
     for dest in config.destinations:
         queue = await describe(client, dest.task_queue)
-        counts = await client.count_workflows(
-            f"{sa.DESTINATION.name} = '{dest.name}' GROUP BY ExecutionStatus"
+        counts = await client.count_workflows(  # records' workflows, not ordered keys'
+            f"{sa.DESTINATION.name} = '{dest.name}' AND WorkflowType != 'ExportKey' "
+            "GROUP BY ExecutionStatus"
         )
         by_status = {str(g.group_values[0]): g.count for g in counts.groups}
         workers: list[WorkerReport] = []
@@ -139,4 +141,48 @@ async def range_status(client: Client, config: CourierConfig) -> RangeStatus:
         completed=by_status.get("Completed", 0),
         failed=by_status.get("Failed", 0),
         failed_records=failed_records,
+    )
+
+
+@dataclass(frozen=True)
+class OrderedStatus:
+    """A destination with ``ordering: key``: its keys in flight and the blocked ones."""
+
+    name: str
+    active: int
+    """Keys whose ``ExportKey`` workflow runs (records queued, or idle for under a minute)."""
+    blocked: list[BlockedKey]
+    unanswered: int = 0
+    """Keys visibility lists as blocked whose workflow did not answer (no workflow worker?)."""
+
+
+async def ordered_statuses(client: Client, config: CourierConfig) -> list[OrderedStatus]:
+    """The keys of every destination with ``ordering: key``, in config order."""
+    result = []
+    for dest in config.destinations:
+        if dest.ordering != "key":
+            continue
+        active = await client.count_workflows(
+            f"WorkflowType = 'ExportKey' AND ExecutionStatus = 'Running' "
+            f"AND {sa.DESTINATION.name} = '{dest.name}'"
+        )
+        unanswered: list[str] = []
+        blocked = await blocked_keys(client, dest.name, unanswered=unanswered)
+        result.append(OrderedStatus(dest.name, active.count, blocked, len(unanswered)))
+    return result
+
+
+def describe_blocked(destination: str, blocked: BlockedKey) -> str:
+    """One line: which key waits on which record since when, why, and what to do."""
+    state, record = blocked.state, blocked.state.blocked
+    if record is None:
+        return f"{destination}: key {state.key!r} is not blocked"
+    since = datetime.fromtimestamp(record.since, tz=UTC).strftime("%H:%M:%S")
+    waiting = state.pending - 1
+    return (
+        f"{destination}: key {state.key!r} blocked since {since} UTC at "
+        f"{record.topic}/{record.partition}/{record.offset}"
+        f"{f' ({waiting} more records of the key wait)' if waiting else ''}: {record.reason} — "
+        f"fix the cause and run courier replay -d {destination}, or courier skip "
+        f"{record.idempotency_key}"
     )

@@ -4,9 +4,10 @@
 retries, unroutable) recorded with release 0.1.0, and ``ExportRange`` histories (exported,
 partly failed) recorded when batch mode was added, an ``ExportRecord`` with a heartbeat timeout
 and a ``DestinationState`` (workers reporting, then stopping) recorded when those were added,
-and a re-driven ``ExportRecord`` carrying its record's own idempotency key; a
-workflow change that would break workflows started by those releases and still running fails
-here.
+and a re-driven ``ExportRecord`` carrying its record's own idempotency key; and the two runs of
+an ``ExportKey`` (per-key ordering: records exported, one blocked, retried, skipped, continued
+as new; the carried-over queue exported, then idle) recorded when it was added; a workflow
+change that would break workflows started by those releases and still running fails here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from workflows.destination_state import DestinationState
+from workflows.export_key import ExportKey
 from workflows.export_range import ExportRange
 from workflows.export_record import ExportRecord
 
@@ -25,10 +27,11 @@ HISTORIES = sorted((Path(__file__).parents[1] / "histories").glob("*.json"))
 
 
 def test_histories_are_present() -> None:
-    assert len(HISTORIES) >= 4
+    assert len(HISTORIES) >= 10
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_recorded_history_replays(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    await Replayer(workflows=[ExportRecord, ExportRange, DestinationState]).replay_workflow(history)
+    replayer = Replayer(workflows=[ExportRecord, ExportRange, ExportKey, DestinationState])
+    await replayer.replay_workflow(history)

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "workflows.export_record",
         "workflows.export_range",
+        "workflows.export_key",
         "workflows.destination_state",
         "workflows.rate_control",
         "activities.errors",

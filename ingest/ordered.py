@@ -1,0 +1,240 @@
+"""The hand-off to a destination with ``ordering: key``: signal-with-start of the key's workflow.
+
+A record of an ordered destination is handed off by signalling it to its key's ``ExportKey``
+workflow (starting the workflow if it is not running). The hand-off is durable once Temporal
+accepted the signal, and counts for the partition's commit point like a started workflow.
+
+Order: the workflow drops a record at or below the last offset it took from the record's
+partition (a repeat, read again after a crash or a rebalance). That is only right if no record
+of a key is ever signalled before an earlier record of the same key was accepted, so the
+records of a key are handed off one after the other (:class:`KeyChains`): whoever signals a
+record, every earlier record of its key has been accepted — by this ingest, or by one before it,
+as the group's committed offset says.
+
+Failures follow the contract of ``ingest.handoff``: transient Temporal errors and Courier's own
+misconfiguration are retried (the key and the partition wait); a record that cannot travel
+(too large even by reference, unencodable, refused) is signalled as its coordinates with the
+reason, and blocks its key visibly, like any record that fails for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from aiokafka import ConsumerRecord
+from temporalio.client import Client
+from temporalio.common import Priority, SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError
+
+from courier import metrics
+from courier import search_attributes as sa
+from courier.config import CourierConfig
+from courier.ids import key_workflow_id, workflow_id
+from ingest.handoff import (
+    RECORD_STATUSES,
+    TRANSIENT_STATUSES,
+    HandOff,
+    RecordRejected,
+    ThrottledLog,
+    checked_input,
+    coordinates,
+    failed_input,
+)
+from ingest.routing import RouteDecision, key_text
+from workflows.export_key import RECORD_SIGNAL, ExportKey
+from workflows.types import ExportKeyInput, ExportRecordInput, OrderedRecord
+
+log = logging.getLogger("courier.ingest")
+
+_SEARCH_KEY_LIMIT = 256
+_REASON_LIMIT = 2_000
+
+Chain = tuple[str, bytes]
+"""``(destination, key)``: the records that must be handed off one after the other."""
+
+
+class ChainBroken(Exception):
+    """An earlier record of the key was not handed off (its hand-off was abandoned)."""
+
+
+@dataclass
+class Turn:
+    """One record's place in its key's chain of hand-offs."""
+
+    chain: Chain
+    previous: asyncio.Future[bool] | None
+    mine: asyncio.Future[bool]
+    owner: KeyChains = field(repr=False)
+
+    async def wait(self) -> None:
+        """Wait until the key's previous record is handed off; ChainBroken if it never was."""
+        if self.previous is None:
+            return
+        await asyncio.wait({self.previous})  # never cancels the previous record's future
+        if not self.previous.result():
+            raise ChainBroken(f"an earlier record of key {self.chain[1]!r} was not handed off")
+
+    def release(self, handed_off: bool) -> None:
+        """Let the key's next record go (if ``handed_off``; else it gives up too)."""
+        if not self.mine.done():
+            self.mine.set_result(handed_off)
+        if self.owner._last.get(self.chain) is self.mine:
+            del self.owner._last[self.chain]
+
+
+class KeyChains:
+    """Hands off the records of each (destination, key) one after the other, in claim order."""
+
+    def __init__(self) -> None:
+        self._last: dict[Chain, asyncio.Future[bool]] = {}
+
+    def claim(self, chain: Chain) -> Turn:
+        """The next turn of ``chain``; claim in offset order, then :meth:`Turn.wait`."""
+        mine: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        turn = Turn(chain, self._last.get(chain), mine, self)
+        self._last[chain] = mine
+        return turn
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+
+def ordered_chain(
+    config: CourierConfig, record: ConsumerRecord, decision: RouteDecision
+) -> Chain | None:
+    """The chain of a record whose destination keeps key order, or None if it is unordered."""
+    if decision.destination is None or record.key is None:
+        return None
+    if config.destination(decision.destination).ordering != "key":
+        return None
+    return decision.destination, record.key
+
+
+def key_search_attributes(record: ConsumerRecord, destination: str) -> TypedSearchAttributes:
+    """Attributes of a key's workflow: its destination, key and topic."""
+    pairs: list[SearchAttributePair[str]] = [
+        SearchAttributePair(sa.DESTINATION, destination),
+        SearchAttributePair(sa.TOPIC, record.topic),
+    ]
+    key = key_text(record.key)
+    if key is not None:
+        pairs.append(SearchAttributePair(sa.RECORD_KEY, key[:_SEARCH_KEY_LIMIT]))
+    return TypedSearchAttributes(pairs)
+
+
+async def hand_off_ordered(
+    client: Client,
+    config: CourierConfig,
+    record: ConsumerRecord,
+    topic_id: str,
+    decision: RouteDecision,
+    *,
+    priority: Priority = Priority.default,
+    max_backoff: float = 30.0,
+) -> HandOff:
+    """Signal the record to its key's workflow (starting it if needed); see the module doc.
+
+    ``priority`` (``ingest/priority.py``) applies when this signal starts the key's workflow.
+
+    Returns once Temporal accepted the signal; retries for as long as Temporal is unreachable
+    or Courier is misconfigured. ``HandOff.workflow_id`` is the key's workflow.
+    """
+    destination = decision.destination
+    if destination is None or record.key is None:
+        raise ValueError(f"{coordinates(record)} has no key or destination to keep order by")
+    wid = key_workflow_id(group=config.kafka.group, destination=destination, key=record.key)
+    record_id = workflow_id(
+        group=config.kafka.group,
+        topic=record.topic,
+        topic_id=topic_id,
+        partition=record.partition,
+        offset=record.offset,
+    )
+    key = key_text(record.key) or ""
+    start = ExportKeyInput(destination=destination, key=key[:_SEARCH_KEY_LIMIT])
+    attributes = key_search_attributes(record, destination)
+    summary = f"key {key!r} → {destination}, in order"[:200]
+    warning = ThrottledLog()
+    delay = 0.5
+    failed_reason: str | None = None
+    item: OrderedRecord | None = None
+    while True:
+        try:
+            if item is None:
+                export: ExportRecordInput
+                if failed_reason is None:
+                    export = await checked_input(client, config, record, topic_id, decision)
+                else:
+                    export = failed_input(record, topic_id, decision, failed_reason)
+                item = OrderedRecord(idempotency_key=record_id, export=export)
+            await client.start_workflow(
+                ExportKey.run,
+                start,
+                id=wid,
+                task_queue=config.temporal.workflow_task_queue,
+                start_signal=RECORD_SIGNAL,
+                start_signal_args=[item],
+                search_attributes=attributes,
+                static_summary=summary,
+                priority=priority,
+            )
+            return HandOff(wid, started=True, failed_reason=failed_reason)
+        except RecordRejected as err:
+            failed_reason, item = _record_failure(record, str(err)), None
+            continue
+        except RPCError as err:
+            if err.status in TRANSIENT_STATUSES:
+                warning.log(
+                    logging.WARNING,
+                    "signalling %s to %s failed (%s: %s); retrying",
+                    coordinates(record),
+                    wid,
+                    err.status.name,
+                    err.message,
+                )
+            elif err.status in RECORD_STATUSES and failed_reason is None:
+                failed_reason = _record_failure(
+                    record, f"Temporal refused the record's signal: {err.message}"
+                )
+                item = None
+                continue
+            else:
+                warning.log(
+                    logging.ERROR,
+                    "cannot signal workflows (%s: %s) — check temporal.address, namespace, "
+                    "credentials and that the Courier workers are deployed; %s waits",
+                    err.status.name,
+                    err.message,
+                    coordinates(record),
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            if failed_reason is not None:  # even the coordinates-only signal failed: a bug
+                warning.log(
+                    logging.ERROR,
+                    "cannot hand off %s even without its payload (%s: %s); %s waits",
+                    record_id,
+                    type(err).__name__,
+                    err,
+                    coordinates(record),
+                )
+            else:
+                failed_reason = _record_failure(
+                    record, f"hand-off failed: {type(err).__name__}: {err}"
+                )
+                item = None
+                continue
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_backoff)
+
+
+def _record_failure(record: ConsumerRecord, reason: str) -> str:
+    """Log and count a record that blocks its key instead of being exported."""
+    if len(reason) > _REASON_LIMIT:
+        reason = reason[:_REASON_LIMIT] + "…"
+    log.error("%s cannot be handed off, it blocks its key: %s", coordinates(record), reason)
+    metrics.HAND_OFF_FAILURES.labels(record.topic).inc()
+    return reason
