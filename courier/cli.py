@@ -591,17 +591,26 @@ async def _replay(
 
     from courier.ops import failures as found
     from courier.ops import replay
+    from courier.ops.blocked import blocked_keys_query
 
     client = await _client(cfg)
     exports = await found.find_failures(
         client, cfg, destination=destination, since=since, extra=query
     )
-    if not exports:
+    blocked = [e async for e in client.list_workflows(blocked_keys_query(destination, query))]
+    if not exports and not blocked:
         console.print("no failed exports match")
         return
-    found.render(found.group(exports), console)
-    count = len(exports)
-    if not yes and not typer.confirm(f"Replay these {count} failed export workflow(s)?"):
+    if exports:
+        found.render(found.group(exports), console)
+    if blocked:
+        console.print(f"{len(blocked)} blocked key(s) of ordered destinations (courier status)")
+    count = len(exports) + len(blocked)
+    what = f"{len(exports)} failed export workflow(s)" if exports else ""
+    what += (" and " if exports and blocked else "") + (
+        f"{len(blocked)} blocked key(s)" if blocked else ""
+    )
+    if not yes and not typer.confirm(f"Replay these {what}?"):
         raise typer.Exit(1)
     with Progress(console=console) as progress:
         task = progress.add_task("replaying", total=count)
@@ -612,7 +621,7 @@ async def _replay(
             progress.advance(task)
 
         failed = await replay.replay_all(
-            client, [e.execution for e in exports], reason=reason, on_done=done
+            client, [e.execution for e in exports] + blocked, reason=reason, on_done=done
         )
     console.print(f"replayed {count - failed} of {count}")
     if failed:

@@ -23,20 +23,8 @@ from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.client import WorkflowExecution as Execution
 
-from courier import search_attributes as sa
-from courier.ops.blocked import blocked_keys_query, decide
+from courier.ops.blocked import decide
 from workflows.export_key import RETRY_UPDATE
-
-
-def failed_exports_query(destination: str | None = None, extra: str | None = None) -> str:
-    """Visibility query for Failed exports and blocked keys, of one destination, filtered."""
-    failed = "WorkflowType IN ('ExportRecord', 'ExportRange') AND ExecutionStatus = 'Failed'"
-    parts = [f"(({failed}) OR ({blocked_keys_query()}))"]
-    if destination:
-        parts.append(f"{sa.DESTINATION.name} = '{destination}'")
-    if extra:
-        parts.append(f"({extra})")
-    return " AND ".join(parts)
 
 
 async def replay(client: Client, execution: Execution, *, reason: str) -> str:
