@@ -8,7 +8,7 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Replayer
 
-from courier.ops import replay
+from courier.ops import failures, replay
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce
 from tests.integration.harness import (
@@ -51,8 +51,10 @@ async def test_failed_export_is_replayed_once_the_destination_recovers(
             assert len(receiver.times("/down")) == 4  # two attempts each, then Failed
 
             receiver.script("/down", then=200)
-            selector = replay.failed_exports_query(name, query)
-            failed = [e async for e in temporal_client.list_workflows(selector)]
+            found = await failures.find_failures(
+                temporal_client, config, destination=name, extra=query
+            )
+            failed = [f.execution for f in found]
             assert len(failed) == 2
             for execution in failed:
                 await replay.replay(temporal_client, execution, reason="test")
