@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from aiokafka import ConsumerRecord
@@ -275,15 +276,11 @@ async def hand_off(
             offset=record.offset,
         )
     summary = summary[:200]
-    warning = ThrottledLog()
-    delay = 0.5
-    failed_reason: str | None = None
-    request: tuple[ExportRecordInput, TypedSearchAttributes] | None = None
-    while True:
-        try:
-            if request is not None:
-                workflow_input, attributes = request  # built once; retries only resend it
-            elif failed_reason is None:
+    requests: dict[str | None, tuple[ExportRecordInput, TypedSearchAttributes]] = {}
+
+    async def start(failed_reason: str | None) -> bool:
+        if failed_reason not in requests:  # built once; retries only resend it
+            if failed_reason is None:
                 workflow_input = await checked_input(
                     client, config, record, topic_id, decision, idempotency_key=idempotency_key
                 )
@@ -294,7 +291,9 @@ async def hand_off(
             else:
                 workflow_input = failed_input(record, topic_id, decision, failed_reason)
                 attributes = search_attributes(record, decision, with_key=False)
-            request = workflow_input, attributes
+            requests[failed_reason] = workflow_input, attributes
+        workflow_input, attributes = requests[failed_reason]
+        try:
             await client.start_workflow(
                 ExportRecord.run,
                 workflow_input,
@@ -305,32 +304,84 @@ async def hand_off(
                 static_summary=summary if failed_reason is None else None,
                 priority=priority,
             )
-            return HandOff(wid, started=True, failed_reason=failed_reason)
         except WorkflowAlreadyStartedError:
-            return HandOff(wid, started=False, failed_reason=failed_reason)
+            return False
+        return True
+
+    started, failed_reason = await deliver(
+        record,
+        start,
+        Attempt(
+            what=f"starting {wid}",
+            verb="start",
+            refused="workflow",
+            failure="its workflow fails",
+            record_id=wid,
+        ),
+        max_backoff=max_backoff,
+    )
+    return HandOff(wid, started=started, failed_reason=failed_reason)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How :func:`deliver` speaks of one kind of hand-off in its log lines."""
+
+    what: str
+    """e.g. ``starting courier/…``"""
+    verb: str
+    """``start`` or ``signal``: what Courier cannot do with workflows."""
+    refused: str
+    """What Temporal may refuse: ``workflow`` or ``signal``."""
+    failure: str
+    """What happens to a record that cannot be handed off, e.g. ``its workflow fails``."""
+    record_id: str
+
+
+async def deliver(
+    record: ConsumerRecord,
+    send: Callable[[str | None], Awaitable[bool]],
+    attempt: Attempt,
+    *,
+    max_backoff: float,
+) -> tuple[bool, str | None]:
+    """Call ``send(failed_reason)`` until it returns, following this module's failure contract.
+
+    ``send(None)`` hands the record off; after something about the record itself failed,
+    ``send(reason)`` hands off its coordinates only, with the reason it fails. Returns what
+    ``send`` returned and the reason, if the record is handed off as failed.
+    """
+    warning = ThrottledLog()
+    delay = 0.5
+    failed_reason: str | None = None
+    while True:
+        try:
+            return await send(failed_reason), failed_reason
         except RecordRejected as err:
-            failed_reason, request = _record_failure(record, str(err)), None
+            failed_reason = _record_failure(record, str(err), attempt.failure)
             continue
         except RPCError as err:
             if err.status in TRANSIENT_STATUSES:
                 warning.log(
                     logging.WARNING,
-                    "starting %s failed (%s: %s); retrying",
-                    wid,
+                    "%s failed (%s: %s); retrying",
+                    attempt.what,
                     err.status.name,
                     err.message,
                 )
             elif err.status in RECORD_STATUSES and failed_reason is None:
                 failed_reason = _record_failure(
-                    record, f"Temporal refused the record's workflow: {err.message}"
+                    record,
+                    f"Temporal refused the record's {attempt.refused}: {err.message}",
+                    attempt.failure,
                 )
-                request = None
                 continue
             else:
                 warning.log(
                     logging.ERROR,
-                    "cannot start workflows (%s: %s) — check temporal.address, namespace, "
+                    "cannot %s workflows (%s: %s) — check temporal.address, namespace, "
                     "credentials and that the Courier workers are deployed; %s waits",
+                    attempt.verb,
                     err.status.name,
                     err.message,
                     coordinates(record),
@@ -338,29 +389,28 @@ async def hand_off(
         except asyncio.CancelledError:
             raise
         except Exception as err:
-            if failed_reason is not None:  # even the coordinates-only start failed: a bug
+            if failed_reason is not None:  # even the coordinates-only hand-off failed: a bug
                 warning.log(
                     logging.ERROR,
                     "cannot hand off %s even without its payload (%s: %s); %s waits",
-                    wid,
+                    attempt.record_id,
                     type(err).__name__,
                     err,
                     coordinates(record),
                 )
             else:
                 failed_reason = _record_failure(
-                    record, f"hand-off failed: {type(err).__name__}: {err}"
+                    record, f"hand-off failed: {type(err).__name__}: {err}", attempt.failure
                 )
-                request = None
                 continue
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_backoff)
 
 
-def _record_failure(record: ConsumerRecord, reason: str) -> str:
-    """Log and count a record that gets a failed workflow instead of its export."""
+def _record_failure(record: ConsumerRecord, reason: str, failure: str) -> str:
+    """Log and count a record that is handed off as failed instead of for its export."""
     if len(reason) > _REASON_LIMIT:  # an error message may quote the very data that failed
         reason = reason[:_REASON_LIMIT] + "…"
-    log.error("%s cannot be handed off, its workflow fails: %s", coordinates(record), reason)
+    log.error("%s cannot be handed off, %s: %s", coordinates(record), failure, reason)
     metrics.HAND_OFF_FAILURES.labels(record.topic).inc()
     return reason

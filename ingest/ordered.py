@@ -20,36 +20,28 @@ reason, and blocks its key visibly, like any record that fails for good.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass, field
 
 from aiokafka import ConsumerRecord
 from temporalio.client import Client
 from temporalio.common import Priority, SearchAttributePair, TypedSearchAttributes
-from temporalio.service import RPCError
 
-from courier import metrics
 from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ids import key_workflow_id, workflow_id
 from ingest.handoff import (
-    RECORD_STATUSES,
-    TRANSIENT_STATUSES,
+    Attempt,
     HandOff,
-    RecordRejected,
-    ThrottledLog,
     checked_input,
     coordinates,
+    deliver,
     failed_input,
 )
 from ingest.routing import RouteDecision, key_text
 from workflows.export_key import RECORD_SIGNAL, ExportKey
 from workflows.types import ExportKeyInput, ExportRecordInput, OrderedRecord
 
-log = logging.getLogger("courier.ingest")
-
 _SEARCH_KEY_LIMIT = 256
-_REASON_LIMIT = 2_000
 
 Chain = tuple[str, bytes]
 """``(destination, key)``: the records that must be handed off one after the other."""
@@ -156,85 +148,39 @@ async def hand_off_ordered(
     start = ExportKeyInput(destination=destination, key=key[:_SEARCH_KEY_LIMIT])
     attributes = key_search_attributes(record, destination)
     summary = f"key {key!r} → {destination}, in order"[:200]
-    warning = ThrottledLog()
-    delay = 0.5
-    failed_reason: str | None = None
-    item: OrderedRecord | None = None
-    while True:
-        try:
-            if item is None:
-                export: ExportRecordInput
-                if failed_reason is None:
-                    export = await checked_input(client, config, record, topic_id, decision)
-                else:
-                    export = failed_input(record, topic_id, decision, failed_reason)
-                item = OrderedRecord(idempotency_key=record_id, export=export)
-            await client.start_workflow(
-                ExportKey.run,
-                start,
-                id=wid,
-                task_queue=config.temporal.workflow_task_queue,
-                start_signal=RECORD_SIGNAL,
-                start_signal_args=[item],
-                search_attributes=attributes,
-                static_summary=summary,
-                priority=priority,
-            )
-            return HandOff(wid, started=True, failed_reason=failed_reason)
-        except RecordRejected as err:
-            failed_reason, item = _record_failure(record, str(err)), None
-            continue
-        except RPCError as err:
-            if err.status in TRANSIENT_STATUSES:
-                warning.log(
-                    logging.WARNING,
-                    "signalling %s to %s failed (%s: %s); retrying",
-                    coordinates(record),
-                    wid,
-                    err.status.name,
-                    err.message,
-                )
-            elif err.status in RECORD_STATUSES and failed_reason is None:
-                failed_reason = _record_failure(
-                    record, f"Temporal refused the record's signal: {err.message}"
-                )
-                item = None
-                continue
-            else:
-                warning.log(
-                    logging.ERROR,
-                    "cannot signal workflows (%s: %s) — check temporal.address, namespace, "
-                    "credentials and that the Courier workers are deployed; %s waits",
-                    err.status.name,
-                    err.message,
-                    coordinates(record),
-                )
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            if failed_reason is not None:  # even the coordinates-only signal failed: a bug
-                warning.log(
-                    logging.ERROR,
-                    "cannot hand off %s even without its payload (%s: %s); %s waits",
-                    record_id,
-                    type(err).__name__,
-                    err,
-                    coordinates(record),
-                )
-            else:
-                failed_reason = _record_failure(
-                    record, f"hand-off failed: {type(err).__name__}: {err}"
-                )
-                item = None
-                continue
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, max_backoff)
+    items: dict[str | None, OrderedRecord] = {}
 
+    async def signal(failed_reason: str | None) -> bool:
+        if failed_reason not in items:
+            export: ExportRecordInput
+            if failed_reason is None:
+                export = await checked_input(client, config, record, topic_id, decision)
+            else:
+                export = failed_input(record, topic_id, decision, failed_reason)
+            items[failed_reason] = OrderedRecord(idempotency_key=record_id, export=export)
+        await client.start_workflow(
+            ExportKey.run,
+            start,
+            id=wid,
+            task_queue=config.temporal.workflow_task_queue,
+            start_signal=RECORD_SIGNAL,
+            start_signal_args=[items[failed_reason]],
+            search_attributes=attributes,
+            static_summary=summary,
+            priority=priority,
+        )
+        return True
 
-def _record_failure(record: ConsumerRecord, reason: str) -> str:
-    """Log and count a record that blocks its key instead of being exported."""
-    if len(reason) > _REASON_LIMIT:
-        reason = reason[:_REASON_LIMIT] + "…"
-    log.error("%s cannot be handed off, it blocks its key: %s", coordinates(record), reason)
-    metrics.HAND_OFF_FAILURES.labels(record.topic).inc()
-    return reason
+    _, failed_reason = await deliver(
+        record,
+        signal,
+        Attempt(
+            what=f"signalling {coordinates(record)} to {wid}",
+            verb="signal",
+            refused="signal",
+            failure="it blocks its key",
+            record_id=record_id,
+        ),
+        max_backoff=max_backoff,
+    )
+    return HandOff(wid, started=True, failed_reason=failed_reason)
