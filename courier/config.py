@@ -357,12 +357,15 @@ def _describe(err: ValidationError, data: Any) -> str:
     lines = []
     for problem in err.errors():
         path, node = "", data
-        for part in problem["loc"]:
+        loc = problem["loc"]
+        for index, part in enumerate(loc):
             if isinstance(part, int):
                 path += f"[{part}]"
                 node = node[part] if isinstance(node, list) and part < len(node) else None
-            elif isinstance(node, dict) and part not in node and node.get("kind") == part:
-                continue  # the discriminated-union tag pydantic adds: not a field of the YAML
+            elif not (isinstance(node, dict) and part in node) and (
+                index < len(loc) - 1 or problem["type"] != "missing"
+            ):
+                continue  # a union tag pydantic adds (e.g. the kind): not a field of the YAML
             else:
                 path = _join(path, part)
                 node = node.get(part) if isinstance(node, dict) else None
