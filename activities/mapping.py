@@ -102,7 +102,7 @@ class Expression:
                 f"mapping {shorten(text)} does not compile: {_describe_error(err)}"
             ) from None
         leading = _LEADING_NAME.match(text)
-        if leading and leading.group(1) not in RECORD_FIELDS + ("true", "false", "null"):
+        if leading and leading.group(1) not in (*RECORD_FIELDS, "true", "false", "null"):
             raise ValueError(
                 f"mapping {shorten(text)} reads {leading.group(1)!r}, which a record does not "
                 f"have; its fields are {', '.join(RECORD_FIELDS)}"

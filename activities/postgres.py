@@ -618,10 +618,31 @@ class PostgresDestination:
                     )
                     for statement in create_table_sql(self.config):
                         await conn.execute(statement)
+            if self.config.columns is not None:
+                missing = await self._missing_columns(self._pool)
         except _DATABASE_ERRORS as err:
             await self.close()
             what = f"preparing table {self.config.table}"
             raise classify_error(err, what, hint=open_hint(err)) from err
+        if self.config.columns is not None and missing:
+            await self.close()
+            raise RetryableExportError(
+                f"table {self.config.table} has no column(s) {', '.join(missing)} that the "
+                "config declares (it was made before, with other columns): add them "
+                "(ALTER TABLE … ADD COLUMN) or map to a new table"
+            )
+
+    async def _missing_columns(self, pool: asyncpg.Pool) -> list[str]:
+        """Declared columns the existing table lacks ([] when the table does not exist yet)."""
+        rows = await pool.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) "
+            "AND attnum > 0 AND NOT attisdropped",
+            qualified_table(self.config.table),
+        )
+        present = {r["attname"] for r in rows}
+        if not present:
+            return []
+        return [c for c in table_columns(self.config) if c not in present]
 
     async def close(self) -> None:
         """Close the pool."""

@@ -411,7 +411,10 @@ class RestDestination:
         return {
             "method": request.method,
             "url": str(request.url),
-            "headers": dict(request.headers.items()),
+            "headers": {
+                name.decode("latin-1"): value.decode("latin-1")
+                for name, value in request.headers.raw
+            },
             "body": shown,
         }
 

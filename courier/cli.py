@@ -322,6 +322,66 @@ def route(
         raise typer.Exit(1)
 
 
+@app.command("map")
+def map_command(
+    destination: Annotated[
+        str, typer.Option("--destination", "-d", help="The destination whose mapping to apply.")
+    ],
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            "--record",
+            help='A JSON file describing the record: {"key": "k", "value": {...} or "text", '
+            '"headers": {"name": "text"}, "topic": "t", "partition": 0, "offset": 0, '
+            '"timestamp_ms": 0}; all optional; key_base64/value_base64 for bytes.',
+        ),
+    ] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="Read the record from Kafka at TOPIC/PARTITION/OFFSET instead."
+        ),
+    ] = None,
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print exactly what a destination would receive for a record, without sending it.
+
+    REST: method, URL, headers and body; file: the line; PostgreSQL: the row. A mapping that
+    fails for the record prints the reason its export would fail with (exit 1).
+    """
+    from courier.ops import preview
+
+    cfg = _load(config)
+    _destination(cfg, destination)
+    if (record is None) == (from_ is None):
+        raise _fail("give exactly one of --record FILE or --from TOPIC/PARTITION/OFFSET", 2)
+    try:
+        if record is not None:
+            kafka_record = preview.record_from_file(record)
+        else:
+            assert from_ is not None
+            topic, _, rest = from_.rpartition("/")
+            topic, _, part = topic.rpartition("/")
+            if not (topic and part.isdigit() and rest.isdigit()):
+                raise _fail(f"--from {from_!r}: write TOPIC/PARTITION/OFFSET, e.g. orders/0/17", 2)
+            _setup_logging("ERROR")
+            kafka_record = asyncio.run(
+                preview.record_from_kafka(
+                    cfg.kafka, topic=topic, partition=int(part), offset=int(rest)
+                )
+            )
+        result = preview.preview(cfg, destination, kafka_record)
+    except preview.PreviewError as err:
+        raise _fail(str(err), 2) from None
+    except preview.MappingError as err:
+        raise _fail(f"{destination}: {err.reason}", 1) from None
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(preview.render(result))
+
+
 @app.command()
 def status(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
     """Show each destination's workers, backlog, live rate limit and workflows by status."""
