@@ -125,12 +125,12 @@ async def record_from_kafka(
             await consumer.start()
         except KafkaError as err:
             raise PreviewError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {err}") from None
-        await consumer.topics()  # loads the metadata partitions_for_topic reads
         topic_id = (await fetch_topic_ids(consumer._client, [topic])).get(topic)
         if topic_id is None:
             raise PreviewError(f"topic {topic!r} does not exist at {kafka.bootstrap_servers}")
         tp = TopicPartition(topic, partition)
-        partitions = consumer.partitions_for_topic(topic) or set()
+        metadata = await consumer._client.fetch_all_metadata()
+        partitions = metadata.partitions_for_topic(topic) or set()
         if partition not in partitions:
             raise PreviewError(f"topic {topic!r} has no partition {partition}")
         consumer.assign([tp])
