@@ -35,11 +35,11 @@ from temporalio.client import Client
 from courier import metrics
 from courier.config import CourierConfig
 from courier.stopping import unless_stopped
-from ingest.handoff import coordinates, hand_off
+from ingest.handoff import coordinates, hand_off, to_kafka_record
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options, never_create_topics
 from ingest.offsets import OffsetTracker
 from ingest.ranges import OpenRange, hand_off_range
-from ingest.routing import Router
+from ingest.routing import RouteDecision, Router
 from ingest.topic_ids import TopicIdError, TopicIds
 
 log = logging.getLogger("courier.ingest")
@@ -249,7 +249,8 @@ class Ingest:
         for tp, records in self._pending.items():
             if not records:
                 continue
-            if self._topic_ids.get(tp.topic) is None:
+            topic_id = self._topic_ids.get(tp.topic)
+            if topic_id is None:
                 self._log_missing_topic(tp.topic)
                 continue
             open_range = self._open_ranges.get(tp)
@@ -279,7 +280,7 @@ class Ingest:
                 if len(open_range.offsets) >= max_records:
                     break
                 records.popleft()
-                open_range.add(record.offset, record.key)
+                open_range.add(record.offset, self._route_input(record, topic_id))
 
     def _close_ranges(self) -> None:
         """Hand off ranges that are full or waited long enough, one at a time per partition."""
@@ -411,6 +412,13 @@ class Ingest:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _route_input(self, record: ConsumerRecord, topic_id: str) -> bytes | RouteDecision | None:
+        """The record's key, or its decision already made when a rule needs the whole record."""
+        if not self.router.needs_record:
+            key: bytes | None = record.key
+            return key  # only the key is kept, as a batch range does
+        return self.router.decide(record.key, to_kafka_record(record, topic_id))
+
     def _log_missing_topic(self, topic: str) -> None:
         now = time.monotonic()
         if now - self._missing_logged.get(topic, -MISSING_TOPIC_LOG_S) >= MISSING_TOPIC_LOG_S:
@@ -428,7 +436,7 @@ class Ingest:
         try:
             while True:
                 try:
-                    decision = self.router.route(record.key)
+                    decision = self.router.route(self._route_input(record, topic_id))
                     if decision.action == "skip":
                         log.info("skipping %s: %s", coordinates(record), decision.reason)
                         outcome = "skipped"

@@ -312,3 +312,87 @@ def chain(error: BaseException | None) -> str:
         messages.append(str(error))
         error = getattr(error, "cause", None) or error.__cause__
     return " | ".join(messages)
+
+
+@pytest.mark.parametrize("mode", ["per_record", "batch"])
+async def test_routes_on_a_header_and_a_value_field_and_a_failing_rule_fails_its_record(
+    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path, mode: str
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    names = {n: f"{n}-{unique}" for n in ("eu", "big", "other")}
+    config = pipeline_config(
+        stack_settings,
+        unique,
+        destinations=[
+            {"name": name, "kind": "file", "path": str(tmp_path / f"{n}.jsonl")}
+            for n, name in names.items()
+        ],
+        routes={
+            "rules": [
+                {"when": 'headers.region = "eu"', "destination": names["eu"]},
+                {"when": "value.total > 100", "destination": names["big"]},
+            ],
+            "default": names["other"],
+        },
+        ingest=batch(50) if mode == "batch" else {},
+    )
+    topic = config.kafka.topics[0]
+    await create_topic(stack_settings.kafka_bootstrap, topic, partitions=1)
+    records: list[tuple[str, dict[str, Any], str | None]] = [
+        ("a", {"total": 500}, "eu"),
+        ("b", {"total": 500}, "us"),
+        ("c", {"total": 5}, None),
+        ("d", {"total": "lots"}, None),  # `value.total > 100` fails: the record fails
+        ("e", {"total": 7}, "eu"),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=stack_settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value, region in records:
+            headers = [] if region is None else [("region", region.encode())]
+            await producer.send_and_wait(
+                topic, json.dumps(value).encode(), key=key.encode(), headers=headers
+            )
+    finally:
+        await producer.stop()
+
+    async with courier_running(temporal_client, config) as ingest:
+
+        async def settled() -> bool:
+            return (
+                await caught_up(ingest, len(records))
+                and not (
+                    await temporal_client.count_workflows(
+                        f"CourierTopic = '{topic}' AND ExecutionStatus = 'Running'"
+                    )
+                ).count
+            )
+
+        await eventually(settled, timeout=90)
+
+        async def exported() -> dict[str, list[str]]:
+            found = {
+                n: sorted(line["key"] for line in lines_of(tmp_path / f"{n}.jsonl")) for n in names
+            }
+            return found if sum(map(len, found.values())) >= 4 else {}
+
+        assert await eventually(exported, timeout=30) == {
+            "eu": ["a", "e"],
+            "big": ["b"],
+            "other": ["c"],
+        }
+    failed = [
+        wf
+        async for wf in temporal_client.list_workflows(
+            f"CourierTopic = '{topic}' AND ExecutionStatus = 'Failed'"
+        )
+    ]
+    assert len(failed) == 1
+    with pytest.raises(WorkflowFailureError) as failure:
+        await temporal_client.get_workflow_handle(failed[0].id).result()
+    reason = chain(failure.value)
+    assert (
+        f"{topic}/0/3: rule 2: routes.rules[1].when: mapping `value.total > 100` failed: "
+        "T2009" in reason
+    ), reason
