@@ -45,6 +45,8 @@ TIMEOUT_MS = 1000
 """Longest one evaluation may run; guards the worker against a runaway expression."""
 MAX_STACK_DEPTH = 200
 """Deepest recursion an expression may use."""
+MAX_SEQUENCE_LENGTH = 100_000
+"""Longest sequence (array) an expression may build, e.g. with a range ``[1..n]``."""
 _SHOWN_CHARS = 80
 RECORD_FIELDS = (
     "key",
@@ -95,7 +97,10 @@ class Expression:
             raise ValueError("the mapping is empty")
         try:
             self._compiled = jsonatapy.compile(
-                text, timeout=TIMEOUT_MS, max_stack_depth=MAX_STACK_DEPTH
+                text,
+                timeout=TIMEOUT_MS,
+                max_stack_depth=MAX_STACK_DEPTH,
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
             )
         except Exception as err:  # ValueError for syntax errors; anything else is one too
             raise ValueError(
