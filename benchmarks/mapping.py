@@ -249,9 +249,10 @@ def report(
         "*Per-record export time* is the unmapped run's wall time divided by its records "
         "(ingest, Temporal, the worker and the write together, as a user waits for them); "
         "the fastest run gives the smallest export time, so the largest share. *Mapping cost / "
-        "export time* divides the median in-process mapping cost by it. End-to-end "
-        "differences between the two variants are within the rounds' spread on this shared "
-        "machine, which is why the cost is taken from the in-process measurement.",
+        "export time* divides the median in-process mapping cost by it. The end-to-end runs show "
+        "the whole pipeline with and without the mapping; on this shared machine their spread "
+        "is wider than the mapping's cost, which is why the cost is taken from the in-process "
+        "measurement.",
         "",
     ]
     return "\n".join(lines)
