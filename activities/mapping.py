@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -89,6 +90,28 @@ def _describe_error(err: Exception) -> str:
     return text.removeprefix("Parse error: ")
 
 
+_COMPILED: dict[tuple[int, str], Any] = {}
+
+
+def _compiled(text: str) -> Any:
+    """The compiled expression for this thread, compiled on first use.
+
+    jsonatapy's compiled expressions must be used and freed on the thread that made them, so
+    they are kept here per thread (for the process's life) rather than in the objects that
+    use them, which any thread may free.
+    """
+    key = (threading.get_ident(), text)
+    found = _COMPILED.get(key)
+    if found is None:
+        found = _COMPILED[key] = jsonatapy.compile(
+            text,
+            timeout=TIMEOUT_MS,
+            max_stack_depth=MAX_STACK_DEPTH,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+        )
+    return found
+
+
 class Expression:
     """One compiled JSONata expression, belonging to a config field (for messages)."""
 
@@ -96,12 +119,7 @@ class Expression:
         if not text.strip():
             raise ValueError("the mapping is empty")
         try:
-            self._compiled = jsonatapy.compile(
-                text,
-                timeout=TIMEOUT_MS,
-                max_stack_depth=MAX_STACK_DEPTH,
-                max_sequence_length=MAX_SEQUENCE_LENGTH,
-            )
+            _compiled(text)
         except Exception as err:  # ValueError for syntax errors; anything else is one too
             raise ValueError(
                 f"mapping {shorten(text)} does not compile: {_describe_error(err)}"
@@ -118,7 +136,7 @@ class Expression:
     def evaluate(self, data: dict[str, Any]) -> Any:
         """The result for one record (None when the expression yields nothing)."""
         try:
-            return self._compiled.evaluate(data)
+            return _compiled(self.text).evaluate(data)
         except Exception as err:  # ValueError (JSONata errors), TypeError (e.g. huge ints)
             raise MappingError(self.field, self.text, f"failed: {_describe_error(err)}") from err
 

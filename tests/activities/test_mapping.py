@@ -448,3 +448,21 @@ def test_courier_map_json_row_and_bad_input(tmp_path: Path) -> None:
     assert "give exactly one of --record FILE or --from TOPIC/PARTITION/OFFSET" in neither.output
     bad_from = runner.invoke(app, ["map", "-d", "wh", "--from", "orders-0", "-c", str(config)])
     assert bad_from.exit_code == 2 and "write TOPIC/PARTITION/OFFSET" in bad_from.output
+
+
+def test_an_expression_evaluates_and_is_freed_on_any_thread() -> None:
+    import gc
+    import threading
+
+    expression = Expression("value.id + 1", "f")
+    results: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: results.append(expression.evaluate({"value": {"id": 1}}))
+    )
+    worker.start()
+    worker.join()
+    assert results == [2] and expression.evaluate({"value": {"id": 2}}) == 3
+    freed = threading.Thread(target=lambda: [Expression("value.id", "f") for _ in range(3)])
+    freed.start()
+    freed.join()
+    gc.collect()  # nothing jsonatapy made is freed on a thread other than its own
