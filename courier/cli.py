@@ -310,11 +310,29 @@ def worker(
 def route(
     key: Annotated[str, typer.Argument(help="The record key to route.")],
     config: ConfigOption = DEFAULT_CONFIG_PATH,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            "--record",
+            help="A JSON file describing the rest of the record (as for courier map), for "
+            "rules with `when`; without it those rules are skipped.",
+        ),
+    ] = None,
 ) -> None:
     """Print which destination a key goes to and which rule decided."""
+    from courier.ops import preview
     from ingest.routing import Router
 
-    decision = Router(_load(config).routes).route(key.encode())
+    router = Router(_load(config).routes)
+    whole = None
+    if record is not None:
+        try:
+            whole = preview.record_from_file(record)
+        except preview.PreviewError as err:
+            raise _fail(str(err), 2) from None
+    elif router.needs_record:
+        _warning("rules with `when` need the whole record and were skipped; pass --record FILE")
+    decision = router.decide(key.encode(), whole)
     if decision.action == "export":
         console.print(f"{decision.destination}\t[dim]{decision.rule}[/dim]")
     else:

@@ -4,9 +4,12 @@ the key rules, and a record the expression fails for gets a readable ``fail`` de
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from courier.cli import app
 from courier.config import ConfigError, RoutesConfig, parse_config
 from ingest.routing import RouteDecision, Router
 from workflows.types import Blob, Header, KafkaRecord
@@ -81,3 +84,33 @@ def test_bad_when_rule_is_a_config_error(rule: dict[str, str], words: str) -> No
     with pytest.raises(ConfigError) as caught:
         parse_config(data, environ={})
     assert words in str(caught.value)
+
+
+def test_courier_route_checks_when_rules_given_the_record(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "kafka": {"topics": ["t"]},
+                "destinations": [
+                    {"name": "eu", "kind": "file", "path": "/tmp/eu"},
+                    {"name": "other", "kind": "file", "path": "/tmp/other"},
+                ],
+                "routes": {
+                    "rules": [{"when": 'headers.region = "eu"', "destination": "eu"}],
+                    "default": "other",
+                },
+            }
+        )
+    )
+    record = tmp_path / "r.json"
+    record.write_text(json.dumps({"headers": {"region": "eu"}}))
+    runner = CliRunner()
+    given = runner.invoke(app, ["route", "k", "-c", str(config), "--record", str(record)])
+    assert given.exit_code == 0
+    assert given.output.split() == ["eu", "rule", "1", "(when", "'headers.region", "=", '"eu"\')']
+    skipped = runner.invoke(app, ["route", "k", "-c", str(config)])
+    assert skipped.exit_code == 0
+    lines = [line.split() for line in skipped.output.splitlines()]
+    assert ["other", "the", "default", "route"] in lines
+    assert "rules with `when` need the whole record and were skipped" in skipped.output
