@@ -119,7 +119,10 @@ class Expression:
         if not text.strip():
             raise ValueError("the mapping is empty")
         try:
-            _compiled(text)
+            # The module's table keeps it alive, so freeing this object frees no jsonatapy
+            # object on another thread; the reference saves the lookup on the owning thread.
+            self._compiled = _compiled(text)
+            self._owner = threading.get_ident()
         except Exception as err:  # ValueError for syntax errors; anything else is one too
             raise ValueError(
                 f"mapping {shorten(text)} does not compile: {_describe_error(err)}"
@@ -136,7 +139,10 @@ class Expression:
     def evaluate(self, data: dict[str, Any]) -> Any:
         """The result for one record (None when the expression yields nothing)."""
         try:
-            return _compiled(self.text).evaluate(data)
+            compiled = (
+                self._compiled if threading.get_ident() == self._owner else _compiled(self.text)
+            )
+            return compiled.evaluate(data)
         except Exception as err:  # ValueError (JSONata errors), TypeError (e.g. huge ints)
             raise MappingError(self.field, self.text, f"failed: {_describe_error(err)}") from err
 
