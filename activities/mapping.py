@@ -33,8 +33,8 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import jsonatapy
@@ -284,11 +284,18 @@ def _blob_data(blob: Blob | None, *, parse_json: bool) -> tuple[Any, str | None]
 
 
 def timestamp_text(timestamp_ms: int) -> str | None:
-    """A Kafka timestamp as ISO 8601 UTC with milliseconds; None for "no timestamp" (-1)."""
+    """A Kafka timestamp as ISO 8601 UTC with milliseconds; None for "no timestamp" (-1) and
+    for a timestamp beyond what a calendar date can show."""
     if timestamp_ms < 0:
         return None
-    when = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    seconds, millis = divmod(timestamp_ms, 1000)
+    try:
+        when = time.gmtime(seconds)
+    except (OverflowError, OSError, ValueError):
+        return None
+    if when.tm_year > 9999:
+        return None
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', when)}.{millis:03d}Z"
 
 
 def record_data(item: OutgoingRecord) -> dict[str, Any]:

@@ -466,3 +466,12 @@ def test_an_expression_evaluates_and_is_freed_on_any_thread() -> None:
     freed.start()
     freed.join()
     gc.collect()  # nothing jsonatapy made is freed on a thread other than its own
+
+
+def test_timestamps_are_exact_and_out_of_range_ones_are_null() -> None:
+    from activities.mapping import timestamp_text
+
+    assert timestamp_text(253_402_300_799_999) == "9999-12-31T23:59:59.999Z"
+    assert timestamp_text(253_402_300_800_000) is None  # past year 9999
+    assert timestamp_text(2**63 - 1) is None
+    assert timestamp_text(-1) is None
