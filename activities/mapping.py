@@ -167,11 +167,27 @@ def check_mappings(destination: str, fields: dict[str, tuple[str, str]]) -> None
     for field, (form, text) in fields.items():
         try:
             if form == "template":
-                Template(text, field)
+                _check_pieces(Template(text, field))
             else:
                 Expression(text, field)
         except ValueError as err:
             raise ValueError(f"destination {destination}, {field}: {err}") from None
+
+
+def _check_pieces(template: Template) -> None:
+    """A piece that gives an object or a list whatever the record (e.g. ``{"a": 1}``, literal
+    JSON meant as text) would fail every record: say so now."""
+    for piece in template.expressions:
+        try:
+            result = piece.evaluate({})
+        except MappingError:
+            continue  # depends on the record
+        if isinstance(result, dict | list):
+            kind = "an object" if isinstance(result, dict) else "a list"
+            raise ValueError(
+                f"the piece {{{piece.text}}} gives {kind} for every record, and a piece must "
+                "give text or a number; write literal braces as {{ and }}"
+            )
 
 
 def piece_text(value: Any, expression: Expression) -> str:
@@ -204,7 +220,10 @@ class Template:
                 if literal:
                     self.parts.append("".join(literal))
                     literal = []
-                self.parts.append(Expression(text[i + 1 : end], field))
+                try:
+                    self.parts.append(Expression(text[i + 1 : end], field))
+                except ValueError as err:
+                    raise ValueError(f"{err} (literal braces are written {{{{ and }}}})") from None
                 i = end + 1
             else:
                 literal.append(char)

@@ -353,6 +353,15 @@ def config_with(destination: dict[str, Any]) -> dict[str, Any]:
             {"name": "api", "kind": "rest", "url": "http://a/", "body": {"mapping": "x"}},
             "reads 'x', which a record does not have",
         ),
+        (
+            {"name": "api", "kind": "rest", "url": "http://a/", "headers": {"X": '{"a":1}'}},
+            'headers.X: mapping `"a":1` does not compile: Invalid syntax: S0201: Syntax '
+            "error: Colon (literal braces are written {{ and }})",
+        ),
+        (
+            {"name": "api", "kind": "rest", "url": "http://a/", "headers": {"X": '{ {"a":1} }'}},
+            'headers.X: the piece { {"a":1} } gives an object for every record',
+        ),
     ],
 )
 def test_mapping_config_errors_name_destination_and_field(
