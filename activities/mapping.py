@@ -261,9 +261,9 @@ class Template:
             out.append(escape(piece_text(value, part)))
         return "".join(out)
 
-    def sample(self) -> str:
-        """The text with every piece replaced by ``x``, to check the literal parts."""
-        return "".join(p if isinstance(p, str) else "x" for p in self.parts)
+    def sample(self, filler: str = "x") -> str:
+        """The text with every piece replaced by ``filler``, to check the literal parts."""
+        return "".join(p if isinstance(p, str) else filler for p in self.parts)
 
 
 def _closing_brace(text: str, start: int) -> int:

@@ -161,15 +161,20 @@ class RestConfig(DestinationConfig):
     @classmethod
     def _check_url(cls, url: str) -> str:
         try:
-            sample = Template(url, "url").sample()
+            template = Template(url, "url")
         except ValueError:
             return url  # reported with the destination's name by _mappings_compile
         try:
-            parsed = httpx.URL(sample)
+            parsed, other = httpx.URL(template.sample("x")), httpx.URL(template.sample("y"))
         except (ValueError, httpx.InvalidURL) as err:
             raise ValueError(f"not a valid URL: {err}") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError("must be an absolute http:// or https:// URL")
+        if (parsed.scheme, parsed.host, parsed.port) != (other.scheme, other.host, other.port):
+            raise ValueError(
+                "the scheme, host and port must be written out: {…} pieces may fill the path "
+                "and query only (a record must not choose where its request goes)"
+            )
         return url
 
     @model_validator(mode="after")

@@ -359,6 +359,10 @@ def config_with(destination: dict[str, Any]) -> dict[str, Any]:
             "error: Colon (literal braces are written {{ and }})",
         ),
         (
+            {"name": "api", "kind": "rest", "url": "http://{value.host}/orders"},
+            "destinations[0].url: the scheme, host and port must be written out",
+        ),
+        (
             {"name": "api", "kind": "rest", "url": "http://a/", "headers": {"X": '{ {"a":1} }'}},
             'headers.X: the piece { {"a":1} } gives an object for every record',
         ),
