@@ -37,6 +37,10 @@ def _finite_float(text: str) -> float:
     return number
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+"""One decoder for every parse (``json.loads`` with hooks builds a new one per call)."""
+
+
 def parse_json_text(text: str) -> tuple[bool, Any]:
     """Parse strict JSON; return ``(True, value)`` or ``(False, None)``.
 
@@ -44,7 +48,7 @@ def parse_json_text(text: str) -> tuple[bool, Any]:
     ``Infinity``) and nesting deeper than Python's recursion limit.
     """
     try:
-        return True, json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        return True, _DECODER.decode(text)
     except (ValueError, RecursionError):
         return False, None
 

@@ -1,6 +1,8 @@
 """File destination: one JSON line per record, each record in the file exactly once.
 
-Each line is the record envelope of ``activities.encoding`` plus its ``idempotency_key``.
+Each line is the record envelope of ``activities.encoding`` plus its ``idempotency_key``, or,
+with ``line`` set, the object a JSONata mapping (``activities.mapping``) makes of the record,
+plus its ``idempotency_key``.
 
 Why a record is never in the file twice
 ---------------------------------------
@@ -42,11 +44,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from activities.base import DestinationConfig
 from activities.encoding import record_envelope
-from activities.errors import RetryableExportError
+from activities.errors import PermanentExportError, RetryableExportError
+from activities.mapping import Expression, MappingError, check_mappings, record_data
 from workflows.types import OutgoingRecord
 
 _READ_CHUNK = 1 << 20
@@ -66,12 +69,41 @@ class FileConfig(DestinationConfig):
         description="`always` syncs each write to disk before the export counts as done; "
         "`never` leaves it to the OS (faster; a machine crash can lose recent lines).",
     )
+    line: str | None = Field(
+        default=None,
+        description="JSONata mapping over the record (see the README) that makes each line; it "
+        "must give an object, to which Courier adds `idempotency_key` (the file's record of "
+        "what it holds). Unset writes the record envelope.",
+    )
+
+    @model_validator(mode="after")
+    def _mappings_compile(self) -> FileConfig:
+        if self.line is not None:
+            check_mappings(self.name, {"line": ("expression", self.line)})
+        return self
 
 
-def record_line(item: OutgoingRecord) -> bytes:
-    """The JSON line (with its newline) that represents a record in the file."""
-    line = {**record_envelope(item.record), "idempotency_key": item.idempotency_key}
+def record_line(item: OutgoingRecord, mapping: Expression | None = None) -> bytes:
+    """The JSON line (with its newline) that represents a record in the file.
+
+    With a ``mapping`` (of the ``line`` field) the line is its result; MappingError when it
+    fails for this record or does not give an object.
+    """
+    if mapping is None:
+        line = record_envelope(item.record)
+    else:
+        line = mapping.require(record_data(item))
+        if not isinstance(line, dict):
+            raise mapping.error(
+                f"gave {type(line).__name__} {_excerpt(line)}; a line must be an object"
+            )
+    line = {**line, "idempotency_key": item.idempotency_key}
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _excerpt(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def _keys_of(lines: Iterable[bytes]) -> Iterable[str]:
@@ -89,6 +121,7 @@ class FileDestination:
 
     def __init__(self, config: FileConfig) -> None:
         self.config = config
+        self._line = None if config.line is None else Expression(config.line, "line")
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
         self._read_to = 0  # end of the last complete line this instance has read
@@ -109,8 +142,9 @@ class FileDestination:
         """Append the records not yet in the file; return e.g. ``1 line written``."""
         if self._fd is None:
             raise RuntimeError("FileDestination.write() called before open()")
+        lines = [self._record_line(item) for item in batch]  # map before taking the lock
         try:
-            written = await asyncio.to_thread(self._write_sync, batch)
+            written = await asyncio.to_thread(self._write_sync, batch, lines)
         except OSError as err:
             raise RetryableExportError(f"cannot write {self.config.path}: {err}") from err
         present = len(batch) - written
@@ -120,6 +154,17 @@ class FileDestination:
         if present:
             return f"{detail}, {present} already present"
         return detail
+
+    def _record_line(self, item: OutgoingRecord) -> bytes:
+        try:
+            return record_line(item, self._line)
+        except MappingError as err:
+            r = item.record
+            raise PermanentExportError(f"{r.topic}/{r.partition}/{r.offset}: {err.reason}") from err
+
+    def preview(self, item: OutgoingRecord) -> dict[str, object]:
+        """The line this record would get, without writing it (``courier map``)."""
+        return {"path": str(self.config.path), "line": record_line(item, self._line).decode()}
 
     # Everything below runs in a worker thread.
 
@@ -137,25 +182,27 @@ class FileDestination:
         with _flock(fd):
             self._catch_up(fd)
 
-    def _write_sync(self, batch: Sequence[OutgoingRecord]) -> int:
+    def _write_sync(self, batch: Sequence[OutgoingRecord], lines: Sequence[bytes]) -> int:
         with self._lock:
             while True:
                 fd = self._fd
                 assert fd is not None
                 with _flock(fd):
                     if self._still_at_path():
-                        return self._append_unseen(fd, batch)
+                        return self._append_unseen(fd, batch, lines)
                 self._reopen()
 
-    def _append_unseen(self, fd: int, batch: Sequence[OutgoingRecord]) -> int:
+    def _append_unseen(
+        self, fd: int, batch: Sequence[OutgoingRecord], all_lines: Sequence[bytes]
+    ) -> int:
         self._catch_up(fd)
         lines: list[bytes] = []
         keys: list[str] = []
-        for item in batch:
+        for item, line in zip(batch, all_lines, strict=True):
             if item.idempotency_key in self._seen or item.idempotency_key in keys:
                 continue
             keys.append(item.idempotency_key)
-            lines.append(record_line(item))
+            lines.append(line)
         if lines:
             data = b"".join(lines)
             view = memoryview(data)

@@ -26,6 +26,11 @@ Rows written before ``key_bytes`` existed hold non-UTF-8 keys base64 in ``key`` 
 in ``value`` only. A conflict key on a nullable column (``key``, ``value``, ...) does not
 deduplicate rows where it is NULL: unique indexes treat NULLs as distinct.
 
+With ``columns`` the table has the declared columns instead, each filled by a JSONata mapping
+(``activities.mapping``) and converted to its type, plus ``idempotency_key`` (the default
+conflict key) and ``exported_at``; a mapping that fails for a record, a value of the wrong type
+or nothing for a column that is not ``nullable`` fails that record, naming the column.
+
 Errors: data problems (SQLSTATE classes 22 data exception, 23 integrity violation, 54 program
 limit exceeded, e.g. a value too large) are permanent; everything else (lost connections,
 server shutting down, missing table or permission, which an operator can fix) is retried.
@@ -35,6 +40,7 @@ Table names are quoted as written, so ``Orders`` and ``orders`` are different ta
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import re
@@ -44,11 +50,12 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import asyncpg
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from activities.base import DestinationConfig
 from activities.encoding import headers_list
 from activities.errors import PermanentExportError, RetryableExportError
+from activities.mapping import Expression, MappingError, check_mappings, record_data
 from workflows.types import Blob, OutgoingRecord
 
 COLUMNS = (
@@ -67,10 +74,35 @@ COLUMNS = (
     "exported_at",
 )
 DEFAULT_CONFLICT_KEY = ["topic", "topic_id", "partition", "offset"]
+MAPPED_CONFLICT_KEY = ["idempotency_key"]
+MAPPED_EXTRA_COLUMNS = ("idempotency_key", "exported_at")
+"""Columns a table with declared ``columns`` always has, besides them."""
+ColumnType = Literal[
+    "text", "integer", "bigint", "numeric", "double precision", "boolean", "jsonb", "timestamptz"
+]
 _IDENT = r"[A-Za-z_][A-Za-z0-9_$]{0,62}"
 _PERMANENT_SQLSTATE_CLASSES = ("22", "23", "54")
 _JSONB_REFUSED = re.compile("[\0\ud800-\udfff]")
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+class ColumnConfig(BaseModel):
+    """One column of a table with declared ``columns``: its type and the mapping that fills it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: ColumnType = Field(description="PostgreSQL type of the column.")
+    mapping: str = Field(
+        description="JSONata expression over the record (see the README) giving the value, "
+        "e.g. value.customer.id; converted to the type (a number for integer/bigint/numeric/"
+        "double precision, true/false for boolean, ISO 8601 text or epoch milliseconds for "
+        "timestamptz, any JSON for jsonb); a value that does not fit fails the record."
+    )
+    nullable: bool = Field(
+        default=False,
+        description="Store NULL when the mapping gives nothing (or null); otherwise such a "
+        "record fails, naming the column. Also sets NOT NULL on a created table.",
+    )
 
 
 class PostgresConfig(DestinationConfig):
@@ -104,6 +136,12 @@ class PostgresConfig(DestinationConfig):
         "key is created with the table if none exists.",
     )
     pool_size: int = Field(default=4, ge=1, le=100, description="Connections per worker process.")
+    columns: dict[str, ColumnConfig] | None = Field(
+        default=None,
+        description="Columns of a mapped table, by name, each {type, mapping, nullable} "
+        "(section destinations[].columns.NAME); the table also gets idempotency_key (the "
+        "default conflict key) and exported_at. Unset stores Courier's fixed columns.",
+    )
 
     @field_validator("table")
     @classmethod
@@ -122,12 +160,54 @@ class PostgresConfig(DestinationConfig):
             return None
         if not key:
             raise ValueError("must name at least one column (or be left unset)")
-        unknown = [c for c in key if c not in COLUMNS]
-        if unknown:
-            raise ValueError(f"unknown column(s) {unknown}; columns are {list(COLUMNS)}")
         if len(set(key)) != len(key):
             raise ValueError("lists a column twice")
         return key
+
+    @field_validator("columns")
+    @classmethod
+    def _check_columns(
+        cls, columns: dict[str, ColumnConfig] | None
+    ) -> dict[str, ColumnConfig] | None:
+        if columns is None:
+            return None
+        if not columns:
+            raise ValueError("must declare at least one column (or be left unset)")
+        for name in columns:
+            if not re.fullmatch(_IDENT, name):
+                raise ValueError(
+                    f"{name!r} is not a column name: use letters, digits and _ (not first)"
+                )
+            if name in MAPPED_EXTRA_COLUMNS:
+                raise ValueError(f"{name!r} is a column Courier fills itself; pick another name")
+        return columns
+
+    @model_validator(mode="after")
+    def _key_and_mappings(self) -> PostgresConfig:
+        known = table_columns(self)
+        unknown = [c for c in self.conflict_key or [] if c not in known]
+        if unknown:
+            raise ValueError(f"conflict_key: unknown column(s) {unknown}; columns are {known}")
+        if self.columns:
+            check_mappings(
+                self.name,
+                {f"columns.{n}": ("expression", c.mapping) for n, c in self.columns.items()},
+            )
+        return self
+
+
+def table_columns(config: PostgresConfig) -> list[str]:
+    """The columns Courier writes to the destination's table."""
+    if config.columns is None:
+        return list(COLUMNS)
+    return [*config.columns, *MAPPED_EXTRA_COLUMNS]
+
+
+def conflict_key(config: PostgresConfig) -> list[str]:
+    """The columns that identify a row (configured, or the default of the table's form)."""
+    if config.conflict_key:
+        return config.conflict_key
+    return DEFAULT_CONFLICT_KEY if config.columns is None else MAPPED_CONFLICT_KEY
 
 
 def _quote(ident: str) -> str:
@@ -145,6 +225,21 @@ def create_table_sql(config: PostgresConfig) -> list[str]:
     statements = []
     if "." in config.table:
         statements.append(f"CREATE SCHEMA IF NOT EXISTS {_quote(config.table.split('.')[0])}")
+    if config.columns is not None:
+        declared = [
+            f"{_quote(n)} {c.type}{'' if c.nullable else ' NOT NULL'}"
+            for n, c in config.columns.items()
+        ]
+        statements.append(
+            f"""CREATE TABLE IF NOT EXISTS {table} (
+            {", ".join(declared)},
+            "idempotency_key" text NOT NULL,
+            "exported_at" timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY ("idempotency_key")
+        )"""
+        )
+        statements.append(_conflict_index_sql(config))
+        return statements
     statements.append(
         f"""CREATE TABLE IF NOT EXISTS {table} (
             "topic" text NOT NULL,
@@ -169,15 +264,20 @@ def create_table_sql(config: PostgresConfig) -> list[str]:
     )
     # Tables made before key_bytes held binary keys as base64 text in "key".
     statements.append(f"""ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "key_bytes" bytea""")
-    # ON CONFLICT needs a unique index on exactly the conflict key: make one unless the
-    # primary key (or another unique index) already is one.
-    key = config.conflict_key or DEFAULT_CONFLICT_KEY
+    statements.append(_conflict_index_sql(config))
+    return statements
+
+
+def _conflict_index_sql(config: PostgresConfig) -> str:
+    """ON CONFLICT needs a unique index on exactly the conflict key: make one unless the
+    primary key (or another unique index) already is one."""
+    table = qualified_table(config.table)
+    key = conflict_key(config)
     digest = hashlib.sha1(f"{config.table}:{','.join(key)}".encode()).hexdigest()[:10]
     index = _quote(f"courier_conflict_{digest}")
     columns = ", ".join(_quote(c) for c in key)
     wanted = ", ".join("'" + c + "'" for c in sorted(key))
-    statements.append(
-        f"""DO $$ BEGIN
+    return f"""DO $$ BEGIN
             IF NOT EXISTS (
                 SELECT 1 FROM pg_index i
                 WHERE i.indrelid = '{table}'::regclass AND i.indisunique
@@ -189,13 +289,28 @@ def create_table_sql(config: PostgresConfig) -> list[str]:
                 CREATE UNIQUE INDEX {index} ON {table} ({columns});
             END IF;
         END $$"""
-    )
-    return statements
+
+
+_ARRAY_TYPES: dict[str, str] = {"jsonb": "text"}
+"""Array parameter type of a column type where it differs (jsonb travels as text, then cast)."""
 
 
 def insert_sql(config: PostgresConfig) -> str:
     """The batch insert: one row per array element, conflicting rows skipped."""
-    conflict = ", ".join(_quote(c) for c in (config.conflict_key or DEFAULT_CONFLICT_KEY))
+    conflict = ", ".join(_quote(c) for c in conflict_key(config))
+    if config.columns is not None:
+        types = [c.type for c in config.columns.values()] + ["text"]
+        names = [*config.columns, "idempotency_key"]
+        aliases = [f"c{i}" for i in range(len(names))]
+        selected = [
+            a + ("::jsonb" if t == "jsonb" else "") for a, t in zip(aliases, types, strict=True)
+        ]
+        arrays = [f"${i + 1}::{_ARRAY_TYPES.get(t, t)}[]" for i, t in enumerate(types)]
+        return f"""
+        INSERT INTO {qualified_table(config.table)} ({", ".join(_quote(n) for n in names)})
+        SELECT {", ".join(selected)}
+        FROM unnest({", ".join(arrays)}) AS r({", ".join(aliases)})
+        ON CONFLICT ({conflict}) DO NOTHING"""
     return f"""
         INSERT INTO {qualified_table(config.table)}
             ("topic", "topic_id", "partition", "offset", "key", "key_bytes", "value",
@@ -260,6 +375,109 @@ def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list
     return columns
 
 
+class MappedColumns:
+    """The compiled mappings of a table with declared ``columns`` (compiled once per worker)."""
+
+    def __init__(self, config: PostgresConfig) -> None:
+        assert config.columns is not None
+        self.config = config
+        self.columns = [
+            (name, column, Expression(column.mapping, f"columns.{name}"))
+            for name, column in config.columns.items()
+        ]
+
+    def row(self, item: OutgoingRecord) -> dict[str, Any]:
+        """One record's row, by column; MappingError when a column cannot be filled."""
+        data = record_data(item)
+        row: dict[str, Any] = {}
+        for name, column, expression in self.columns:
+            value = expression.evaluate(data)
+            if value is None and not column.nullable:
+                raise expression.error(
+                    "produced nothing: a field it reads is missing or null "
+                    "(set nullable: true to store NULL)"
+                )
+            row[name] = None if value is None else convert(value, column.type, expression)
+        row["idempotency_key"] = item.idempotency_key
+        return row
+
+    def arrays(self, batch: Sequence[OutgoingRecord]) -> list[list[Any]]:
+        """The column arrays of the insert; PermanentExportError naming a record that fails."""
+        arrays: list[list[Any]] = [[] for _ in range(len(self.columns) + 1)]
+        for item in batch:
+            try:
+                row = self.row(item)
+            except MappingError as err:
+                r = item.record
+                raise PermanentExportError(
+                    f"{r.topic}/{r.partition}/{r.offset}: {err.reason}"
+                ) from err
+            for array, cell in zip(arrays, row.values(), strict=True):
+                array.append(cell)
+        return arrays
+
+
+_INT_RANGES = {"integer": 2**31, "bigint": 2**63}
+
+
+def convert(value: Any, column_type: str, expression: Expression) -> Any:
+    """A mapping's result as the Python value asyncpg sends for ``column_type``."""
+    if column_type == "jsonb":
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict | list):
+        kind = "an object" if isinstance(value, dict) else "a list"
+        raise expression.error(f"gave {kind}, which a {column_type} column cannot hold")
+    if column_type == "text":
+        return value if isinstance(value, str) else json.dumps(value)
+    if column_type == "boolean":
+        if isinstance(value, bool):
+            return value
+        raise expression.error(f"gave {value!r}, not true or false")
+    if column_type == "timestamptz":
+        return _timestamp(value, expression)
+    number = _number(value, column_type, expression)
+    if column_type in _INT_RANGES:
+        if isinstance(number, float) and not number.is_integer():
+            raise expression.error(f"gave {value!r}, not a whole number")
+        whole = int(number)
+        limit = _INT_RANGES[column_type]
+        if not -limit <= whole < limit:
+            raise expression.error(f"gave {value!r}, out of range for {column_type}")
+        return whole
+    if column_type == "numeric":
+        return Decimal(str(number))
+    return float(number)
+
+
+def _number(value: Any, column_type: str, expression: Expression) -> int | float | Decimal:
+    if isinstance(value, bool):
+        raise expression.error(f"gave {value!r}, not a number ({column_type})")
+    if isinstance(value, int | float):
+        return value
+    try:
+        number = Decimal(str(value).strip())
+    except ArithmeticError:
+        raise expression.error(f"gave {value!r}, not a number ({column_type})") from None
+    if not number.is_finite():
+        raise expression.error(f"gave {value!r}, not a finite number ({column_type})")
+    return number if column_type == "numeric" else float(number)
+
+
+def _timestamp(value: Any, expression: Expression) -> datetime:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise expression.error(f"gave {value!r}, out of range for epoch ms") from None
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise expression.error(f"gave {value!r}, not an ISO 8601 timestamp") from None
+        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    raise expression.error(f"gave {value!r}, not a timestamp")
+
+
 def _storable_text(blob: Blob) -> bool:
     """Whether PostgreSQL ``text`` can hold the blob (UTF-8 without NUL characters)."""
     return not blob.base64 and "\0" not in blob.text
@@ -314,6 +532,17 @@ def _preview(text: str, is_base64: bool) -> str:
     return f"base64 {shown}" if is_base64 else repr(shown)
 
 
+def _shown(cell: Any) -> Any:
+    """A row's cell as JSON shows it (for previews)."""
+    if isinstance(cell, datetime):
+        return cell.isoformat()
+    if isinstance(cell, Decimal):
+        return str(cell)
+    if isinstance(cell, bytes):
+        return {"bytea_base64": base64.b64encode(cell).decode("ascii")}
+    return cell
+
+
 def _rows(n: int) -> str:
     return f"{n} row{'' if n == 1 else 's'}"
 
@@ -364,6 +593,16 @@ class PostgresDestination:
         self.config = config
         self._pool: asyncpg.Pool | None = None
         self._insert = insert_sql(config)
+        self._mapped = MappedColumns(config) if config.columns is not None else None
+
+    def preview(self, item: OutgoingRecord) -> dict[str, object]:
+        """The row this record would get, without inserting it (``courier map``)."""
+        if self._mapped is not None:
+            row = self._mapped.row(item)
+        else:
+            names = COLUMNS[: len(COLUMNS) - 1]  # exported_at is filled by the server
+            row = dict(zip(names, (a[0] for a in row_columns(self.config, [item])), strict=True))
+        return {"table": self.config.table, "row": {n: _shown(v) for n, v in row.items()}}
 
     async def open(self) -> None:
         """Create the connection pool and, with ``create_table``, the table."""
@@ -379,10 +618,31 @@ class PostgresDestination:
                     )
                     for statement in create_table_sql(self.config):
                         await conn.execute(statement)
+            if self.config.columns is not None:
+                missing = await self._missing_columns(self._pool)
         except _DATABASE_ERRORS as err:
             await self.close()
             what = f"preparing table {self.config.table}"
             raise classify_error(err, what, hint=open_hint(err)) from err
+        if self.config.columns is not None and missing:
+            await self.close()
+            raise RetryableExportError(
+                f"table {self.config.table} has no column(s) {', '.join(missing)} that the "
+                "config declares (it was made before, with other columns): add them "
+                "(ALTER TABLE … ADD COLUMN) or map to a new table"
+            )
+
+    async def _missing_columns(self, pool: asyncpg.Pool) -> list[str]:
+        """Declared columns the existing table lacks ([] when the table does not exist yet)."""
+        rows = await pool.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) "
+            "AND attnum > 0 AND NOT attisdropped",
+            qualified_table(self.config.table),
+        )
+        present = {r["attname"] for r in rows}
+        if not present:
+            return []
+        return [c for c in table_columns(self.config) if c not in present]
 
     async def close(self) -> None:
         """Close the pool."""
@@ -396,7 +656,10 @@ class PostgresDestination:
             raise RuntimeError("PostgresDestination.write() called before open()")
         if not batch:
             return "0 rows inserted"
-        columns = row_columns(self.config, batch)
+        if self._mapped is not None:
+            columns = self._mapped.arrays(batch)
+        else:
+            columns = row_columns(self.config, batch)
         try:
             status = await self._pool.execute(self._insert, *columns)
         except _DATABASE_ERRORS as err:

@@ -3,6 +3,11 @@
 Every request carries ``Idempotency-Key: <idempotency key>`` (the workflow ID), so a receiver
 that honours the header sees one effect per record however often Temporal retries.
 
+What is sent is shaped by the config: the URL and header values are templates with
+``{expression}`` pieces (``activities.mapping``; URL pieces are percent-encoded), and the body
+is the record envelope (``json``), the value bytes (``raw``), a JSONata ``mapping`` whose result
+is sent as JSON, or a text ``template``. A mapping that fails for a record fails that record.
+
 Classification of a response status, most specific first:
 
 1. an exact code listed in ``success_statuses`` or ``retry_statuses`` (a code may not be in both);
@@ -17,27 +22,43 @@ timeouts, resets) are retryable. Reasons never show the URL's query string or cr
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import re
-import string
 import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import httpx
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from activities.base import DestinationConfig
 from activities.encoding import record_envelope
 from activities.errors import Cause, PermanentExportError, RetryableExportError
+from activities.mapping import (
+    Expression,
+    MappingError,
+    Template,
+    check_mappings,
+    record_data,
+)
 from courier.durations import Duration, format_duration
 from workflows.types import OutgoingRecord
 
 URL_PLACEHOLDERS = ("key", "topic", "partition", "offset")
+"""The record fields URL templates had before mappings; ``{key}`` of a null key is empty."""
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 BATCH_CONCURRENCY = 8
 """Requests of one batch in flight at once."""
@@ -53,6 +74,39 @@ StatusSpec = int | str
 """An HTTP status code (``404``) or a status class (``"5xx"``)."""
 
 
+class BodyMapping(BaseModel):
+    """A body built from the record: give exactly one of ``mapping`` or ``template``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mapping: str | None = Field(
+        default=None,
+        description="JSONata expression over the record (see the README); its result is sent "
+        "as JSON (application/json).",
+    )
+    template: str | None = Field(
+        default=None,
+        description="Text with {expression} pieces, sent as it is (content_type, by default "
+        "text/plain; charset=utf-8); write literal braces as {{ and }}.",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> BodyMapping:
+        if (self.mapping is None) == (self.template is None):
+            raise ValueError("give exactly one of `mapping` or `template`")
+        return self
+
+
+def _body_form(value: Any) -> str:
+    return "named" if isinstance(value, str) else "mapped"
+
+
+Body = Annotated[
+    Annotated[Literal["raw", "json"], Tag("named")] | Annotated[BodyMapping, Tag("mapped")],
+    Discriminator(_body_form),
+]
+
+
 class RestConfig(DestinationConfig):
     """An HTTP endpoint that receives one request per record."""
 
@@ -65,23 +119,29 @@ class RestConfig(DestinationConfig):
         default="POST", description="HTTP method of every request."
     )
     url: str = Field(
-        description="Request URL; may contain {key}, {topic}, {partition} and {offset}, "
-        "which are filled per record (key and topic URL-quoted; a missing key is empty)."
+        description="Request URL, a template: each {expression} piece (JSONata over the record, "
+        "e.g. {key}, {topic}, {partition}, {offset} or {value.customer.id}) is filled per "
+        "record and percent-encoded; {key} of a null key is empty, any other piece that "
+        "yields nothing fails the record. Write literal braces as {{ and }}."
     )
     headers: dict[str, str] = Field(
         default_factory=dict,
-        description="Extra request headers, e.g. Authorization: Bearer ${TOKEN}. "
+        description="Extra request headers, e.g. Authorization: Bearer ${TOKEN}; values are "
+        "templates like url (not percent-encoded), e.g. X-Trace: '{headers.trace}'. "
         "Idempotency-Key is always set by Courier.",
     )
-    body: Literal["raw", "json"] = Field(
+    body: Body = Field(
         default="json",
         description="`raw` sends the record value bytes as they are; `json` sends Courier's "
         "record envelope (see the README): coordinates, key, value (embedded as JSON when it "
-        "parses), headers, each with its encoding.",
+        "parses), headers, each with its encoding; `{mapping: EXPR}` sends the result of a "
+        "JSONata expression as JSON; `{template: TEXT}` sends text with {expression} pieces.",
     )
-    content_type: str = Field(
-        default="application/json",
-        description="Content-Type of `raw` bodies (`json` bodies are always application/json).",
+    content_type: str | None = Field(
+        default=None,
+        description="Content-Type of `raw` bodies (default application/json) and `template` "
+        "bodies (default text/plain; charset=utf-8); `json` and `mapping` bodies are always "
+        "application/json. A Content-Type in `headers` wins over both.",
     )
     connect_timeout: Duration = Field(
         default=timedelta(seconds=5), description="Longest wait for a connection."
@@ -105,25 +165,32 @@ class RestConfig(DestinationConfig):
     @classmethod
     def _check_url(cls, url: str) -> str:
         try:
-            fields = [name for _, name, _, _ in string.Formatter().parse(url) if name is not None]
-        except ValueError as err:
-            raise ValueError(
-                f"not a valid URL template ({err}); write braces as {{{{ }}}}"
-            ) from None
-        unknown = sorted({f for f in fields if f not in URL_PLACEHOLDERS})
-        if unknown:
-            raise ValueError(
-                f"unknown placeholder {', '.join('{' + f + '}' for f in unknown)}; "
-                f"allowed: {', '.join('{' + p + '}' for p in URL_PLACEHOLDERS)}"
-            )
+            template = Template(url, "url")
+        except ValueError:
+            return url  # reported with the destination's name by _mappings_compile
         try:
-            sample = url.format(key="k", topic="t", partition=0, offset=0)
-            parsed = httpx.URL(sample)
+            parsed, other = httpx.URL(template.sample("x")), httpx.URL(template.sample("y"))
         except (ValueError, httpx.InvalidURL) as err:
             raise ValueError(f"not a valid URL: {err}") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError("must be an absolute http:// or https:// URL")
+        if (parsed.scheme, parsed.host, parsed.port) != (other.scheme, other.host, other.port):
+            raise ValueError(
+                "the scheme, host and port must be written out: {…} pieces may fill the path "
+                "and query only (a record must not choose where its request goes)"
+            )
         return url
+
+    @model_validator(mode="after")
+    def _mappings_compile(self) -> RestConfig:
+        fields = {"url": ("template", self.url)}
+        fields.update({f"headers.{n}": ("template", v) for n, v in self.headers.items()})
+        if isinstance(self.body, BodyMapping) and self.body.mapping is not None:
+            fields["body.mapping"] = ("expression", self.body.mapping)
+        if isinstance(self.body, BodyMapping) and self.body.template is not None:
+            fields["body.template"] = ("template", self.body.template)
+        check_mappings(self.name, fields)
+        return self
 
     @field_validator("success_statuses", "retry_statuses")
     @classmethod
@@ -210,6 +277,10 @@ def _transport_reason(err: httpx.TransportError, config: RestConfig) -> str:
     return f"{type(err).__name__}: {err or 'transport error'}"
 
 
+def _url_piece(text: str) -> str:
+    return quote(text, safe="")
+
+
 class RestDestination:
     """Sends each record as one HTTP request through a client shared by the worker process."""
 
@@ -219,6 +290,33 @@ class RestDestination:
         self.config = config
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        # Compiled once per worker process.
+        self._url = Template(config.url, "url")
+        self._legacy_url = all(
+            e.text in URL_PLACEHOLDERS and "{" + e.text + "}" in config.url
+            for e in self._url.expressions
+        )
+        self._headers = {
+            name: Template(value, f"headers.{name}") if "{" in value or "}" in value else value
+            for name, value in config.headers.items()
+        }
+        body = config.body
+        self._body_mapping = (
+            Expression(body.mapping, "body.mapping")
+            if isinstance(body, BodyMapping) and body.mapping is not None
+            else None
+        )
+        self._body_template = (
+            Template(body.template, "body.template")
+            if isinstance(body, BodyMapping) and body.template is not None
+            else None
+        )
+        self._needs_data = (
+            not self._legacy_url
+            or self._body_mapping is not None
+            or self._body_template is not None
+            or any(isinstance(v, Template) for v in self._headers.values())
+        )
 
     async def open(self) -> None:
         """Create the process-wide HTTP client."""
@@ -286,29 +384,76 @@ class RestDestination:
             for status, n in sorted(counts.items())
         )
 
-    def build_request(self, client: httpx.AsyncClient, item: OutgoingRecord) -> httpx.Request:
-        """The HTTP request of one record."""
+    def build_request(
+        self, client: httpx.AsyncClient | None, item: OutgoingRecord
+    ) -> httpx.Request:
+        """The HTTP request of one record; MappingError when a mapping fails for it."""
         c = self.config
         record = item.record
-        url = c.url.format(
-            key=quote(record.key.to_bytes(), safe="") if record.key is not None else "",
-            topic=quote(record.topic, safe=""),
-            partition=record.partition,
-            offset=record.offset,
-        )
-        headers = {**c.headers, IDEMPOTENCY_HEADER: item.idempotency_key}
-        if c.body == "json":
+        data = record_data(item) if self._needs_data else {}
+        if self._legacy_url:
+            url = c.url.format(
+                key=quote(record.key.to_bytes(), safe="") if record.key is not None else "",
+                topic=quote(record.topic, safe=""),
+                partition=record.partition,
+                offset=record.offset,
+            )
+        else:
+            url = self._url.render(data, _url_piece, empty_if_null=frozenset({"key"}))
+        headers: dict[str, str] = {}
+        for name, value in self._headers.items():
+            text = value if isinstance(value, str) else value.render(data)
+            if isinstance(value, Template) and ("\r" in text or "\n" in text):
+                problem = "produced a line break, which a header cannot hold"
+                raise MappingError(f"headers.{name}", value.text, problem)
+            headers[name] = text
+        headers[IDEMPOTENCY_HEADER] = item.idempotency_key
+        if self._body_mapping is not None:
+            result = self._body_mapping.require(data)
+            content = json.dumps(result, ensure_ascii=False).encode("utf-8")
+            content_type = "application/json"
+        elif self._body_template is not None:
+            content = self._body_template.render(data).encode("utf-8")
+            content_type = c.content_type or "text/plain; charset=utf-8"
+        elif c.body == "json":
             content = json.dumps(record_envelope(record), ensure_ascii=False).encode("utf-8")
             content_type = "application/json"
         else:
             content = record.value.to_bytes() if record.value is not None else b""
-            content_type = c.content_type
+            content_type = c.content_type or "application/json"
         if not any(name.lower() == "content-type" for name in c.headers):
             headers["Content-Type"] = content_type
-        return client.build_request(c.method, url, headers=headers, content=content)
+        try:
+            if client is None:
+                return httpx.Request(c.method, url, headers=headers, content=content)
+            return client.build_request(c.method, url, headers=headers, content=content)
+        except (httpx.InvalidURL, ValueError) as err:
+            raise MappingError("url", c.url, f"gave an invalid URL {url!r}: {err}") from err
+
+    def preview(self, item: OutgoingRecord) -> dict[str, object]:
+        """What this record's request would be, without sending it (``courier map``)."""
+        request = self.build_request(None, item)
+        body = request.content
+        try:
+            shown: object = body.decode("utf-8")
+        except UnicodeDecodeError:
+            shown = {"base64": base64.b64encode(body).decode("ascii")}
+        return {
+            "method": request.method,
+            "url": str(request.url),
+            "headers": {
+                name.decode("latin-1"): value.decode("latin-1")
+                for name, value in request.headers.raw
+            },
+            "body": shown,
+        }
 
     async def _send(self, client: httpx.AsyncClient, item: OutgoingRecord) -> int:
-        request = self.build_request(client, item)
+        try:
+            request = self.build_request(client, item)
+        except MappingError as err:
+            r = item.record
+            raise PermanentExportError(f"{r.topic}/{r.partition}/{r.offset}: {err.reason}") from err
         what = f"{request.method} {_safe_url(request.url)}"
         try:
             response = await client.send(request, stream=True)

@@ -68,8 +68,13 @@ def config_dict(
     out: Path | None = None,
     fsync: Literal["always", "never"] = "always",
     window: int | None = None,
+    mapping: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A Courier config (as YAML would give it) with this run's own names and one destination."""
+    """A Courier config (as YAML would give it) with this run's own names and one destination.
+
+    ``mapping``: extra destination fields, e.g. a file ``line`` mapping or PostgreSQL
+    ``columns``.
+    """
     name = f"bench-{kind}-{unique}"
     destination: dict[str, Any] = {"name": name, "kind": kind}
     if kind == "file":
@@ -77,6 +82,7 @@ def config_dict(
         destination |= {"path": str(out), "fsync": fsync}
     else:
         destination |= {"dsn": settings.postgres_dsn, "table": table_name(unique)}
+    destination |= mapping or {}
     ingest: dict[str, Any] = {"mode": mode}
     if mode == "batch":
         destination["batch_size"] = BATCH_SIZE
@@ -185,12 +191,20 @@ async def run_batch(
     kind: Kind,
     fsync: Literal["always", "never"] = "always",
     history_sample: int = 500,
+    mapping: dict[str, Any] | None = None,
 ) -> Measurement:
     """Courier in batch mode until all ``records`` reached the destination."""
     out = tmp / "courier-out.jsonl"
     config = parse_config(
         config_dict(
-            settings, topic=topic, unique=unique, mode="batch", kind=kind, out=out, fsync=fsync
+            settings,
+            topic=topic,
+            unique=unique,
+            mode="batch",
+            kind=kind,
+            out=out,
+            fsync=fsync,
+            mapping=mapping,
         ),
         environ={},
     )

@@ -341,16 +341,94 @@ def worker(
 def route(
     key: Annotated[str, typer.Argument(help="The record key to route.")],
     config: ConfigOption = DEFAULT_CONFIG_PATH,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            "--record",
+            help="A JSON file describing the rest of the record (as for courier map), for "
+            "rules with `when`; without it those rules are skipped.",
+        ),
+    ] = None,
 ) -> None:
     """Print which destination a key goes to and which rule decided."""
+    from courier.ops import preview
     from ingest.routing import Router
 
-    decision = Router(_load(config).routes).route(key.encode())
+    router = Router(_load(config).routes)
+    whole = None
+    if record is not None:
+        try:
+            whole = preview.record_from_file(record)
+        except preview.PreviewError as err:
+            raise _fail(str(err), 2) from None
+    elif router.needs_record:
+        _warning("rules with `when` need the whole record and were skipped; pass --record FILE")
+    decision = router.decide(key.encode(), whole)
     if decision.action == "export":
         console.print(f"{decision.destination}\t[dim]{decision.rule}[/dim]")
     else:
         console.print(f"({decision.action})\t[dim]{decision.rule}[/dim]")
         raise typer.Exit(1)
+
+
+@app.command("map")
+def map_command(
+    destination: Annotated[
+        str, typer.Option("--destination", "-d", help="The destination whose mapping to apply.")
+    ],
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            "--record",
+            help='A JSON file describing the record: {"key": "k", "value": {...} or "text", '
+            '"headers": {"name": "text"}, "topic": "t", "partition": 0, "offset": 0, '
+            '"timestamp_ms": 0}; all optional; key_base64/value_base64 for bytes.',
+        ),
+    ] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="Read the record from Kafka at TOPIC/PARTITION/OFFSET instead."
+        ),
+    ] = None,
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print exactly what a destination would receive for a record, without sending it.
+
+    REST: method, URL, headers and body; file: the line; PostgreSQL: the row. A mapping that
+    fails for the record prints the reason its export would fail with (exit 1).
+    """
+    from courier.ops import preview
+
+    cfg = _load(config)
+    _destination(cfg, destination)
+    if (record is None) == (from_ is None):
+        raise _fail("give exactly one of --record FILE or --from TOPIC/PARTITION/OFFSET", 2)
+    try:
+        if record is not None:
+            kafka_record = preview.record_from_file(record)
+        else:
+            assert from_ is not None
+            topic, _, rest = from_.rpartition("/")
+            topic, _, part = topic.rpartition("/")
+            if not (topic and part.isdigit() and rest.isdigit()):
+                raise _fail(f"--from {from_!r}: write TOPIC/PARTITION/OFFSET, e.g. orders/0/17", 2)
+            _setup_logging("ERROR")
+            kafka_record = asyncio.run(
+                preview.record_from_kafka(
+                    cfg.kafka, topic=topic, partition=int(part), offset=int(rest)
+                )
+            )
+        result = preview.preview(cfg, destination, kafka_record)
+    except preview.PreviewError as err:
+        raise _fail(str(err), 2) from None
+    except preview.MappingError as err:
+        raise _fail(f"{destination}: {err.reason}", 1) from None
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(preview.render(result))
 
 
 @app.command()

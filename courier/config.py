@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from activities.base import DestinationConfig
+from activities.mapping import Expression
 from activities.registry import AnyDestinationConfig
 from courier.durations import Duration
 from courier.encryption import EncryptionConfig
@@ -170,23 +171,32 @@ class TemporalConfig(_Strict):
 
 
 class RouteRule(_Strict):
-    """One routing rule: give exactly one of ``exact``, ``prefix`` or ``regex``."""
+    """One routing rule: give exactly one of ``exact``, ``prefix``, ``regex`` or ``when``."""
 
     exact: str | None = Field(default=None, description="Matches a key equal to this.")
     prefix: str | None = Field(default=None, description="Matches a key starting with this.")
     regex: str | None = Field(default=None, description="Matches a key this regex fully matches.")
+    when: str | None = Field(
+        default=None,
+        description="Matches a record for which this JSONata expression (a mapping, see the "
+        'README) is true, e.g. headers.region = "eu" or value.total > 1000; it sees the whole '
+        "record (key, value, headers, topic, ...). A record it fails for is not exported: its "
+        "workflow fails with the reason.",
+    )
     destination: str = Field(description="Name of the destination the key goes to.")
 
     @model_validator(mode="after")
     def _one_matcher(self) -> RouteRule:
-        given = [m for m in (self.exact, self.prefix, self.regex) if m is not None]
+        given = [m for m in (self.exact, self.prefix, self.regex, self.when) if m is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of `exact`, `prefix` or `regex`")
+            raise ValueError("give exactly one of `exact`, `prefix`, `regex` or `when`")
         if self.regex is not None:
             try:
                 re.compile(self.regex)
             except re.error as err:
                 raise ValueError(f"regex {self.regex!r} is invalid: {err}") from err
+        if self.when is not None:
+            Expression(self.when, "when")  # ValueError saying why it does not compile
         return self
 
 
@@ -402,12 +412,15 @@ def _describe(err: ValidationError, data: Any) -> str:
     lines = []
     for problem in err.errors():
         path, node = "", data
-        for part in problem["loc"]:
+        loc = problem["loc"]
+        for index, part in enumerate(loc):
             if isinstance(part, int):
                 path += f"[{part}]"
                 node = node[part] if isinstance(node, list) and part < len(node) else None
-            elif isinstance(node, dict) and part not in node and node.get("kind") == part:
-                continue  # the discriminated-union tag pydantic adds: not a field of the YAML
+            elif not (isinstance(node, dict) and part in node) and (
+                index < len(loc) - 1 or problem["type"] != "missing"
+            ):
+                continue  # a union tag pydantic adds (e.g. the kind): not a field of the YAML
             else:
                 path = _join(path, part)
                 node = node.get(part) if isinstance(node, dict) else None

@@ -11,7 +11,9 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from activities.base import RetryConfig, TimeoutConfig
+from activities.postgres import ColumnConfig
 from activities.registry import KINDS
+from activities.rest import BodyMapping
 from courier.config import (
     CourierConfig,
     IngestConfig,
@@ -34,6 +36,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("routes.rules[]", RouteRule),
     ("ingest", IngestConfig),
     *((f"destinations[] with kind: {name}", config) for name, config in KINDS.items()),
+    ("destinations[].body (kind: rest, a mapped body)", BodyMapping),
+    ("destinations[].columns.NAME (kind: postgres)", ColumnConfig),
     ("destinations[].retry", RetryConfig),
     ("destinations[].timeouts", TimeoutConfig),
 ]

@@ -263,10 +263,17 @@ class Observer:
         try:
             if conn is None:
                 conn = self._pg[dest.name] = await asyncpg.connect(dest.dsn, timeout=5)
-            result.exported = await conn.fetchval(
-                f"SELECT count(*) FROM {qualified_table(dest.table)} WHERE topic = $1",
-                self.topic,
-            )
+            if dest.columns is None:
+                result.exported = await conn.fetchval(
+                    f"SELECT count(*) FROM {qualified_table(dest.table)} WHERE topic = $1",
+                    self.topic,
+                )
+            else:  # a mapped table: its rows are told apart by their idempotency keys
+                result.exported = await conn.fetchval(
+                    f"SELECT count(*) FROM {qualified_table(dest.table)} "
+                    "WHERE idempotency_key = ANY($1::text[])",
+                    [wid for wid, name in self.expected.items() if name == dest.name],
+                )
         except asyncpg.UndefinedTableError:
             result.exported = 0  # the worker has not created it yet
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:

@@ -35,13 +35,13 @@ from temporalio.client import Client
 from courier import metrics
 from courier.config import CourierConfig
 from courier.stopping import unless_stopped
-from ingest.handoff import coordinates, hand_off
+from ingest.handoff import coordinates, hand_off, to_kafka_record
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options, never_create_topics
 from ingest.offsets import OffsetTracker
 from ingest.ordered import ChainBroken, KeyChains, Turn, hand_off_ordered, ordered_chain
 from ingest.priority import DestinationLoad, record_priority
 from ingest.ranges import OpenRange, hand_off_range
-from ingest.routing import Router
+from ingest.routing import RouteDecision, Router
 from ingest.topic_ids import TopicIdError, TopicIds
 
 log = logging.getLogger("courier.ingest")
@@ -262,7 +262,8 @@ class Ingest:
         for tp, records in self._pending.items():
             if not records:
                 continue
-            if self._topic_ids.get(tp.topic) is None:
+            topic_id = self._topic_ids.get(tp.topic)
+            if topic_id is None:
                 self._log_missing_topic(tp.topic)
                 continue
             open_range = self._open_ranges.get(tp)
@@ -292,7 +293,7 @@ class Ingest:
                 if len(open_range.offsets) >= max_records:
                     break
                 records.popleft()
-                open_range.add(record.offset, record.key)
+                open_range.add(record.offset, self._route_input(record, topic_id))
 
     def _close_ranges(self) -> None:
         """Hand off ranges that are full or waited long enough, one at a time per partition."""
@@ -421,11 +422,19 @@ class Ingest:
         self.tracker.begin(tp, record.offset)
         self._in_flight += 1
         # Claimed here, in offset order, so a key's records are signalled in that order.
-        chain = ordered_chain(self.config, record, self.router.route(record.key))
+        decision = self.router.route(self._route_input(record, topic_id))
+        chain = ordered_chain(self.config, record, decision)
         turn = self._chains.claim(chain) if chain is not None else None
         task = asyncio.create_task(self._hand_off(tp, record, topic_id, self._epoch[tp], turn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _route_input(self, record: ConsumerRecord, topic_id: str) -> bytes | RouteDecision | None:
+        """The record's key, or its decision already made when a rule needs the whole record."""
+        if not self.router.needs_record:
+            key: bytes | None = record.key
+            return key  # only the key is kept, as a batch range does
+        return self.router.decide(record.key, to_kafka_record(record, topic_id))
 
     def _log_missing_topic(self, topic: str) -> None:
         now = time.monotonic()
@@ -452,7 +461,7 @@ class Ingest:
                 await turn.wait()
             while True:
                 try:
-                    decision = self.router.route(record.key)
+                    decision = self.router.route(self._route_input(record, topic_id))
                     if decision.action == "skip":
                         log.info("skipping %s: %s", coordinates(record), decision.reason)
                         outcome = "skipped"

@@ -27,7 +27,7 @@ from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ids import range_workflow_id
 from ingest.handoff import TRANSIENT_STATUSES, ThrottledLog
-from ingest.routing import Router
+from ingest.routing import RouteDecision, Router
 from workflows.export_range import ExportRange
 from workflows.types import ExportRangeInput, FailedRecord, RangeSlice
 
@@ -36,13 +36,14 @@ LAST_OFFSET_MEMO = "last_offset"
 
 @dataclass
 class OpenRange:
-    """Records of one partition gathered for the next range: offsets and keys only."""
+    """Records of one partition gathered for the next range: offsets and keys only (or, when a
+    routing rule needs the whole record, the decision made when it was read)."""
 
     opened: float = field(default_factory=time.monotonic)
     offsets: list[int] = field(default_factory=list)
-    keys: list[bytes | None] = field(default_factory=list)
+    keys: list[bytes | RouteDecision | None] = field(default_factory=list)
 
-    def add(self, offset: int, key: bytes | None) -> None:
+    def add(self, offset: int, key: bytes | RouteDecision | None) -> None:
         """Add the next record of the partition."""
         self.offsets.append(offset)
         self.keys.append(key)
@@ -74,7 +75,7 @@ def range_input(
     topic_id: str,
     partition: int,
     offsets: list[int],
-    keys: list[bytes | None],
+    keys: list[bytes | RouteDecision | None],
 ) -> tuple[ExportRangeInput, int]:
     """The workflow input of a range, and how many of its records were skipped (no route)."""
     by_destination: dict[str, list[int]] = {}
@@ -116,7 +117,7 @@ async def hand_off_range(
     topic_id: str,
     partition: int,
     offsets: list[int],
-    keys: list[bytes | None],
+    keys: list[bytes | RouteDecision | None],
     max_backoff: float = 30.0,
 ) -> RangeHandOff:
     """Start the workflows covering ``offsets`` (one, or more if earlier ranges overlap)."""

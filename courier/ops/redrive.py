@@ -38,7 +38,7 @@ from courier.ids import (
     workflow_id,
 )
 from courier.task_queues import describe
-from ingest.handoff import hand_off
+from ingest.handoff import hand_off, to_kafka_record
 from ingest.kafka import consumer_options
 from ingest.ranges import start_range
 from ingest.routing import RouteDecision, Router, key_text
@@ -383,7 +383,8 @@ class Redrive:
         starts: set[asyncio.Task[None]],
         blocks: dict[TopicPartition, tuple[int, list[int]]],
     ) -> None:
-        decision = self.router.route(record.key)
+        whole = to_kafka_record(record, span.topic_id) if self.router.needs_record else None
+        decision = self.router.decide(record.key, whole)
         if decision.destination != self.policy.name:
             return
         self.summary.routed += 1

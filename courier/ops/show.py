@@ -149,10 +149,14 @@ class Journey:
     redrives: list[str] = field(default_factory=list)
     ui_url: str | None = None
     notes: list[str] = field(default_factory=list)
+    source: KafkaRecord | None = field(default=None, repr=False)
+    """The record as read (routing rules with ``when`` look at all of it); not shown."""
 
     def as_dict(self) -> dict[str, Any]:
         """The journey for ``--json``."""
-        return asdict(self)
+        shown = asdict(self)
+        del shown["source"]
+        return shown
 
 
 def ui_base(config: CourierConfig) -> str:
@@ -230,7 +234,7 @@ async def show(client: Client, config: CourierConfig, target: str) -> Journey:
         if journey.record is not None:
             raw = journey.record.key_base64
             key = None if raw is None else base64.b64decode(raw)
-            journey.route_now = Router(config.routes).route(key).reason
+            journey.route_now = Router(config.routes).decide(key, journey.source).reason
         journey.redrives = await _redrives(client, config, parsed)
         return journey
     finally:
@@ -321,7 +325,7 @@ async def _record_from_kafka(source: KafkaRecordSource, journey: Journey, parsed
     if record is None:
         journey.record_problem = fetched.missing
     else:
-        journey.record = _view(record, "Kafka")
+        journey.record, journey.source = _view(record, "Kafka"), record
 
 
 async def _read_workflow(
@@ -511,7 +515,7 @@ def _record_input(journey: Journey, input: ExportRecordInput, run_id: str) -> No
         return
     if input.by_reference:
         return  # read from Kafka afterwards
-    journey.record = _view(input.record, "workflow input")
+    journey.record, journey.source = _view(input.record, "workflow input"), input.record
 
 
 def _range_record(journey: Journey, input: ExportRangeInput, offset: int) -> None:

@@ -56,21 +56,21 @@ def test_unknown_kind_names_kind_and_the_known_ones() -> None:
     assert "'rest', 'file', 'postgres'" in msg
 
 
-def test_bad_url_template_names_the_field_and_placeholder() -> None:
+def test_bad_url_template_names_the_destination_field_and_placeholder() -> None:
     [(loc, msg)] = errors_of({"name": "x", "kind": "rest", "url": "http://a.test/{id}"})
-    assert loc == "rest.url"
-    assert "unknown placeholder {id}" in msg
+    assert loc == "rest"
+    assert "destination x, url: mapping `id` reads 'id', which a record does not have" in msg
 
 
 @pytest.mark.parametrize(
     ("fields", "where", "words"),
     [
         ({"url": "ftp://a.test/"}, "rest.url", "http"),
-        ({"url": "http://a.test/{key"}, "rest.url", "URL template"),
+        ({"url": "http://a.test/{key"}, "rest", "url: '{' at position 15 is never closed"),
         ({"retry_statuses": ["6xx"]}, "rest.retry_statuses", "'6xx'"),
         ({"success_statuses": [200], "retry_statuses": [200]}, "rest", "both"),
         ({"read_timeout": "soon"}, "rest.read_timeout", "duration"),
-        ({"body": "xml"}, "rest.body", "'raw' or 'json'"),
+        ({"body": "xml"}, "rest.body.named", "'raw' or 'json'"),
     ],
 )
 def test_rest_config_errors(fields: dict[str, Any], where: str, words: str) -> None:
@@ -85,7 +85,7 @@ def test_rest_config_errors(fields: dict[str, Any], where: str, words: str) -> N
     [
         ({"table": "orders; drop table x"}, "postgres.table", "not a table name"),
         ({"table": "a.b.c"}, "postgres.table", "not a table name"),
-        ({"conflict_key": ["nope"]}, "postgres.conflict_key", "unknown column"),
+        ({"conflict_key": ["nope"]}, "postgres", "conflict_key: unknown column"),
         ({"non_json_values": "drop"}, "postgres.non_json_values", "'text', 'bytes' or 'fail'"),
     ],
 )
