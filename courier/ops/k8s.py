@@ -97,6 +97,19 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
+_STAND_IN = re.compile(r"COURIER-PLACEHOLDER-([A-Za-z_][A-Za-z0-9_]*)-")
+
+
+def stand_in(name: str) -> str:
+    """What a Secret placeholder ``${NAME}`` reads as while the config is validated here."""
+    return f"COURIER-PLACEHOLDER-{name}-"
+
+
+def restored(text: str) -> str:
+    """``text`` with stand-ins written back as the ``${NAME}`` placeholders they replace."""
+    return _STAND_IN.sub(lambda m: f"${{{m.group(1)}}}", text)
+
+
 def placeholders(tree: Any) -> list[Placeholder]:
     """Every ``${NAME}`` in the strings of a parsed YAML tree, in order of first use."""
     found: dict[str, Placeholder] = {}
@@ -143,12 +156,13 @@ def generate(source: str, *, partitions: int | None = None) -> Manifests:
     plain = plain if isinstance(plain, dict) else {}
     plain = {str(k): str(v) for k, v in plain.items()}
     names = placeholders({k: v for k, v in tree.items() if k != "kubernetes"})
-    # Secrets stay placeholders: validation sees "${NAME}", the manifests never see a value.
-    environ = {p.name: f"${{{p.name}}}" for p in names if not p.has_default} | plain
+    # Secrets stay placeholders: validation sees a stand-in (no braces, which a mapping
+    # template would read as an expression), the manifests never see a value.
+    environ = {p.name: stand_in(p.name) for p in names if not p.has_default} | plain
     try:
         cfg = parse_config(tree, environ=environ)
     except ConfigError as err:
-        raise DeployError(f"invalid config: {' '.join(str(err).split())}") from None
+        raise DeployError(f"invalid config: {restored(' '.join(str(err).split()))}") from None
     k8s = cfg.kubernetes
     if partitions is not None and k8s.ingest.replicas > partitions:
         raise DeployError(
@@ -466,10 +480,10 @@ class _Builder:
 
     def _keda_endpoint(self) -> str:
         endpoint = self.k8s.keda_temporal_endpoint or self.cfg.temporal.address
-        if "${" in endpoint:
+        if _STAND_IN.search(endpoint):
             raise DeployError(
-                f"temporal.address is {endpoint!r}, which KEDA cannot resolve: give its value "
-                "in kubernetes.env or set kubernetes.keda_temporal_endpoint"
+                f"temporal.address is {restored(endpoint)!r}, which KEDA cannot resolve: give its "
+                "value in kubernetes.env or set kubernetes.keda_temporal_endpoint"
             )
         return endpoint
 
@@ -509,7 +523,7 @@ class _Builder:
         refs: list[dict[str, str]] = []
         key = self.cfg.temporal.api_key
         if key is not None:
-            match = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", key.get_secret_value())
+            match = _STAND_IN.fullmatch(key.get_secret_value())
             if match is None or match.group(1) in self.plain:
                 raise DeployError(
                     "temporal.api_key must be a ${NAME} placeholder kept in the Secret (not in "
