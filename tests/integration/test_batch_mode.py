@@ -27,7 +27,7 @@ from temporalio.client import Client, WorkflowExecution, WorkflowFailureError
 from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ids import workflow_id
-from courier.ops import replay
+from courier.ops import failures, replay
 from devtools.receiver import ReceivedRequest, Receiver
 from devtools.topics import create_topic, produce, topic_id
 from ingest.consumer import Ingest
@@ -734,9 +734,11 @@ async def test_batch_mode_failed_records_fail_their_range_and_are_replayed_once(
             to_replay = [wf async for wf in temporal_client.list_workflows(selector)]
             assert {wf.id for wf in to_replay} == {wf.id for wf in failed}
             # `courier replay -d NAME --query ...` selects the same runs.
-            cli_selector = replay.failed_exports_query(name, f"CourierTopic = '{topic}'")
-            cli_ids = {wf.id async for wf in temporal_client.list_workflows(cli_selector)}
-            assert cli_ids == {wf.id for wf in failed}, cli_selector
+            found = await failures.find_failures(
+                temporal_client, config, destination=name, extra=f"CourierTopic = '{topic}'"
+            )
+            cli_ids = {f.execution.id for f in found}
+            assert cli_ids == {wf.id for wf in failed}
             for wf in to_replay:
                 await replay.replay(temporal_client, wf, reason="test: endpoint fixed")
 
