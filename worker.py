@@ -17,7 +17,6 @@ from datetime import timedelta
 
 from temporalio.client import (
     Client,
-    RPCTimeoutOrCancelledError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -128,7 +127,7 @@ class StateReporter:
                 start_signal_args=[report],
                 rpc_timeout=timedelta(seconds=5),
             )
-        except (TimeoutError, RPCError, RuntimeError, RPCTimeoutOrCancelledError) as err:
+        except (TimeoutError, RPCError, RuntimeError) as err:
             log.warning("%s: cannot report the worker's state to Temporal: %s", self.name, err)
 
 
@@ -186,7 +185,9 @@ class RateControl:
                 pending = (uuid.uuid4().hex, self._report(window))
             try:
                 decision = await self._send(*pending)
-            except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
+                if _being_cancelled():
+                    raise asyncio.CancelledError from err  # the SDK turns it into its own error
                 log.warning(
                     "%s: rate control did not answer within %.0fs (workflow workers busy or "
                     "none running); sending the same outcomes again",
@@ -280,6 +281,14 @@ class RateControl:
         self.mode = decision.mode
 
 
+def _being_cancelled() -> bool:
+    """Whether this task has a cancellation request pending: the SDK reports a cancelled update
+    call as its own RPC error, which must then not be handled as a slow answer. (A timeout's
+    own cancellation is withdrawn by ``asyncio.timeout`` before the error gets here.)"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 PACE_REFRESH_S = 1.0
 """How often a worker re-reads its queue's rate and workers to set its pace (when it has a
 rate; an unlimited queue is re-read every ``PACE_REFRESH_UNLIMITED_S``)."""
@@ -303,7 +312,7 @@ async def keep_pace(
             rate = queue.rate_limit if queue.rate_limit_source != "none" else configured
             workers = len(queue.worker_identities | {client.identity})
             pacer.set_rate(rate / workers if rate else None)
-        except (RPCError, RuntimeError, RPCTimeoutOrCancelledError) as err:
+        except (RPCError, RuntimeError) as err:
             log.warning("%s: cannot read the queue's rate limit: %s", task_queue, err)
         except Exception:  # a bug: say so, keep the last pace, keep going
             log.exception("%s: setting the pace failed", task_queue)

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import math
 
-from temporalio.client import Client, RPCTimeoutOrCancelledError
+from temporalio.client import Client
 from temporalio.common import Priority
 from temporalio.service import RPCError
 
@@ -77,7 +77,7 @@ class DestinationLoad:
     async def _refresh(self, name: str, task_queue: str) -> None:
         try:
             wait = expected_wait(await describe(self.client, task_queue))
-        except (RPCError, RuntimeError, RPCTimeoutOrCancelledError) as err:
+        except (RPCError, RuntimeError) as err:
             log.warning("cannot read the backlog of %s: %s", task_queue, err)
             return
         except Exception:  # a bug: say so, keep the last view

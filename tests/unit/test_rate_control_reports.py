@@ -108,3 +108,36 @@ async def test_a_bug_answering_is_logged_and_rate_control_goes_on(
     first, second = client.handle.calls[:2]
     assert first[0] != second[0]  # the failed report was dropped; the next window went out
     assert client.workflow_service.rates[0] == pytest.approx(0.2)
+
+
+async def test_cancelling_rate_control_ends_it_even_mid_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker, "CONTROL_INTERVAL_S", 0.0)
+    in_update = asyncio.Event()
+
+    class SlowHandle(FakeHandle):
+        async def execute_update(self, name: str, report: Any, **kwargs: Any) -> ControlState:
+            in_update.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError as err:  # what the SDK does with a cancelled call
+                raise WorkflowUpdateRPCTimeoutOrCancelledError() from err
+            raise AssertionError("not reached")
+
+    outcomes = AttemptOutcomes(unavailable=5)
+    client = FakeClient(SlowHandle([], outcomes))
+    control = worker.RateControl(
+        client,  # type: ignore[arg-type]
+        CONFIG,
+        "api",
+        outcomes,
+        reporter=None,  # type: ignore[arg-type]
+        since=0.0,
+    )
+    task = asyncio.create_task(control.run())
+    await asyncio.wait_for(in_update.wait(), 5)
+    task.cancel()
+    await asyncio.wait({task}, timeout=5)
+    assert task.done(), "the cancellation was swallowed: rate control runs on"
+    assert task.cancelled()
