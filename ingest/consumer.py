@@ -425,7 +425,9 @@ class Ingest:
         decision = self.router.route(self._route_input(record, topic_id))
         chain = ordered_chain(self.config, record, decision)
         turn = self._chains.claim(chain) if chain is not None else None
-        task = asyncio.create_task(self._hand_off(tp, record, topic_id, self._epoch[tp], turn))
+        task = asyncio.create_task(
+            self._hand_off(tp, record, topic_id, decision, self._epoch[tp], turn)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -451,6 +453,7 @@ class Ingest:
         tp: TopicPartition,
         record: ConsumerRecord,
         topic_id: str,
+        decision: RouteDecision,
         epoch: int,
         turn: Turn | None = None,
     ) -> None:
@@ -461,7 +464,6 @@ class Ingest:
                 await turn.wait()
             while True:
                 try:
-                    decision = self.router.route(self._route_input(record, topic_id))
                     if decision.action == "skip":
                         log.info("skipping %s: %s", coordinates(record), decision.reason)
                         outcome = "skipped"

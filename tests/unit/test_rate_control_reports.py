@@ -61,12 +61,9 @@ class FakeClient:
         return self.handle
 
 
-async def run_control(script: list[Any], monkeypatch: pytest.MonkeyPatch) -> FakeClient:
-    """Run rate control over one window of 5 refused attempts until the script is used up."""
-    monkeypatch.setattr(worker, "CONTROL_INTERVAL_S", 0.0)
-    outcomes = AttemptOutcomes(unavailable=5, last_error="refused")
-    client = FakeClient(FakeHandle(script, outcomes))
-    control = worker.RateControl(
+def rate_control(client: FakeClient, outcomes: AttemptOutcomes) -> worker.RateControl:
+    """The destination ``api``'s rate control over ``client`` (no state reporter)."""
+    return worker.RateControl(
         client,  # type: ignore[arg-type]
         CONFIG,
         "api",
@@ -74,7 +71,14 @@ async def run_control(script: list[Any], monkeypatch: pytest.MonkeyPatch) -> Fak
         reporter=None,  # type: ignore[arg-type]
         since=0.0,
     )
-    task = asyncio.create_task(control.run())
+
+
+async def run_control(script: list[Any], monkeypatch: pytest.MonkeyPatch) -> FakeClient:
+    """Run rate control over one window of 5 refused attempts until the script is used up."""
+    monkeypatch.setattr(worker, "CONTROL_INTERVAL_S", 0.0)
+    outcomes = AttemptOutcomes(unavailable=5, last_error="refused")
+    client = FakeClient(FakeHandle(script, outcomes))
+    task = asyncio.create_task(rate_control(client, outcomes).run())
     for _ in range(200):
         await asyncio.sleep(0)
         if not client.handle.script and client.handle.calls:
@@ -127,15 +131,7 @@ async def test_cancelling_rate_control_ends_it_even_mid_update(
 
     outcomes = AttemptOutcomes(unavailable=5)
     client = FakeClient(SlowHandle([], outcomes))
-    control = worker.RateControl(
-        client,  # type: ignore[arg-type]
-        CONFIG,
-        "api",
-        outcomes,
-        reporter=None,  # type: ignore[arg-type]
-        since=0.0,
-    )
-    task = asyncio.create_task(control.run())
+    task = asyncio.create_task(rate_control(client, outcomes).run())
     await asyncio.wait_for(in_update.wait(), 5)
     task.cancel()
     await asyncio.wait({task}, timeout=5)
