@@ -296,22 +296,27 @@ PACE_REFRESH_UNLIMITED_S = 10.0
 
 
 async def keep_pace(
-    client: Client, task_queue: str, pacer: Pacer, configured: float | None
+    client: Client,
+    task_queue: str,
+    pacer: Pacer,
+    *,
+    configured: float | None,
+    records_per_activity: int,
 ) -> None:
     """Keep ``pacer`` at this worker's share of the queue's effective rate, until cancelled.
 
-    The share is the rate over the live workers the server sees polling the queue (this one
-    included); a worker that died keeps counting for up to a minute, during which the others
-    go slower than they could; a worker that joins is seen by the others within a second.
-    Until the server reports a rate (before the first poll) the worker's own, ``configured``,
-    holds.
+    The share is the rate (the queue's activities/s times the records one carries) over the
+    live workers the server sees polling the queue (this one included); a worker that died
+    keeps counting for up to a minute, during which the others go slower than they could; a
+    worker that joins is seen by the others within a second. Until the server reports a rate
+    (before the first poll) the worker's own, ``configured`` (activities/s), holds.
     """
     while True:
         try:
             queue = await describe(client, task_queue)
             rate = queue.rate_limit if queue.rate_limit_source != "none" else configured
             workers = len(queue.worker_identities | {client.identity})
-            pacer.set_rate(rate / workers if rate else None)
+            pacer.set_rate(rate * records_per_activity / workers if rate else None)
         except (RPCError, RuntimeError) as err:
             log.warning("%s: cannot read the queue's rate limit: %s", task_queue, err)
         except Exception:  # a bug: say so, keep the last pace, keep going
@@ -412,10 +417,15 @@ async def serve_destination(
 
         reporting = asyncio.create_task(keep_reporting())
         # Pace from the first attempt: the configured rate until the server's is read.
-        configured = activity_rate(config, name)
-        activity.pacer.set_rate(configured)
+        activity.pacer.set_rate(dest_config.rate_limit)
         pacing = asyncio.create_task(
-            keep_pace(client, dest_config.task_queue, activity.pacer, configured)
+            keep_pace(
+                client,
+                dest_config.task_queue,
+                activity.pacer,
+                configured=activity_rate(config, name),
+                records_per_activity=config.records_per_activity(name),
+            )
         )
         rate_control = dest_config.rate_control
         control = (
@@ -442,16 +452,9 @@ async def serve_destination(
 
 
 def activity_rate(config: CourierConfig, name: str) -> float | None:
-    """Activities/s of a destination's queue that keep its records/s at ``rate_limit``.
-
-    In batch mode an activity carries up to ``batch_size`` records.
-    """
-    dest = config.destination(name)
-    if dest.rate_limit is None:
-        return None
-    if config.ingest.mode == "batch":
-        return dest.rate_limit / dest.batch_size
-    return dest.rate_limit
+    """Activities/s of a destination's queue that keep its records/s at ``rate_limit``."""
+    limit = config.destination(name).rate_limit
+    return None if limit is None else config.queue_rate(name, limit)
 
 
 async def run_workers(

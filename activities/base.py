@@ -8,14 +8,15 @@ Lifecycle of a destination inside a worker process, in order:
 
 1. ``config.create()`` — build it from its validated config (secrets already resolved).
 2. ``await open()`` — once per worker process: connect, create pools, create tables or files.
-3. ``await write(batch)`` — any number of times, concurrently up to ``max_concurrency``;
-   idempotent per ``OutgoingRecord.idempotency_key``; raises ``activities.errors`` types.
+3. ``await write(batch, pace=…)`` — any number of times, concurrently up to ``max_concurrency``;
+   idempotent per ``OutgoingRecord.idempotency_key``; awaits ``pace`` before sending records
+   (the spacing of the rate limit); raises ``activities.errors`` types.
 4. ``await close()`` — once, on worker shutdown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Literal, Protocol, runtime_checkable
 
@@ -25,6 +26,13 @@ from courier.durations import Duration
 from workflows.types import DestinationPolicy, OutgoingRecord, RetrySpec
 
 TASK_QUEUE_PREFIX = "courier-dest-"
+
+Pace = Callable[[int], Awaitable[None]]
+"""``await pace(n)`` returns when ``n`` more records may go out under the destination's rate."""
+
+
+async def no_pace(count: int) -> None:
+    """The pace of a destination without a rate limit: never waits."""
 
 
 class RetryConfig(BaseModel):
@@ -113,8 +121,10 @@ class DestinationConfig(BaseModel):
         default=500,
         ge=1,
         le=10_000,
-        description="Batch mode: most records one export activity carries; the queue's "
-        "activity rate is rate_limit / batch_size, so rate_limit stays in records/s.",
+        description="Batch mode: most records one export activity carries. With a rate_limit an "
+        "activity carries at most one second of it (5 records at 5/s), and its records go out "
+        "evenly spaced; the queue's activity rate is rate_limit over the records per activity, "
+        "so rate_limit stays in records/s.",
     )
     max_concurrency: int = Field(
         default=16, ge=1, description="Exports one worker process runs at once."
@@ -143,6 +153,18 @@ class DestinationConfig(BaseModel):
         raise NotImplementedError(f"destination kind {self.kind!r} does not implement create()")
 
     @property
+    def records_per_batch_activity(self) -> int:
+        """Batch mode: most records one export activity carries.
+
+        ``batch_size``, but no more than one second of ``rate_limit``: the worker spaces an
+        activity's records at the rate, so a larger one would spend longer than the limit
+        allows in one attempt, and the queue would hand out its records in fewer, larger lumps.
+        """
+        if self.rate_limit is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, int(self.rate_limit)))
+
+    @property
     def task_queue(self) -> str:
         """The activity task queue of this destination."""
         return TASK_QUEUE_PREFIX + self.name
@@ -162,7 +184,7 @@ class DestinationConfig(BaseModel):
             schedule_to_close_s=(
                 self.timeouts.total.total_seconds() if self.timeouts.total else None
             ),
-            batch_size=self.batch_size,
+            batch_size=self.records_per_batch_activity,
             heartbeat_s=(
                 self.timeouts.heartbeat.total_seconds() if self.timeouts.heartbeat else None
             ),
@@ -177,8 +199,12 @@ class Destination(Protocol):
         """Connect and prepare (tables, files); called once per worker process."""
         ...
 
-    async def write(self, batch: Sequence[OutgoingRecord]) -> str:
-        """Write every record of the batch idempotently; return a short detail for the receipt."""
+    async def write(self, batch: Sequence[OutgoingRecord], *, pace: Pace = no_pace) -> str:
+        """Write every record of the batch idempotently; return a short detail for the receipt.
+
+        ``await pace(n)`` before sending ``n`` of the records: once per request for a kind
+        that sends one request per record, once for the whole batch for a bulk write.
+        """
         ...
 
     async def close(self) -> None:

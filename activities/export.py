@@ -20,12 +20,14 @@ from datetime import timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.base import Destination
+from activities.base import Destination, Pace
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.pacing import Pacer
 from activities.source import RecordSource
 from courier import metrics
+from courier.durations import format_duration
 from courier.ids import workflow_id
+from courier.rates import format_rate
 from workflows.export_range import EXPORT_RANGE_ACTIVITY
 from workflows.export_record import EXPORT_ACTIVITY, PERMANENT_ERROR_TYPE
 from workflows.types import (
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 RETRYABLE_ERROR_TYPE = "RetryableExportError"
 UNEXPECTED_ERROR_TYPE = "UnexpectedExportError"
 HEARTBEATS_PER_TIMEOUT = 4
+PACE_BUDGET = 0.5
+"""Share of an attempt's timeout its records may spend waiting for their pace: a rate lowered
+after a batch was cut (``courier limit``, the adaptive rate) must not time out every attempt."""
+UNPACED_LOG_S = 300.0
 """Heartbeats sent per heartbeat timeout, so a slow event loop does not lose an attempt."""
 
 
@@ -106,6 +112,7 @@ class ExportActivity:
         self.source = source
         self.outcomes = AttemptOutcomes()
         self.pacer = Pacer()
+        self._unpaced_logged = -UNPACED_LOG_S
         self._unexpected_seen: set[str] = set()
 
     @activity.defn(name=EXPORT_ACTIVITY)
@@ -115,11 +122,11 @@ class ExportActivity:
         first = batch.records[0].record if batch.records else None
         where = f"{first.topic}/{first.partition}/{first.offset}" if first else "an empty batch"
         async with heartbeating(), self._unexpected_errors_retried(where, len(batch.records)):
-            await self.pacer.wait()
+            pace = self._attempt_pace()
             records = batch.records
             if batch.by_reference:
                 records = await self._read_back(records)
-            detail = await self._write(records)
+            detail = await self._write(records, pace)
         return ExportResult(
             destination=self.name,
             written=len(records),
@@ -134,10 +141,34 @@ class ExportActivity:
         span = f"[{batch.offsets[0]}..{batch.offsets[-1]}]" if batch.offsets else "[]"
         where = f"{batch.topic}/{batch.partition}/{span}"
         async with heartbeating(), self._unexpected_errors_retried(where, len(batch.offsets)):
-            await self.pacer.wait()
-            return await self._export_range(batch)
+            return await self._export_range(batch, self._attempt_pace())
 
-    async def _export_range(self, batch: RangeBatch) -> RangeBatchResult:
+    def _attempt_pace(self) -> Pace:
+        """This attempt's pace: the worker's, until ``PACE_BUDGET`` of the attempt's time is
+        spent waiting; then the rest goes unpaced, said at most every ``UNPACED_LOG_S``."""
+        timeout = activity.info().start_to_close_timeout
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout.total_seconds() * PACE_BUDGET if timeout else None
+
+        async def pace(count: int) -> None:
+            if await self.pacer.wait(count, until=until) or timeout is None:
+                return
+            now = loop.time()
+            if now - self._unpaced_logged >= UNPACED_LOG_S:
+                self._unpaced_logged = now
+                log.warning(
+                    "%s: the rest of an export goes out faster than %s: pacing it would outlast "
+                    "half its attempt timeout (%s); the rate was lowered after the batch was cut "
+                    "(courier limit, adaptive rate): set rate_limit in the config, so an export "
+                    "carries one second of it, or raise timeouts.attempt",
+                    self.name,
+                    format_rate(self.pacer.rate),
+                    format_duration(timeout),
+                )
+
+        return pace
+
+    async def _export_range(self, batch: RangeBatch, pace: Pace) -> RangeBatchResult:
         fetched = await self._source().fetch(
             topic=batch.topic,
             topic_id=batch.topic_id,
@@ -164,7 +195,7 @@ class ExportActivity:
             if o in fetched.records
         ]
         written = 0
-        for part, reason in await self._write_isolating_failures(items):
+        for part, reason in await self._write_isolating_failures(items, pace):
             if reason is None:
                 written += len(part)
             else:
@@ -250,12 +281,12 @@ class ExportActivity:
         log.warning("%s: permanent failure: %s", self.name, reason)
         return ApplicationError(reason, type=PERMANENT_ERROR_TYPE, non_retryable=True)
 
-    async def _write(self, records: Sequence[OutgoingRecord]) -> str:
+    async def _write(self, records: Sequence[OutgoingRecord], pace: Pace) -> str:
         """Write records; map export errors to Temporal's retry decisions."""
         attempt = activity.info().attempt
         started = time.perf_counter()
         try:
-            detail = await self.destination.write(records)
+            detail = await self.destination.write(records, pace=pace)
         except PermanentExportError as err:
             metrics.record_failure(self.name, kind="permanent", count=len(records))
             self.outcomes.answered += 1  # refused for good, but up
@@ -280,7 +311,7 @@ class ExportActivity:
         return detail
 
     async def _write_isolating_failures(
-        self, items: list[OutgoingRecord]
+        self, items: list[OutgoingRecord], pace: Pace
     ) -> list[tuple[list[OutgoingRecord], str | None]]:
         """Write ``items``; on a permanent failure split them until the bad records are alone.
 
@@ -290,7 +321,7 @@ class ExportActivity:
         if not items:
             return []
         try:
-            await self._write(items)
+            await self._write(items, pace)
             return [(items, None)]
         except ApplicationError as err:
             if err.type != PERMANENT_ERROR_TYPE:
@@ -299,6 +330,6 @@ class ExportActivity:
                 return [(items, err.message)]
         middle = len(items) // 2
         return [
-            *await self._write_isolating_failures(items[:middle]),
-            *await self._write_isolating_failures(items[middle:]),
+            *await self._write_isolating_failures(items[:middle], pace),
+            *await self._write_isolating_failures(items[middle:], pace),
         ]

@@ -46,7 +46,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from activities.base import DestinationConfig
+from activities.base import DestinationConfig, Pace, no_pace
 from activities.encoding import record_envelope
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.mapping import Expression, MappingError, check_mappings, record_data
@@ -138,11 +138,12 @@ class FileDestination:
         """Close the file (after a write still running in its thread)."""
         await asyncio.to_thread(self._close_sync)
 
-    async def write(self, batch: Sequence[OutgoingRecord]) -> str:
+    async def write(self, batch: Sequence[OutgoingRecord], *, pace: Pace = no_pace) -> str:
         """Append the records not yet in the file; return e.g. ``1 line written``."""
         if self._fd is None:
             raise RuntimeError("FileDestination.write() called before open()")
         lines = [self._record_line(item) for item in batch]  # map before taking the lock
+        await pace(len(batch))
         try:
             written = await asyncio.to_thread(self._write_sync, batch, lines)
         except OSError as err:

@@ -52,7 +52,7 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from activities.base import DestinationConfig
+from activities.base import DestinationConfig, Pace, no_pace
 from activities.encoding import headers_list
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.mapping import Expression, MappingError, check_mappings, record_data
@@ -650,7 +650,7 @@ class PostgresDestination:
             pool, self._pool = self._pool, None
             await pool.close()
 
-    async def write(self, batch: Sequence[OutgoingRecord]) -> str:
+    async def write(self, batch: Sequence[OutgoingRecord], *, pace: Pace = no_pace) -> str:
         """Insert the batch in one statement; return e.g. ``1 row inserted``."""
         if self._pool is None:
             raise RuntimeError("PostgresDestination.write() called before open()")
@@ -660,6 +660,7 @@ class PostgresDestination:
             columns = self._mapped.arrays(batch)
         else:
             columns = row_columns(self.config, batch)
+        await pace(len(batch))
         try:
             status = await self._pool.execute(self._insert, *columns)
         except _DATABASE_ERRORS as err:

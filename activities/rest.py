@@ -44,7 +44,7 @@ from pydantic import (
     model_validator,
 )
 
-from activities.base import DestinationConfig
+from activities.base import DestinationConfig, Pace, no_pace
 from activities.encoding import record_envelope
 from activities.errors import Cause, PermanentExportError, RetryableExportError
 from activities.mapping import (
@@ -340,7 +340,7 @@ class RestDestination:
             await self._client.aclose()
             self._client = None
 
-    async def write(self, batch: Sequence[OutgoingRecord]) -> str:
+    async def write(self, batch: Sequence[OutgoingRecord], *, pace: Pace = no_pace) -> str:
         """Send one request per record; return e.g. ``HTTP 201`` or ``3 × HTTP 200``."""
         if self._client is None:
             raise RuntimeError("RestDestination.write() called before open()")
@@ -352,6 +352,8 @@ class RestDestination:
         async def send(item: OutgoingRecord) -> int:
             nonlocal unavailable_in_a_row, stop
             async with limit:
+                if not stop:
+                    await pace(1)
                 if stop:
                     raise _NotSent
                 try:

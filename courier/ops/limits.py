@@ -19,19 +19,12 @@ from workflows.destination_state import (
 from workflows.types import WorkerReport
 
 
-def queue_rate(config: CourierConfig, name: str, records_per_second: float) -> float:
-    """The queue's activities/s for a records/s limit (batch mode carries batch_size each)."""
-    if config.ingest.mode == "batch":
-        return records_per_second / config.destination(name).batch_size
-    return records_per_second
-
-
 async def set_limit(
     client: Client, config: CourierConfig, name: str, records_per_second: float | None, reason: str
 ) -> QueueState:
     """Set (or with None, remove) the operator's limit; return the queue's state after."""
     dest = config.destination(name)
-    rate = None if records_per_second is None else queue_rate(config, name, records_per_second)
+    rate = None if records_per_second is None else config.queue_rate(name, records_per_second)
     await set_rate_limit(client, dest.task_queue, rate, reason=reason)
     await client.start_workflow(
         DestinationState.run,

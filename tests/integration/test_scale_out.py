@@ -29,9 +29,11 @@ LIMIT = 5.0
 RECORDS = 40
 
 
+@pytest.mark.parametrize("mode", ["per_record", "batch"])
 async def test_two_worker_processes_share_one_rate_limit(
-    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
+    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path, mode: str
 ) -> None:
+    """In batch mode too: an activity carries several records, sent spaced at the rate."""
     async with Receiver() as receiver:
 
         def destination(worker: str) -> dict[str, Any]:
@@ -46,7 +48,11 @@ async def test_two_worker_processes_share_one_rate_limit(
 
         routes = {"default": f"api-{unique}"}
         config = pipeline_config(
-            stack_settings, unique, destinations=[destination("in-process")], routes=routes
+            stack_settings,
+            unique,
+            destinations=[destination("in-process")],
+            routes=routes,
+            ingest={"mode": mode},
         )
         # The second process reads its own config: same destination, its own header.
         other = config.model_dump(mode="json", exclude_none=True)

@@ -140,3 +140,28 @@ def test_secrets_never_reach_the_workflow_policy() -> None:
     policy = parse_config(data, environ={"TOKEN": "s3cret"}).destination("api").policy()
     assert "s3cret" not in repr(policy)
     assert policy.task_queue == "courier-dest-api"
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "batch_size", "per_activity"),
+    [(None, 500, 500), (5, 500, 5), (0.5, 500, 1), (20.7, 500, 20), (1000, 500, 500)],
+)
+def test_a_batch_activity_carries_at_most_one_second_of_the_rate(
+    rate_limit: float | None, batch_size: int, per_activity: int
+) -> None:
+    data = base()
+    data["ingest"] = {"mode": "batch"}
+    data["destinations"][0] |= {"rate_limit": rate_limit, "batch_size": batch_size}
+    config = parse_config(data, environ={})
+    name = data["destinations"][0]["name"]
+    assert config.records_per_activity(name) == per_activity
+    assert config.destination(name).policy().batch_size == per_activity
+    assert config.queue_rate(name, 10) == pytest.approx(10 / per_activity)
+
+
+def test_a_per_record_activity_carries_one_record() -> None:
+    data = base()
+    data["destinations"][0] |= {"rate_limit": 5}
+    config = parse_config(data, environ={})
+    name = data["destinations"][0]["name"]
+    assert config.records_per_activity(name) == 1 and config.queue_rate(name, 5) == 5

@@ -10,6 +10,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.base import Pace, no_pace
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.export import ExportActivity
 from courier import metrics
@@ -25,9 +26,10 @@ class FakeDestination:
 
     async def close(self) -> None: ...
 
-    async def write(self, batch: Sequence[OutgoingRecord]) -> str:
+    async def write(self, batch: Sequence[OutgoingRecord], *, pace: Pace = no_pace) -> str:
         if self.error:
             raise self.error
+        await pace(len(batch))
         self.written += [item.idempotency_key for item in batch]
         return f"{len(batch)} written"
 
@@ -70,9 +72,9 @@ async def test_a_batch_for_another_destination_is_refused() -> None:
 
 
 class SlowDestination(FakeDestination):
-    async def write(self, batch: Sequence[OutgoingRecord]) -> str:
+    async def write(self, batch: Sequence[OutgoingRecord], *, pace: Pace = no_pace) -> str:
         await asyncio.sleep(0.5)
-        return await super().write(batch)
+        return await super().write(batch, pace=pace)
 
 
 async def test_an_unexpected_error_is_logged_counted_and_retried(
@@ -113,3 +115,38 @@ async def test_no_heartbeat_timeout_no_heartbeats() -> None:
     env.on_heartbeat = lambda *details: beats.append(details)
     await env.run(ExportActivity("dest", FakeDestination()).export, batch())
     assert beats == []
+
+
+def records(n: int) -> ExportBatch:
+    items = [
+        OutgoingRecord(f"courier/g/t/0/{o}", KafkaRecord("t", 0, o, None, Blob.of(b"v"), 0))
+        for o in range(n)
+    ]
+    return ExportBatch("dest", items)
+
+
+async def test_records_wait_for_the_pace() -> None:
+    activity = ExportActivity("dest", FakeDestination())
+    activity.pacer.set_rate(20)
+    started = time.monotonic()
+    await ActivityEnvironment().run(activity.export, records(5))
+    # Burst one: the first record goes at once, the others 50 ms apart.
+    assert 0.18 <= time.monotonic() - started < 2
+
+
+async def test_pacing_stops_at_half_the_attempt_timeout_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    destination = FakeDestination()
+    activity = ExportActivity("dest", destination)
+    activity.pacer.set_rate(1)  # 10 records would take 9 s
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, start_to_close_timeout=timedelta(seconds=1))
+    started = time.monotonic()
+    for _ in range(2):
+        await env.run(activity.export, records(10))
+    assert time.monotonic() - started < 2.5  # 0.5 s each, not 9 s
+    assert len(destination.written) == 20
+    warnings = [r.getMessage() for r in caplog.records if r.name == "activities.export"]
+    assert len(warnings) == 1, warnings  # said once, not per attempt
+    assert "faster than 1/s" in warnings[0] and "half its attempt timeout (1s)" in warnings[0]
