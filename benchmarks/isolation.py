@@ -13,10 +13,12 @@ The destinations are REST endpoints of this process's recording receiver (``devt
 Rows (variants), run interleaved within each round, the order reversed every other round:
 alone; beside throttled; beside down; beside both — the others' records in a second topic of
 the same config, produced before the healthy topic so they have a backlog — and interleaved:
-the three destinations' records alternate in one topic. All records are produced before
-Courier starts. Measured at the receiver: the healthy destination's throughput = (N − 1) / (its
-last effect − its first effect), as a ratio to ``alone`` of the same round (min/median/max);
-the end-to-end ratio (N / (last effect − launch)) is shown too, so a delayed start is not hidden.
+the three destinations' records alternate in one topic. Measured at the receiver: the healthy
+destination's throughput = (N − 1) / (its last effect − its first effect), as a ratio to
+``alone`` of the same round (min/median/max);
+the end-to-end ratio (N / (last effect − first record produced)) is shown too, so a delayed
+start is not hidden. Courier's processes start, and answer on ``/readyz``, before the records
+are produced: process start-up is not measured, as in production.
 
 Then rate-limit exactness (per-record mode): one destination with ``rate_limit`` 5 (100 records)
 or 20 (300 records) alone, each round both, order swapped per round. The destination's worker
@@ -39,6 +41,7 @@ import contextlib
 import datetime as dt
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -49,11 +52,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import yaml
 from aiokafka import AIOKafkaProducer
 from temporalio.client import Client
 
-from benchmarks.common import free_port
+from benchmarks.common import CpuMeter, cpu_between, free_port
 from benchmarks.kafka_io import create_topic, delete_topic
 from courier.config import CourierConfig, parse_config
 from courier.task_queues import describe
@@ -93,10 +97,15 @@ class Trial:
 
     variant: str
     records: int
-    launch: float
+    produced: float
+    """When the first record of the trial was produced."""
     first: float
     last: float
     notes: list[str] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds per component, ``produced`` to the last healthy effect (see ``CPU_PARTS``)."""
+    busy: float = float("nan")
+    """Share of the machine's CPU time busy over the same span (all processes)."""
 
     @property
     def running_rate(self) -> float:
@@ -105,14 +114,15 @@ class Trial:
 
     @property
     def end_to_end_rate(self) -> float:
-        """N / (last effect − process launch)."""
-        return self.records / (self.last - self.launch)
+        """N / (last effect − first record produced)."""
+        return self.records / (self.last - self.produced)
 
 
 @dataclass
 class RateTrial:
     """One rate-limited destination alone: what its effect times show."""
 
+    mode: Mode
     limit: float
     records: int
     max_window: int
@@ -140,11 +150,36 @@ def max_in_window(times: Sequence[float], width: float = 1.0, since: float | Non
     return best
 
 
+# ------------------------------------------------------------------------------------------ CPU
+CPU_PARTS = {
+    "ingest": ("ingest",),
+    "workflow worker": ("workflow worker",),
+    "Temporal server": ("temporal",),
+    "Kafka": ("kafka",),
+    "healthy's worker": ("healthy's worker",),
+    "others' workers": ("throttled's worker", "down's worker"),
+    "receiver (this process)": ("harness+in-process",),
+}
+"""Columns of the CPU table: the ``CpuMeter`` roles each one sums."""
+
+
 # ------------------------------------------------------------------------------------ processes
-def _start(args: list[str], config: Path, log: Path) -> subprocess.Popen[bytes]:
+def _metrics_port() -> int:
+    """A free port whose next one is free too (Courier's metrics, then the SDK's)."""
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
+def _start(args: list[str], config: Path, log: Path, port: int) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [COURIER, *args, "-c", str(config)],
+            [COURIER, *args, "-c", str(config), "--metrics-port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -280,6 +315,8 @@ class _Run:
         self.config_path = workdir / f"{self.unique}.yaml"
         self.log = workdir / f"{self.unique}.log"
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports: list[int] = []  # each process's metrics (and health) port
+        self.cpu = CpuMeter(settings)  # the processes it starts, the stack, this process
         self.topics: list[str] = []
         self.config: dict[str, Any] = {}
         self.parsed: CourierConfig | None = None
@@ -301,8 +338,8 @@ class _Run:
         """Start ingest, the workflow worker and (unless told not to) one worker per
         destination; the launch time."""
         launched = time.monotonic()
-        self.procs.append(_start(["ingest"], self.config_path, self.log))
-        self.procs.append(_start(["worker", "--workflows"], self.config_path, self.log))
+        self._add("ingest", ["ingest"])
+        self._add("workflow worker", ["worker", "--workflows"])
         if destinations:
             self.launch_destinations()
         return launched
@@ -310,7 +347,29 @@ class _Run:
     def launch_destinations(self) -> None:
         """Start one worker process per destination."""
         for dest in self.config["destinations"]:
-            self.procs.append(_start(["worker", "-d", dest["name"]], self.config_path, self.log))
+            role = dest["name"].split("-", 1)[0] + "'s worker"  # healthy-…: "healthy's worker"
+            self._add(role, ["worker", "-d", dest["name"]])
+
+    def _add(self, role: str, args: list[str]) -> None:
+        port = _metrics_port()
+        proc = _start(args, self.config_path, self.log, port)
+        self.procs.append(proc)
+        self.ports.append(port)
+        self.cpu.add(role, proc.pid)
+
+    async def ready(self, timeout: float = 120.0) -> None:
+        """Wait until every process started answers 200 on ``/readyz``."""
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            for port in self.ports:
+                while True:
+                    self.alive()
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"not ready after {timeout:.0f}s; see {self.log}")
+                    await asyncio.sleep(0.2)
 
     def alive(self) -> None:
         _check_alive(self.procs, self.log)
@@ -407,6 +466,12 @@ async def isolation_trial(
         try:
             await run.create_topics(*topics)
             run.write_config(config)
+            # Courier runs before the records come, as in production: process start-up is
+            # not part of what is measured.
+            run.launch()
+            await run.ready()
+            cpu_before = run.cpu.snapshot()
+            launched = time.monotonic()
             bootstrap = settings.kafka_bootstrap
             if variant == "interleaved":
                 await _produce(bootstrap, main_topic, interleaved)
@@ -414,11 +479,16 @@ async def isolation_trial(
                 if other_keys:
                     await _produce(bootstrap, topics[0], other_keys)
                 await _produce(bootstrap, main_topic, healthy_keys)
-            launched = run.launch()
             times = await _wait_effects(
                 receiver, f"/h-{u}/", healthy_n, run, timeout=max(300.0, healthy_n / 5)
             )
+            used = cpu_between(cpu_before, run.cpu.snapshot())
             trial = Trial(variant, healthy_n, launched, times[0], times[-1])
+            trial.cpu = {
+                part: sum(used.seconds.get(role) or 0.0 for role in roles)
+                for part, roles in CPU_PARTS.items()
+            }
+            trial.busy = used.machine_busy_pct / 100
             if with_throttled:
                 during = [t for t in receiver.times(f"/t-{u}/") if times[0] <= t <= times[-1]]
                 span = times[-1] - times[0]
@@ -445,17 +515,17 @@ async def isolation_trial(
 
 # ---------------------------------------------------------------------------------- rate limits
 async def rate_trial(
-    client: Client, settings: StackSettings, workdir: Path, limit: float, records: int
+    client: Client, settings: StackSettings, workdir: Path, mode: Mode, limit: float, records: int
 ) -> RateTrial:
-    """One rate-limited destination alone with a backlog of ``records`` (per-record mode)."""
+    """One rate-limited destination alone with a backlog of ``records``."""
     run = _Run(client, settings, workdir)
     u = run.unique
     async with Receiver() as receiver:
         name = f"limited-{u}"
         topic = run.topic("rate")
-        config = _base_config(settings, u, "per_record", [topic])
+        config = _base_config(settings, u, mode, [topic])
         config["destinations"] = [
-            _destination(name, f"{receiver.url}/l-{u}/{{key}}", "per_record", rate_limit=limit)
+            _destination(name, f"{receiver.url}/l-{u}/{{key}}", mode, rate_limit=limit)
         ]
         config["routes"] = {"default": name}
         try:
@@ -467,12 +537,15 @@ async def rate_trial(
             run.launch(destinations=False)
             assert run.parsed is not None
             task_queue = run.parsed.destination(name).task_queue
+            # Batch mode: an activity carries several records (at least this many activities).
+            activities = records // run.parsed.records_per_activity(name)
             deadline = time.monotonic() + 300
-            while (await describe(client, task_queue)).backlog < records:
+            while (await describe(client, task_queue)).backlog < activities:
                 run.alive()
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the backlog of {task_queue} never reached {records}")
+                    raise RuntimeError(f"the backlog of {task_queue} never reached {activities}")
                 await asyncio.sleep(0.5)
+            await asyncio.sleep(SETTLE_S)  # a range's last, partly filled activities
             run.launch_destinations()
             times = await _wait_effects(
                 receiver, f"/l-{u}/", records, run, timeout=records / limit * 3 + 120
@@ -483,6 +556,7 @@ async def rate_trial(
     after = [t for t in times if t >= start + 1.0]
     steady = (len(after) - 1) / (after[-1] - after[0]) if len(after) > 1 else float("nan")
     return RateTrial(
+        mode=mode,
         limit=limit,
         records=records,
         max_window=max_in_window(times),
@@ -535,8 +609,9 @@ def render(
         "Method:",
         "",
         "- Courier runs as separate real processes, as in production: `courier ingest`, `courier "
-        "worker --workflows` and one `courier worker -d NAME` per destination, all started at "
-        "once after every record was produced (3-partition topics).",
+        "worker --workflows` and one `courier worker -d NAME` per destination, started and "
+        "ready (`/readyz` answers 200) before the trial's records are produced (3-partition "
+        "topics), so process start-up is not measured.",
         "- Destinations are REST endpoints of a recording HTTP receiver in the benchmark's "
         "process: *healthy* (no rate limit, 200 at once), *throttled* (`rate_limit: 5`, 200 at "
         "once), *down* (a closed port on 127.0.0.1: connections refused, retried forever "
@@ -552,7 +627,7 @@ def render(
         "throughput is divided by *alone* of the same round; the five variants run "
         "interleaved in each round, the order reversed every other round; figures are "
         "min / **median** / max over the rounds. *End to end* divides N / (last effect − "
-        "process launch) the same way, so a later first effect shows there.",
+        "first record produced) the same way, so a later first effect shows there.",
         "- After each trial the processes get SIGTERM, workflows still running (the throttled "
         "and down backlogs, the DestinationState workflows) are terminated and the topics "
         "deleted.",
@@ -567,7 +642,7 @@ def render(
             f"(`ingest.mode: {mode}`)",
             "",
             "| row | healthy records/s | ratio to alone | target | met (median) | ratio end to "
-            "end | launch → first healthy effect, s |",
+            "end | first record produced → first healthy effect, s |",
             "| --- | ---: | ---: | ---: | :---: | ---: | ---: |",
         ]
         for variant in VARIANTS:
@@ -581,7 +656,7 @@ def render(
             lines.append(
                 f"| {ROW_TITLES[variant]} | {spread([t.running_rate for t in row], '{:.1f}')} "
                 f"| {spread(ratios)} | {'' if target is None else f'≥ {target}'} | {met} "
-                f"| {spread(e2e)} | {spread([t.first - t.launch for t in row], '{:.1f}')} |"
+                f"| {spread(e2e)} | {spread([t.first - t.produced for t in row], '{:.1f}')} |"
             )
         with_down = [t for r in rounds for t in r if t.variant in ("down", "both", "interleaved")]
         opened = sum(1 for t in with_down if any("circuit open" in n for n in t.notes))
@@ -597,11 +672,31 @@ def render(
                 "Batch mode: the REST destination gets one request per record, and *alone* "
                 f"reaches {alone_median:.0f} records/s: the bound is the one-process Python "
                 "receiver (in the benchmark's process, on the same 2 cores), not Courier's "
-                "batch path (thousands of records/s to a file). With `batch_size` 500 the "
-                "throttled destination's queue runs 5 / 500 activities/s, so its first activity "
-                "carries up to 500 records at once (records/s is the limit only on average; "
-                "see the README).",
+                "batch path (thousands of records/s to a file). The throttled destination's "
+                "activities carry 5 records each (one second of its limit), spaced at 5/s by "
+                "its worker.",
             ]
+        lines += [
+            "",
+            "Where the CPU went, from the first record produced to the last healthy effect "
+            "(median over the rounds, CPU seconds; *busy*: share of the machine's 2 cores in "
+            "use, all processes):",
+            "",
+            "| row | busy | " + " | ".join(CPU_PARTS) + " | all of these | per healthy record |",
+            "| --- | ---: | " + " | ".join("---:" for _ in CPU_PARTS) + " | ---: | ---: |",
+        ]
+        for variant in VARIANTS:
+            if variant not in args.variants:
+                continue
+            row = [next(t for t in r if t.variant == variant) for r in rounds]
+            parts = [statistics.median(t.cpu.get(k, 0.0) for t in row) for k in CPU_PARTS]
+            total = statistics.median(sum(t.cpu.values()) for t in row)
+            busy = statistics.median(t.busy for t in row)
+            lines.append(
+                f"| {ROW_TITLES[variant]} | {busy:.0%} | "
+                + " | ".join(f"{p:.1f}" for p in parts)
+                + f" | {total:.1f} | {total / row[0].records * 1000:.0f} ms |"
+            )
         lines += ["", "Per round (ratio to alone; notes):", ""]
         for i, r in enumerate(rounds, 1):
             base = r[0]
@@ -615,22 +710,24 @@ def render(
         lines.append("")
     if rates:
         lines += [
-            "### Rate-limit exactness (per-record mode, destination alone with a backlog)",
+            "### Rate-limit exactness (destination alone with a backlog)",
             "",
             "The destination's worker starts once every export waits in its queue (ingest and "
             "the workflow worker ran first), so the queue's rate limit is measured rather than "
-            "how fast per-record workflows start. "
+            "how fast per-record workflows start. In batch mode an export activity carries at "
+            "most one second of the limit (5 records at 5/s, 20 at 20/s) and the worker spaces "
+            "its records at the rate. "
             "Effect times at the receiver. *Max 1-s window*: most effects in any window "
             "[t, t + 1 s) starting at an effect; *first second*: effects within 1 s of the first; "
             "*steady*: (n − 1) / span of the effects after the first second, over the limit. "
             "Target: steady within [0.97, 1.03] of the limit, no 1-s window above limit + 1.",
             "",
-            "| limit | backlog | max 1-s window | first second | max 1-s window after the "
-            "first second | steady / limit | steady met | windows met (all / after 1st s) |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: |",
+            "| mode | limit | backlog | max 1-s window | first second | max 1-s window after "
+            "the first second | steady / limit | steady met | windows met (all / after 1st s) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: |",
         ]
-        for limit, records in RATE_CASES:
-            cases = [t for r in rates for t in r if t.limit == limit]
+        for mode, (limit, records) in [(m, c) for m in trials for c in RATE_CASES]:
+            cases = [t for r in rates for t in r if t.limit == limit and t.mode == mode]
             if not cases:
                 continue
             ratios = [t.steady_rate / limit for t in cases]
@@ -638,7 +735,8 @@ def render(
             all_ok = all(t.max_window <= limit + 1 for t in cases)
             after_ok = all(t.max_window_after_first <= limit + 1 for t in cases)
             lines.append(
-                f"| {limit:g}/s | {records} | {spread([t.max_window for t in cases], '{:.0f}')} "
+                f"| {mode} | {limit:g}/s | {records} "
+                f"| {spread([t.max_window for t in cases], '{:.0f}')} "
                 f"| {spread([t.first_second for t in cases], '{:.0f}')} "
                 f"| {spread([t.max_window_after_first for t in cases], '{:.0f}')} "
                 f"| {spread(ratios, '{:.3f}')} | {_met(steady_ok)} "
@@ -718,14 +816,17 @@ async def main(args: argparse.Namespace) -> None:
     rates: list[list[RateTrial]] = []
     if not args.no_rate:
         for round_ in range(args.rounds):
-            cases = RATE_CASES if round_ % 2 == 0 else tuple(reversed(RATE_CASES))
+            cases = [(m, limit, n) for m in modes for limit, n in RATE_CASES]
+            if round_ % 2:
+                cases.reverse()
             done_rates = []
-            for limit, records in cases:
+            for mode, limit, records in cases:
                 others += others_running()
-                rt = await rate_trial(client, settings, workdir, limit, records)
+                rt = await rate_trial(client, settings, workdir, mode, limit, records)
                 done_rates.append(rt)
                 print(
-                    f"rate round {round_ + 1} limit {limit:g}: max window {rt.max_window}, first "
+                    f"rate round {round_ + 1} {mode} limit {limit:g}: max window "
+                    f"{rt.max_window}, first "
                     f"second {rt.first_second}, after {rt.max_window_after_first}, steady "
                     f"{rt.steady_rate:.3f}/s",
                     flush=True,
