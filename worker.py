@@ -21,12 +21,12 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker
+from temporalio.worker import CustomSlotSupplier, FixedSizeSlotSupplier, Worker, WorkerTuner
 
 from activities.base import Destination
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.export import AttemptOutcomes, ExportActivity
-from activities.pacing import Pacer
+from activities.pacing import PACED_SLOTS, PacedSlots, Pacer
 from activities.registry import create_destination
 from activities.source import RecordSource
 from courier import metrics
@@ -159,7 +159,7 @@ class RateControl:
         self.name = name
         self.outcomes = outcomes
         self.task_queue = config.destination(name).task_queue
-        self.configured_limit = activity_rate(config, name)
+        self.configured_limit = config.destination(name).rate_limit
         self.settings = config.destination(name).rate_control
         self.handle = client.get_workflow_handle(destination_state_id(self.task_queue))
         self.applied_version = 0
@@ -296,32 +296,34 @@ PACE_REFRESH_UNLIMITED_S = 10.0
 
 
 async def keep_pace(
-    client: Client,
-    task_queue: str,
-    pacer: Pacer,
-    *,
-    configured: float | None,
-    records_per_activity: int,
+    client: Client, task_queue: str, pacer: Pacer, configured: float | None
 ) -> None:
     """Keep ``pacer`` at this worker's share of the queue's effective rate, until cancelled.
 
-    The share is the rate (the queue's activities/s times the records one carries) over the
-    live workers the server sees polling the queue (this one included); a worker that died
-    keeps counting for up to a minute, during which the others go slower than they could; a
-    worker that joins is seen by the others within a second. Until the server reports a rate
-    (before the first poll) the worker's own, ``configured`` (activities/s), holds.
+    The share is the rate over the live workers the server sees polling the queue (this one
+    included); a worker that died keeps counting for up to a minute, during which the others
+    go slower than they could; a worker that joins is seen by the others within a second.
+    Until the server reports a rate (before the first poll) the worker's own, ``configured``,
+    holds.
     """
     while True:
-        try:
-            queue = await describe(client, task_queue)
-            rate = queue.rate_limit if queue.rate_limit_source != "none" else configured
-            workers = len(queue.worker_identities | {client.identity})
-            pacer.set_rate(rate * records_per_activity / workers if rate else None)
-        except (RPCError, RuntimeError) as err:
-            log.warning("%s: cannot read the queue's rate limit: %s", task_queue, err)
-        except Exception:  # a bug: say so, keep the last pace, keep going
-            log.exception("%s: setting the pace failed", task_queue)
+        await set_share(client, task_queue, pacer, configured)
         await asyncio.sleep(PACE_REFRESH_S if pacer.rate else PACE_REFRESH_UNLIMITED_S)
+
+
+async def set_share(
+    client: Client, task_queue: str, pacer: Pacer, configured: float | None
+) -> None:
+    """Set ``pacer`` to this worker's share of the queue's rate once (see ``keep_pace``)."""
+    try:
+        queue = await describe(client, task_queue)
+        rate = queue.rate_limit if queue.rate_limit_source != "none" else configured
+        workers = len(queue.worker_identities | {client.identity})
+        pacer.set_rate(rate / workers if rate else None)
+    except (RPCError, RuntimeError) as err:
+        log.warning("%s: cannot read the queue's rate limit: %s", task_queue, err)
+    except Exception:  # a bug: say so, keep the last pace, keep going
+        log.exception("%s: setting the pace failed", task_queue)
 
 
 async def open_destination(
@@ -396,9 +398,9 @@ async def serve_destination(
             client,
             task_queue=dest_config.task_queue,
             activities=[activity.export, activity.export_range],
-            max_concurrent_activities=dest_config.max_concurrency,
+            tuner=activity_slots(config, name, activity.pacer),
             max_concurrent_activity_task_polls=min(dest_config.max_concurrency, 8),
-            max_task_queue_activities_per_second=activity_rate(config, name),
+            max_task_queue_activities_per_second=dest_config.rate_limit,
             graceful_shutdown_timeout=config.workers.graceful_shutdown,
         )
         log.info(
@@ -416,16 +418,12 @@ async def serve_destination(
                 await asyncio.sleep(REPORT_INTERVAL_S)
 
         reporting = asyncio.create_task(keep_reporting())
-        # Pace from the first attempt: the configured rate until the server's is read.
+        # Pace from the first attempt: at a share of the rate among the workers already
+        # polling (the configured rate if the server cannot say).
         activity.pacer.set_rate(dest_config.rate_limit)
+        await set_share(client, dest_config.task_queue, activity.pacer, dest_config.rate_limit)
         pacing = asyncio.create_task(
-            keep_pace(
-                client,
-                dest_config.task_queue,
-                activity.pacer,
-                configured=activity_rate(config, name),
-                records_per_activity=config.records_per_activity(name),
-            )
+            keep_pace(client, dest_config.task_queue, activity.pacer, dest_config.rate_limit)
         )
         rate_control = dest_config.rate_control
         control = (
@@ -451,10 +449,20 @@ async def serve_destination(
                 await reporter.send(connected=False, since=since, stopped=True)
 
 
-def activity_rate(config: CourierConfig, name: str) -> float | None:
-    """Activities/s of a destination's queue that keep its records/s at ``rate_limit``."""
-    limit = config.destination(name).rate_limit
-    return None if limit is None else config.queue_rate(name, limit)
+def activity_slots(config: CourierConfig, name: str, pacer: Pacer) -> WorkerTuner:
+    """A destination worker's slots: ``max_concurrency`` exports at once; in batch mode only
+    ``PACED_SLOTS`` while the worker paces (see ``PacedSlots``)."""
+    slots = config.destination(name).max_concurrency
+    activity_slots: FixedSizeSlotSupplier | CustomSlotSupplier = FixedSizeSlotSupplier(slots)
+    if config.ingest.mode == "batch":
+        activity_slots = PacedSlots(pacer, slots=slots, paced_slots=min(slots, PACED_SLOTS))
+    unused = FixedSizeSlotSupplier(1)  # the worker runs no workflows, local activities, Nexus
+    return WorkerTuner.create_composite(
+        workflow_supplier=unused,
+        activity_supplier=activity_slots,
+        local_activity_supplier=unused,
+        nexus_supplier=unused,
+    )
 
 
 async def run_workers(

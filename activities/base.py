@@ -122,9 +122,8 @@ class DestinationConfig(BaseModel):
         ge=1,
         le=10_000,
         description="Batch mode: most records one export activity carries. With a rate_limit an "
-        "activity carries at most one second of it (5 records at 5/s), and its records go out "
-        "evenly spaced; the queue's activity rate is rate_limit over the records per activity, "
-        "so rate_limit stays in records/s.",
+        "activity carries at most one second of it (5 records at 5/s), and the worker sends "
+        "its records evenly spaced at the limit.",
     )
     max_concurrency: int = Field(
         default=16, ge=1, description="Exports one worker process runs at once."
@@ -157,8 +156,8 @@ class DestinationConfig(BaseModel):
         """Batch mode: most records one export activity carries.
 
         ``batch_size``, but no more than one second of ``rate_limit``: the worker spaces an
-        activity's records at the rate, so a larger one would spend longer than the limit
-        allows in one attempt, and the queue would hand out its records in fewer, larger lumps.
+        activity's records at its share of the rate, and a larger activity would keep records
+        in the worker, not in the queue, for longer than one attempt allows.
         """
         if self.rate_limit is None:
             return self.batch_size

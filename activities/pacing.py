@@ -7,13 +7,30 @@ allows 5 requests per second answers 429 to either. Each worker therefore also s
 records at ``rate / workers`` with a burst of one (a leaky bucket, ``aiolimiter``), which keeps
 every 1-second window within the limit plus one while the server still holds the cluster-wide
 rate. ``worker.py`` keeps the pacer's rate current.
+
+The server's limit counts activities. In per-record mode an activity is one record, and the
+server holds the destination's rate exactly across workers. In batch mode an activity carries
+up to one second of the rate, and the ranges' last ones carry fewer, so a limit on activities
+would either let records through faster than the limit or hold them back below it; the queue's
+limit is then ``rate_limit`` activities/s, which is never below the record rate, and the
+workers' pacing holds the records to it (each at its share, ``PacedSlots`` keeping the backlog
+in the queue).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 
 from aiolimiter import AsyncLimiter
+from temporalio.worker import (
+    CustomSlotSupplier,
+    SlotMarkUsedContext,
+    SlotPermit,
+    SlotReleaseContext,
+    SlotReserveContext,
+)
 
 
 class Pacer:
@@ -43,3 +60,66 @@ class Pacer:
             except TimeoutError:
                 return False
         return True
+
+
+PACED_SLOTS = 2
+"""Batch activities a pacing worker holds at once: one being sent, the next one ready."""
+
+SLOT_RECHECK_S = 1.0
+"""How often a waiting reservation looks again whether pacing stopped (more slots then)."""
+
+
+class PacedSlots(CustomSlotSupplier):
+    """A destination worker's activity slots: ``slots``, but ``paced_slots`` while it paces.
+
+    In batch mode an activity carries many records and the worker spaces them at its share of
+    the rate. The server's limit counts activities, not records, so it cannot keep such a worker
+    from taking more records than it can send within their attempts; holding only a couple of
+    activities while pacing leaves the backlog waiting in the queue, where it is seen and
+    shared, instead of in one worker.
+    """
+
+    def __init__(self, pacer: Pacer, *, slots: int, paced_slots: int) -> None:
+        self._pacer = pacer
+        self._slots = slots
+        self._paced_slots = paced_slots
+        self._used = 0
+        self._lock = threading.Lock()  # the SDK may release from its own thread
+        self._loop = asyncio.get_running_loop()
+        self._freed = asyncio.Event()
+
+    @property
+    def capacity(self) -> int:
+        """Slots right now."""
+        return self._paced_slots if self._pacer.rate is not None else self._slots
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._used >= self.capacity:
+                return False
+            self._used += 1
+            return True
+
+    async def reserve_slot(self, ctx: SlotReserveContext) -> SlotPermit:
+        """Wait for a free slot (called before each poll)."""
+        while not self._take():
+            self._freed.clear()
+            if self._take():
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SLOT_RECHECK_S):
+                    await self._freed.wait()
+        return SlotPermit()
+
+    def try_reserve_slot(self, ctx: SlotReserveContext) -> SlotPermit | None:
+        """A slot if one is free now."""
+        return SlotPermit() if self._take() else None
+
+    def mark_slot_used(self, ctx: SlotMarkUsedContext) -> None:
+        """Nothing to do: a reserved slot counts from its reservation."""
+
+    def release_slot(self, ctx: SlotReleaseContext) -> None:
+        """Free the slot and wake a waiting reservation."""
+        with self._lock:
+            self._used -= 1
+        self._loop.call_soon_threadsafe(self._freed.set)

@@ -469,7 +469,7 @@ async def _status(cfg: CourierConfig) -> None:
     statuses = await destination_statuses(client, cfg)
     for dest in statuses:
         queue = dest.queue
-        limit = format_rate(cfg.records_rate(dest.name, queue.rate_limit))
+        limit = format_rate(queue.rate_limit)
         if queue.rate_limit is not None:
             limit += f" {queue.rate_limit_source}"
         table.add_row(
@@ -571,8 +571,7 @@ async def _limit(cfg: CourierConfig, name: str, rate: float | None, reason: str)
     client = await _client(cfg)
     state = await set_limit(client, cfg, name, rate, reason)
     console.print(
-        f"{state.task_queue}: rate limit now "
-        f"{format_rate(cfg.records_rate(name, state.rate_limit))} "
+        f"{state.task_queue}: rate limit now {format_rate(state.rate_limit)} "
         f"({state.rate_limit_source})"
     )
 

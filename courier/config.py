@@ -343,14 +343,6 @@ class CourierConfig(_Strict):
             return self.destination(name).records_per_batch_activity
         return 1
 
-    def queue_rate(self, name: str, records_per_second: float) -> float:
-        """The activities/s of ``name``'s task queue that make ``records_per_second``."""
-        return records_per_second / self.records_per_activity(name)
-
-    def records_rate(self, name: str, queue_rate: float | None) -> float | None:
-        """The records/s that ``queue_rate`` (activities/s of ``name``'s queue) makes."""
-        return None if queue_rate is None else queue_rate * self.records_per_activity(name)
-
 
 def substitute_env(value: Any, environ: dict[str, str], path: str = "") -> Any:
     """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed YAML tree."""

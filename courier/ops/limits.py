@@ -24,14 +24,13 @@ async def set_limit(
 ) -> QueueState:
     """Set (or with None, remove) the operator's limit; return the queue's state after."""
     dest = config.destination(name)
-    rate = None if records_per_second is None else config.queue_rate(name, records_per_second)
-    await set_rate_limit(client, dest.task_queue, rate, reason=reason)
+    await set_rate_limit(client, dest.task_queue, records_per_second, reason=reason)
     await client.start_workflow(
         DestinationState.run,
         args=[list[WorkerReport](), None],
         id=destination_state_id(dest.task_queue),
         task_queue=config.temporal.control_task_queue,
         start_signal=OPERATOR_LIMIT_SIGNAL,
-        start_signal_args=[rate],
+        start_signal_args=[records_per_second],
     )
     return await describe(client, dest.task_queue)

@@ -315,8 +315,6 @@ class Redrive:
         queue = await describe(self.client, self.policy.task_queue)
         if queue.rate_limit is None:
             return self.config.destination(self.policy.name).rate_limit
-        if self.config.ingest.mode == "batch":
-            return queue.rate_limit * self.policy.batch_size
         return queue.rate_limit
 
     async def run(self, on_read: Callable[[int], None] | None = None) -> RedriveSummary:

@@ -1,10 +1,15 @@
-"""The pacer spaces records at its rate, burst one, and gives up at a deadline."""
+"""The pacer spaces records at its rate, burst one, and gives up at a deadline; while it
+paces, a batch worker holds only a couple of activities."""
 
 import asyncio
 import itertools
+import threading
 import time
+from typing import cast
 
-from activities.pacing import Pacer
+from temporalio.worker import SlotReserveContext
+
+from activities.pacing import SLOT_RECHECK_S, PacedSlots, Pacer
 
 
 async def test_no_rate_never_waits() -> None:
@@ -51,3 +56,44 @@ async def test_a_new_rate_applies_to_the_next_record() -> None:
     started = time.monotonic()
     assert await pacer.wait(3)
     assert time.monotonic() - started < 0.1
+
+
+def _reserve_context() -> SlotReserveContext:
+    return cast(SlotReserveContext, object())  # PacedSlots does not read it
+
+
+async def test_pacing_holds_only_the_paced_slots() -> None:
+    pacer = Pacer()
+    slots = PacedSlots(pacer, slots=4, paced_slots=2)
+    ctx = _reserve_context()
+    assert [slots.try_reserve_slot(ctx) is not None for _ in range(5)] == [True] * 4 + [False]
+    for _ in range(4):
+        slots.release_slot(None)  # type: ignore[arg-type]
+    pacer.set_rate(5)
+    assert [slots.try_reserve_slot(ctx) is not None for _ in range(3)] == [True, True, False]
+
+
+async def test_a_reservation_waits_for_a_slot_released_from_another_thread() -> None:
+    pacer = Pacer()
+    pacer.set_rate(5)
+    slots = PacedSlots(pacer, slots=4, paced_slots=1)
+    ctx = _reserve_context()
+    await slots.reserve_slot(ctx)
+    waiting = asyncio.create_task(slots.reserve_slot(ctx))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    threading.Thread(target=slots.release_slot, args=(None,)).start()
+    await asyncio.wait_for(waiting, 0.5)  # woken at once, not at the next recheck
+
+
+async def test_a_reservation_gets_a_slot_when_pacing_stops() -> None:
+    pacer = Pacer()
+    pacer.set_rate(5)
+    slots = PacedSlots(pacer, slots=2, paced_slots=1)
+    ctx = _reserve_context()
+    await slots.reserve_slot(ctx)
+    waiting = asyncio.create_task(slots.reserve_slot(ctx))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    pacer.set_rate(None)
+    await asyncio.wait_for(waiting, SLOT_RECHECK_S + 1)
