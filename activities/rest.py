@@ -69,6 +69,10 @@ batch, not one per record."""
 
 _BODY_EXCERPT_CHARS = 200
 _BODY_EXCERPT_BYTES = 4096
+_BODY_READ_BYTES = 64 * 1024
+"""An answer's body is read up to this size, so that its connection serves the next request
+(a connection whose answer was not read to the end is closed); a longer one is not downloaded:
+its connection is closed instead."""
 
 StatusSpec = int | str
 """An HTTP status code (``404``) or a status class (``"5xx"``)."""
@@ -327,9 +331,13 @@ class RestDestination:
             write=c.read_timeout.total_seconds(),
             pool=None,  # waiting for a free connection is bounded by the activity timeout
         )
+        # A kept-alive connection for every request that may be in flight (max_concurrency
+        # exports of up to BATCH_CONCURRENCY requests); httpx keeps 20 by default.
+        in_flight = c.max_concurrency * BATCH_CONCURRENCY
         self._client = httpx.AsyncClient(
             transport=self._transport,
             timeout=timeout,
+            limits=httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight),
             headers={"User-Agent": "courier"},
             follow_redirects=False,
         )
@@ -462,11 +470,10 @@ class RestDestination:
             try:
                 verdict = self.config.classify(response.status_code)
                 body = b""
-                if verdict != "success":
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) >= _BODY_EXCERPT_BYTES:
-                            break
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > _BODY_READ_BYTES:
+                        break
             finally:
                 await response.aclose()
         except httpx.TransportError as err:
@@ -477,7 +484,7 @@ class RestDestination:
         if verdict == "success":
             return status
         answered = f"{what} answered {status} {response.reason_phrase}".rstrip()
-        excerpt = _excerpt(body)
+        excerpt = _excerpt(body[:_BODY_EXCERPT_BYTES])
         if verdict == "fail":
             raise PermanentExportError(f"{answered}: {excerpt}" if excerpt else answered)
         retry_after = retry_after_seconds(response.headers.get("Retry-After"))

@@ -57,6 +57,8 @@ class ReceivedRequest:
     time: float
     status: int
     duplicate: bool
+    client_port: int | None = None
+    """The sender's TCP port: one per connection, so distinct ports count connections."""
 
     @property
     def idempotency_key(self) -> str | None:
@@ -153,7 +155,10 @@ class Receiver:
             else:
                 status = script.then
             script.answered += 1
-        seen = ReceivedRequest(request.method, path, headers, body, arrived, status, duplicate)
+        port = request.client.port if request.client else None
+        seen = ReceivedRequest(
+            request.method, path, headers, body, arrived, status, duplicate, client_port=port
+        )
         self.requests.append(seen)
         if key is not None and not duplicate and 200 <= status < 300:
             self._effects[key] = seen
@@ -172,7 +177,10 @@ class Receiver:
 
     async def start(self) -> None:
         """Serve on 127.0.0.1 (``port=0``: a free port) until :meth:`stop`."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets
+        # that say they are TCP, and an answer's body, written after its headers, would wait for
+        # the client's delayed ACK (40 ms) on every request of a kept-alive connection.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]

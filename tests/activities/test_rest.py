@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.utils
 import json
@@ -13,7 +14,8 @@ import httpx
 import pytest
 
 from activities.errors import PermanentExportError, RetryableExportError
-from activities.rest import RestConfig, RestDestination, retry_after_seconds
+from activities.rest import BATCH_CONCURRENCY, RestConfig, RestDestination, retry_after_seconds
+from devtools.receiver import Receiver
 from workflows.types import Blob, Header, KafkaRecord, OutgoingRecord
 
 
@@ -336,3 +338,39 @@ async def test_answers_between_failures_keep_the_batch_going() -> None:
     with pytest.raises(RetryableExportError) as caught:
         await destination.write([outgoing(offset=o) for o in range(100)])
     assert caught.value.reason.startswith("50 of 100 requests failed; first:")  # all were sent
+
+
+async def test_concurrent_batches_keep_their_connections() -> None:
+    """Connections serve request after request: an answer's body is read to its end (a
+    connection whose answer was not is closed), and every request in flight may keep its
+    connection (httpx keeps 20 alive by default). Before, each request had a connection of its
+    own."""
+    writers, per_batch = 4, 100
+    async with Receiver() as receiver:
+        destination = RestDestination(config(url=f"{receiver.url}/orders", max_concurrency=writers))
+        await destination.open()
+        try:
+            batches = [
+                [outgoing(offset=w * per_batch + i) for i in range(per_batch)]
+                for w in range(writers)
+            ]
+            for _ in range(2):  # the second round reuses the first round's connections
+                await asyncio.gather(*(destination.write(b) for b in batches))
+        finally:
+            await destination.close()
+    ports = {r.client_port for r in receiver.requests}
+    assert len(receiver.requests) == 2 * writers * per_batch
+    # At most one per request in flight, give or take a connection replaced while the pool
+    # hands them out (39 of 800 requests seen); a connection per request would be 800.
+    assert len(ports) <= 2 * writers * BATCH_CONCURRENCY, f"{len(ports)} connections"
+
+
+async def test_each_request_waits_for_its_pace() -> None:
+    paced: list[int] = []
+
+    async def pace(count: int) -> None:
+        paced.append(count)
+
+    destination = await opened(lambda request: httpx.Response(200))
+    await destination.write([outgoing(offset=o) for o in range(5)], pace=pace)
+    assert paced == [1] * 5
