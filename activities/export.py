@@ -44,11 +44,12 @@ log = logging.getLogger(__name__)
 RETRYABLE_ERROR_TYPE = "RetryableExportError"
 UNEXPECTED_ERROR_TYPE = "UnexpectedExportError"
 HEARTBEATS_PER_TIMEOUT = 4
+"""Heartbeats sent per heartbeat timeout, so a slow event loop does not lose an attempt."""
 PACE_BUDGET = 0.5
 """Share of an attempt's timeout its records may spend waiting for their pace: a rate lowered
 after a batch was cut (``courier limit``, the adaptive rate) must not time out every attempt."""
 UNPACED_LOG_S = 300.0
-"""Heartbeats sent per heartbeat timeout, so a slow event loop does not lose an attempt."""
+"""Least time between two warnings that an export's records went out unpaced."""
 
 
 @contextlib.asynccontextmanager

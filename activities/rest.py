@@ -294,6 +294,7 @@ class RestDestination:
         self.config = config
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._in_flight = asyncio.Semaphore(config.max_concurrency)
         # Compiled once per worker process.
         self._url = Template(config.url, "url")
         self._legacy_url = all(
@@ -331,9 +332,9 @@ class RestDestination:
             write=c.read_timeout.total_seconds(),
             pool=None,  # waiting for a free connection is bounded by the activity timeout
         )
-        # A kept-alive connection for every request that may be in flight (max_concurrency
-        # exports of up to BATCH_CONCURRENCY requests); httpx keeps 20 by default.
-        in_flight = c.max_concurrency * BATCH_CONCURRENCY
+        # A kept-alive connection for every request in flight (max_concurrency per process,
+        # however many batches run at once): fewer connections cost httpx's pool less per request.
+        in_flight = c.max_concurrency
         self._client = httpx.AsyncClient(
             transport=self._transport,
             timeout=timeout,
@@ -365,7 +366,8 @@ class RestDestination:
                 if stop:
                     raise _NotSent
                 try:
-                    status = await self._send(client, item)
+                    async with self._in_flight:
+                        status = await self._send(client, item)
                 except RetryableExportError as err:
                     if err.cause == "throttled":
                         stop = True  # the destination asks for less: send it nothing more now
