@@ -73,27 +73,25 @@ async def test_pacing_holds_only_the_paced_slots() -> None:
     assert [slots.try_reserve_slot(ctx) is not None for _ in range(3)] == [True, True, False]
 
 
-async def test_a_reservation_waits_for_a_slot_released_from_another_thread() -> None:
+async def _waiting_reservation(slots: int) -> tuple[PacedSlots, Pacer, asyncio.Task[object]]:
+    """A pacing worker's slots, all taken: a reservation waiting for one."""
     pacer = Pacer()
     pacer.set_rate(5)
-    slots = PacedSlots(pacer, slots=4, paced_slots=1)
-    ctx = _reserve_context()
-    await slots.reserve_slot(ctx)
-    waiting = asyncio.create_task(slots.reserve_slot(ctx))
+    supplier = PacedSlots(pacer, slots=slots, paced_slots=1)
+    await supplier.reserve_slot(_reserve_context())
+    waiting = asyncio.create_task(supplier.reserve_slot(_reserve_context()))
     await asyncio.sleep(0.05)
     assert not waiting.done()
-    threading.Thread(target=slots.release_slot, args=(None,)).start()
+    return supplier, pacer, waiting
+
+
+async def test_a_reservation_waits_for_a_slot_released_from_another_thread() -> None:
+    supplier, _, waiting = await _waiting_reservation(slots=4)
+    threading.Thread(target=supplier.release_slot, args=(None,)).start()
     await asyncio.wait_for(waiting, 0.5)  # woken at once, not at the next recheck
 
 
 async def test_a_reservation_gets_a_slot_when_pacing_stops() -> None:
-    pacer = Pacer()
-    pacer.set_rate(5)
-    slots = PacedSlots(pacer, slots=2, paced_slots=1)
-    ctx = _reserve_context()
-    await slots.reserve_slot(ctx)
-    waiting = asyncio.create_task(slots.reserve_slot(ctx))
-    await asyncio.sleep(0.05)
-    assert not waiting.done()
+    _, pacer, waiting = await _waiting_reservation(slots=2)
     pacer.set_rate(None)
     await asyncio.wait_for(waiting, SLOT_RECHECK_S + 1)
