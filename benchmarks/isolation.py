@@ -334,15 +334,13 @@ class _Run:
         self.config = config
         self.config_path.write_text(yaml.safe_dump(config))
 
-    def launch(self, *, destinations: bool = True) -> float:
+    def launch(self, *, destinations: bool = True) -> None:
         """Start ingest, the workflow worker and (unless told not to) one worker per
-        destination; the launch time."""
-        launched = time.monotonic()
+        destination."""
         self._add("ingest", ["ingest"])
         self._add("workflow worker", ["worker", "--workflows"])
         if destinations:
             self.launch_destinations()
-        return launched
 
     def launch_destinations(self) -> None:
         """Start one worker process per destination."""
@@ -471,7 +469,7 @@ async def isolation_trial(
             run.launch()
             await run.ready()
             cpu_before = run.cpu.snapshot()
-            launched = time.monotonic()
+            produced = time.monotonic()
             bootstrap = settings.kafka_bootstrap
             if variant == "interleaved":
                 await _produce(bootstrap, main_topic, interleaved)
@@ -483,7 +481,7 @@ async def isolation_trial(
                 receiver, f"/h-{u}/", healthy_n, run, timeout=max(300.0, healthy_n / 5)
             )
             used = cpu_between(cpu_before, run.cpu.snapshot())
-            trial = Trial(variant, healthy_n, launched, times[0], times[-1])
+            trial = Trial(variant, healthy_n, produced, times[0], times[-1])
             trial.cpu = {
                 part: sum(used.seconds.get(role) or 0.0 for role in roles)
                 for part, roles in CPU_PARTS.items()
