@@ -129,7 +129,11 @@ def describe_failure(address: str, err: BaseException, *, tls: bool = False) -> 
     certificate = _BAD_CERTIFICATE.search(text)
     if certificate:
         return _certificate_problem(address, certificate.group(1), text)
-    hung_up = any(
+    code = _CODE.search(text)
+    status = code.group(1) if code else ""
+    # The hang-up shows as whichever the client noticed first: no close_notify, a reset, a
+    # broken pipe, or its HTTP/2 connection cancelled under the first call.
+    hung_up = status == "Cancelled" or any(
         sign in lower for sign in ("close_notify", "connectionreset", "brokenpipe", "unexpectedeof")
     )
     if "certificaterequired" in lower or (tls and "after connection" in lower and hung_up):
@@ -143,8 +147,6 @@ def describe_failure(address: str, err: BaseException, *, tls: bool = False) -> 
         )
     if "certificate" in lower or "tls" in lower or "ssl" in lower:
         return f"TLS with Temporal at {address} failed ({short_error(text)}); check temporal.tls"
-    code = _CODE.search(text)
-    status = code.group(1) if code else ""
     if status in ("Unauthenticated", "PermissionDenied"):
         return (
             f"Temporal at {address} refused Courier's credentials ({short_error(text)}); check "

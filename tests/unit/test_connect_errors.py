@@ -77,6 +77,12 @@ HUNG_UP = (
     "sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/"
     'index.html#unexpected-eof" }))) }'
 )
+# Written after the one line seen when Python's TLS server hung up on the first call
+# ("Cancelled: operation was canceled"), in the Status form of the others.
+CANCELLED = (
+    "Failed client connect: `get_system_info` call error after connection: Status { code: "
+    'Cancelled, message: "operation was canceled", source: None }'
+)
 # Written after rustls' Debug form of a received certificate_required alert (not observed here:
 # Python's TLS server in tests/integration/test_temporal_tls.py hangs up instead, as HUNG_UP).
 CERTIFICATE_REQUIRED = (
@@ -145,7 +151,7 @@ def test_temporal_failures_are_one_line_without_rust_debug(raised: str, message:
     assert "{" not in described and "\n" not in described
 
 
-@pytest.mark.parametrize("raised", [HUNG_UP, RESET, BROKEN_PIPE])
+@pytest.mark.parametrize("raised", [HUNG_UP, RESET, BROKEN_PIPE, CANCELLED])
 def test_a_tls_server_hanging_up_after_the_handshake_points_at_client_certificates(
     raised: str,
 ) -> None:
