@@ -342,8 +342,8 @@ async def test_answers_between_failures_keep_the_batch_going() -> None:
 
 async def test_concurrent_batches_keep_their_connections() -> None:
     """Connections serve request after request: an answer's body is read to its end (a
-    connection whose answer was not is closed), and every request in flight may keep its
-    connection (httpx keeps 20 alive by default). Before, each request had a connection of its
+    connection whose answer was not is closed), and the process keeps one connection for each
+    of its ``max_concurrency`` requests in flight. Before, each request had a connection of its
     own."""
     writers, per_batch = 4, 100
     async with Receiver() as receiver:
@@ -360,9 +360,28 @@ async def test_concurrent_batches_keep_their_connections() -> None:
             await destination.close()
     ports = {r.client_port for r in receiver.requests}
     assert len(receiver.requests) == 2 * writers * per_batch
-    # At most one per request in flight, give or take a connection replaced while the pool
-    # hands them out (39 of 800 requests seen); a connection per request would be 800.
-    assert len(ports) <= 2 * writers * BATCH_CONCURRENCY, f"{len(ports)} connections"
+    assert len(ports) <= writers, f"{len(ports)} connections for {writers} requests in flight"
+
+
+async def test_requests_in_flight_never_exceed_max_concurrency() -> None:
+    in_flight = most = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.001)
+        in_flight -= 1
+        return httpx.Response(200)
+
+    destination = RestDestination(config(max_concurrency=3), transport=httpx.MockTransport(handler))
+    await destination.open()
+    try:
+        batches = [[outgoing(offset=b * 20 + i) for i in range(20)] for b in range(4)]
+        await asyncio.gather(*(destination.write(b) for b in batches))
+    finally:
+        await destination.close()
+    assert most == 3
 
 
 async def test_each_request_waits_for_its_pace() -> None:
