@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from activities.errors import PermanentExportError, RetryableExportError
-from activities.rest import BATCH_CONCURRENCY, RestConfig, RestDestination, retry_after_seconds
+from activities.rest import RestConfig, RestDestination, retry_after_seconds
 from devtools.receiver import Receiver
 from workflows.types import Blob, Header, KafkaRecord, OutgoingRecord
 
