@@ -264,6 +264,11 @@ def _safe_url(url: httpx.URL) -> str:
     return str(shown) + ("?…" if url.query else "")
 
 
+def _shown(request: httpx.Request) -> str:
+    """``POST https://host/path?…``: the request as failure reasons name it."""
+    return f"{request.method} {_safe_url(request.url)}"
+
+
 def _excerpt(data: bytes) -> str:
     text = " ".join(data.decode("utf-8", errors="replace").split())
     if len(text) > _BODY_EXCERPT_CHARS:
@@ -495,7 +500,6 @@ class RestDestination:
         except MappingError as err:
             r = item.record
             raise PermanentExportError(f"{r.topic}/{r.partition}/{r.offset}: {err.reason}") from err
-        what = f"{request.method} {_safe_url(request.url)}"
         try:
             response = await client.send(request, stream=True)
             try:
@@ -509,12 +513,14 @@ class RestDestination:
                 await response.aclose()
         except httpx.TransportError as err:
             reason = _transport_reason(err, self.config)
-            raise RetryableExportError(f"{what} failed: {reason}", cause="unavailable") from err
+            raise RetryableExportError(
+                f"{_shown(request)} failed: {reason}", cause="unavailable"
+            ) from err
 
         status = response.status_code
         if verdict == "success":
             return status
-        answered = f"{what} answered {status} {response.reason_phrase}".rstrip()
+        answered = f"{_shown(request)} answered {status} {response.reason_phrase}".rstrip()
         excerpt = _excerpt(body[:_BODY_EXCERPT_BYTES])
         if verdict == "fail":
             raise PermanentExportError(f"{answered}: {excerpt}" if excerpt else answered)
