@@ -1,7 +1,7 @@
 """Isolation at saturation: a healthy destination beside a throttled and a down one.
 
-``python -m benchmarks.isolation [--rounds 3] [--records 300] [--mode per_record|batch|both]``
-on the running local stack. Courier runs as real processes, as in production: ``courier
+``python -m benchmarks.isolation [--rounds 3] [--records 300] [--mode per_record|batch|both]
+[--bound endpoint|machine|both]`` on the running local stack. Courier runs as real processes, as in production: ``courier
 ingest``, ``courier worker --workflows`` and one ``courier worker -d NAME`` per destination.
 The destinations are REST endpoints of this process's recording receiver (``devtools.receiver``):
 
@@ -9,6 +9,11 @@ The destinations are REST endpoints of this process's recording receiver (``devt
 - ``throttled``: ``rate_limit: 5``, answers 200 at once;
 - ``down``: a closed port on 127.0.0.1, so every attempt is refused and retried (its circuit
   should open after 5 attempts in a row).
+
+Each mode runs twice: with the healthy destination bound by its endpoint (it answers after a
+delay, with few requests in flight: below what the shared path carries, as beside a production
+Temporal cluster) and bound by the machine (it answers at once: the healthy destination takes
+what the 2 cores and the dev server give).
 
 Rows (variants), run interleaved within each round, the order reversed every other round:
 alone; beside throttled; beside down; beside both — the others' records in a second topic of
@@ -94,8 +99,10 @@ class Endpoint:
 
 ENDPOINTS: dict[Mode, Endpoint] = {
     # A third of what per-record mode reaches here: the shared path (ingest, workflow worker,
-    # Temporal) keeps headroom, as a production cluster would.
-    "per_record": Endpoint(answer_s=0.1, concurrency=1),
+    # Temporal) keeps headroom, as a production cluster would. Several requests in flight, as
+    # a slow endpoint is configured: with one, each export would also wait for its activity's
+    # dispatch and completion, and the rate would measure the server's latency.
+    "per_record": Endpoint(answer_s=0.5, concurrency=5),
     "batch": Endpoint(answer_s=0.02, concurrency=4),
 }
 VARIANTS = ("alone", "throttled", "down", "both", "interleaved")
@@ -923,7 +930,8 @@ def cli() -> None:
         choices=["endpoint", "machine", "both"],
         default="both",
         help="What bounds the healthy destination: its endpoint (answering in "
-        f"{ENDPOINTS['per_record'].answer_s * 1000:.0f} ms per request, one at a time, in "
+        f"{ENDPOINTS['per_record'].answer_s * 1000:.0f} ms per request, "
+        f"{ENDPOINTS['per_record'].concurrency} at a time, in "
         f"per-record mode; {ENDPOINTS['batch'].answer_s * 1000:.0f} ms, "
         f"{ENDPOINTS['batch'].concurrency} at a time, in batch mode) or the machine (an "
         "endpoint that answers at once); default both.",
