@@ -1,8 +1,9 @@
 """Isolation at saturation: a healthy destination beside a throttled and a down one.
 
 ``python -m benchmarks.isolation [--rounds 3] [--records 300] [--mode per_record|batch|both]
-[--bound endpoint|machine|both]`` on the running local stack. Courier runs as real processes, as in production: ``courier
-ingest``, ``courier worker --workflows`` and one ``courier worker -d NAME`` per destination.
+[--bound endpoint|machine|both]`` on the running local stack. Courier runs as real processes,
+as in production: ``courier ingest``, ``courier worker --workflows`` and one
+``courier worker -d NAME`` per destination.
 The destinations are REST endpoints of this process's recording receiver (``devtools.receiver``):
 
 - ``healthy``: unthrottled, answers 200 at once — the one measured;
