@@ -367,10 +367,8 @@ class RestDestination:
             try:
                 yield client
             finally:
-                if self._opened:
-                    self._idle.append(
-                        client
-                    )  # the most recently used first: its connection is warm
+                if self._opened:  # taken next (LIFO): its connection is the warmest
+                    self._idle.append(client)
 
     def _new_client(self) -> httpx.AsyncClient:
         client = httpx.AsyncClient(
