@@ -306,7 +306,12 @@ class RestDestination:
         self._idle: list[httpx.AsyncClient] = []
         self._in_flight = asyncio.Semaphore(config.max_concurrency)
         self._ssl: ssl.SSLContext | None = None
-        self._timeout = httpx.Timeout(5.0)
+        self._timeout = httpx.Timeout(
+            connect=config.connect_timeout.total_seconds(),
+            read=config.read_timeout.total_seconds(),
+            write=config.read_timeout.total_seconds(),
+            pool=None,  # a lane has its connection to itself: it never waits for one
+        )
         # Compiled once per worker process.
         self._url = Template(config.url, "url")
         self._legacy_url = all(
@@ -337,13 +342,6 @@ class RestDestination:
 
     async def open(self) -> None:
         """Prepare the process-wide HTTP clients (each is created when first needed)."""
-        c = self.config
-        self._timeout = httpx.Timeout(
-            connect=c.connect_timeout.total_seconds(),
-            read=c.read_timeout.total_seconds(),
-            write=c.read_timeout.total_seconds(),
-            pool=None,  # a lane has its connection to itself: it never waits for one
-        )
         if self._transport is None:
             self._ssl = httpx.create_ssl_context()  # loading the CA bundle once, not per lane
         self._opened = True

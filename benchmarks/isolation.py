@@ -435,7 +435,7 @@ async def _wait_effects(
         run.alive()
         requests = receiver.requests
         for r in requests[scanned:]:
-            if r.path.startswith(prefix) and not r.duplicate and 200 <= r.status < 300:
+            if r.path.startswith(prefix) and r.had_effect:
                 times.append(r.time)
         scanned = len(requests)
         if len(times) >= records:

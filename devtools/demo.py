@@ -242,7 +242,7 @@ class Observer:
             for r in self.receiver.requests
             if r.path.startswith(prefix) and self.expected.get(r.idempotency_key or "") == dest.name
         ]
-        effects = [r for r in mine if not r.duplicate and 200 <= r.status < 300]
+        effects = [r for r in mine if r.had_effect]
         result.exported = len(effects)
         result.duplicates = sum(1 for r in mine if r.duplicate)
         if len(effects) >= 2:

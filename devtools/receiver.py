@@ -65,6 +65,11 @@ class ReceivedRequest:
         """The request's Idempotency-Key header, if any."""
         return self.headers.get(IDEMPOTENCY_HEADER)
 
+    @property
+    def had_effect(self) -> bool:
+        """Answered 2xx and not a repeat of a key that already had its effect."""
+        return not self.duplicate and 200 <= self.status < 300
+
 
 class _QuietServer(uvicorn.Server):
     """A uvicorn server that leaves the host process's signal handlers alone."""
@@ -121,11 +126,7 @@ class Receiver:
 
     def effect_requests(self, prefix: str = "/") -> list[ReceivedRequest]:
         """The requests that had an effect on paths under ``prefix``, in arrival order."""
-        return [
-            r
-            for r in self.requests
-            if r.path.startswith(prefix) and not r.duplicate and 200 <= r.status < 300
-        ]
+        return [r for r in self.requests if r.path.startswith(prefix) and r.had_effect]
 
     def duplicates(self, prefix: str = "/") -> int:
         """Requests under ``prefix`` that repeated an Idempotency-Key that had an effect."""
