@@ -13,6 +13,7 @@ import collections
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -138,6 +139,7 @@ class FakeHandOffs:
         decision: RouteDecision,
         *,
         priority: Priority,
+        start_delay: timedelta | None = None,
     ) -> HandOff:
         call = Call(record)
         self.calls.append(call)
