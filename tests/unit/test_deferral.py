@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from ingest.deferral import TurnSchedule
@@ -27,7 +29,7 @@ def test_records_within_the_lead_start_at_once_and_the_rest_one_turn_apart() -> 
     assert delays[:49] == [0.0] * 49
     assert delays[50] == pytest.approx(0.2)
     assert delays[99] == pytest.approx(10.0)
-    assert all(b - a == pytest.approx(0.2) for a, b in zip(delays[50:], delays[51:], strict=False))
+    assert all(b - a == pytest.approx(0.2) for a, b in pairwise(delays[50:]))
 
 
 def test_the_backlog_the_server_reports_comes_first() -> None:
