@@ -257,8 +257,9 @@ class IngestConfig(_Strict):
     defer_congested: Duration = Field(
         default=timedelta(seconds=60),
         description="Per-record mode: the longest ingest defers the first workflow task of a "
-        "record whose destination is bounded by a rate (`rate_limit`, `courier limit`, rate "
-        "control, an open circuit) and would make it wait longer than `congested_after`. The "
+        "record whose destination is bounded by a rate (its `rate_limit` or a `courier limit`; "
+        "not rate control's, which rises as the destination recovers) and would make it wait "
+        "longer than `congested_after`. The "
         "workflow exists at once (the offset is committed) and runs `congested_after` before "
         "its turn in the destination's queue, so a backlog waits as cheap delayed starts rather "
         "than as workflow tasks and queued exports on the shared Temporal server. `0s` turns "

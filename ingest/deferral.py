@@ -1,14 +1,14 @@
 """When a rate-bound destination's record gets its first workflow task (per-record mode).
 
-A destination whose queue is bounded by a rate (its ``rate_limit``, or the rate that ``courier
-limit``, rate control or an open circuit set on the queue) takes one export every ``1/rate``
-seconds. A record handed to it now gets its turn after the queue's backlog and after every
-record ingest handed it since, so ingest can tell when that turn comes. Until shortly before
-it, the record's workflow has nothing to do but queue its export; on the shared Temporal
-server that first workflow task and the queued export cost more than twice the start itself.
-So the workflow is started with a start delay: it exists at once (the offset is committed,
-nothing is lost, the Temporal UI shows it Running) and its first workflow task runs ``lead_s``
-before its turn, which keeps ``lead_s`` of exports queued for the destination's workers.
+A destination whose queue is bounded by a rate (its ``rate_limit``, or an operator's ``courier
+limit``) takes one export every ``1/rate`` seconds. A record handed to it now gets its turn
+after the queue's backlog and after every record ingest handed it since, so ingest can tell
+when that turn comes. Until shortly before it, the record's workflow has nothing to do but
+queue its export, and on the shared Temporal server a start with its first workflow task and
+queued export costs 2–3 times the start alone. So the workflow is started with a start delay:
+it exists at once (the offset is committed, nothing is lost, the Temporal UI shows it Running)
+and its first workflow task runs ``lead_s`` before its turn, which keeps ``lead_s`` of exports
+queued for the destination's workers.
 
 :class:`TurnSchedule` is the arithmetic only; ``ingest/priority.py`` feeds it what the server
 reports of each queue.
@@ -54,7 +54,7 @@ class TurnSchedule:
             return
         lane.clear_at = now + backlog / lane.rate
         # The deferred records still ahead take their turns after the backlog; a cursor further
-        # out was reckoned at a lower rate (a circuit that closed, a limit that was raised).
+        # out was reckoned at a lower rate (a limit that was raised).
         lane.cursor = min(lane.cursor, lane.clear_at + lane.pending(now) / lane.rate)
 
     def wait(self, destination: str, now: float) -> float | None:

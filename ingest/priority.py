@@ -108,7 +108,11 @@ class DestinationLoad:
             log.exception("reading the backlog of %s failed", task_queue)
             return
         now_s = time.monotonic()
-        rate = queue.rate_limit if queue.rate_limit is not None else self.limits.get(name)
+        # Turns are reckoned at the rate the queue returns to: rate control's lowered rate
+        # rises as the destination recovers, and records deferred by it would come too late.
+        rate = self.limits.get(name)
+        if queue.rate_limit is not None and not queue.rate_controlled:
+            rate = queue.rate_limit
         self.schedule.observe(name, now=now_s, backlog=queue.backlog, rate=rate)
         wait = max(expected_wait(queue), self.schedule.wait(name, now_s) or 0.0)
         was = name in self._congested

@@ -42,17 +42,17 @@ def test_the_backlog_the_server_reports_comes_first() -> None:
 
 def test_no_record_waits_longer_than_the_maximum() -> None:
     turns = schedule()
-    turns.observe("down", now=0.0, backlog=300, rate=0.2)  # an open circuit probing every 5 s
+    turns.observe("down", now=0.0, backlog=300, rate=0.2)  # an operator's limit of one per 5 s
     assert turns.take("down", now=0.0) == 60.0
     assert turns.take("down", now=30.0) == 60.0
 
 
 def test_a_raised_rate_brings_the_turns_back() -> None:
     turns = schedule()
-    turns.observe("api", now=0.0, backlog=300, rate=0.2)  # circuit open: turns 1,500 s out
+    turns.observe("api", now=0.0, backlog=300, rate=0.2)  # turns 1,500 s out
     for _ in range(10):
         turns.take("api", now=0.0)
-    turns.observe("api", now=5.0, backlog=300, rate=100.0)  # closed: 3 s of backlog left
+    turns.observe("api", now=5.0, backlog=300, rate=100.0)  # limit raised: 3 s of backlog
     # The 10 deferred records come after the backlog, then this one.
     assert turns.wait("api", now=5.0) == pytest.approx(3.0 + 11 / 100.0)
     assert turns.take("api", now=5.0) == 0.0
