@@ -486,7 +486,7 @@ class Ingest:
                                 ),
                             )
                         else:
-                            congested = start_delay is not None or self.load.congested(destination)
+                            congested = start_delay is None and self.load.congested(destination)
                             result = await hand_off(
                                 self.client,
                                 self.config,
@@ -494,7 +494,7 @@ class Ingest:
                                 topic_id,
                                 decision,
                                 priority=record_priority(self.config, destination, congested),
-                                start_delay=start_delay,
+                                start_delay=start_delay or None,
                             )
                         if result.failed_reason is not None:
                             outcome = "failed"

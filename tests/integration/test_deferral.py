@@ -15,10 +15,17 @@ import pytest
 from temporalio.client import Client
 
 from courier import metrics
+from courier.ops.show import show
 from courier.task_queues import describe
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce
-from tests.integration.harness import busiest_window, courier_running, eventually, pipeline_config
+from tests.integration.harness import (
+    busiest_window,
+    courier_running,
+    eventually,
+    pipeline_config,
+    wait_for_workflows,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -46,7 +53,8 @@ async def export_backlog(
             },
         )
         queue = config.destination(name).task_queue
-        await create_topic(stack_settings.kafka_bootstrap, config.kafka.topics[0])
+        topic = config.kafka.topics[0]
+        await create_topic(stack_settings.kafka_bootstrap, topic, partitions=1)
         deferred_before = metrics.DEFERRED_STARTS.labels(name)._value.get()
         largest = 0
         async with courier_running(client, config):
@@ -57,9 +65,16 @@ async def export_backlog(
             await eventually(polled)
             await produce(
                 stack_settings.kafka_bootstrap,
-                config.kafka.topics[0],
+                topic,
                 [(f"k{i}".encode(), b"{}") for i in range(RECORDS)],
             )
+            if defer:  # the last record's turn is ~20 s out: `courier show` says it waits
+                await wait_for_workflows(client, f"CourierTopic = '{topic}'", RECORDS, status=None)
+                journey = await show(client, config, f"{topic}/0/{RECORDS - 1}")
+                assert journey.status == "RUNNING" and not journey.activities
+                assert any("first workflow task deferred until" in n for n in journey.notes), (
+                    journey.notes
+                )
             while receiver.effects("/api") < RECORDS:
                 largest = max(largest, (await describe(client, queue)).backlog)
                 await asyncio.sleep(0.5)

@@ -124,3 +124,7 @@ async def test_turns_are_reckoned_at_the_limit_and_never_at_rate_controls(
         update={"ingest": CONFIG.ingest.model_copy(update={"defer_congested": timedelta(0)})}
     )
     assert DestinationLoad(None, off).start_delay("slow") is None  # type: ignore[arg-type]
+    states["courier-dest-slow"] = queue(0, 5.0, 5.0)
+    await load._refresh("slow", "courier-dest-slow")
+    load.schedule._lanes["slow"].cursor = 0.0  # its earlier turns are past
+    assert load.start_delay("slow") == timedelta(0)  # its turn is near: timed, not deferred
