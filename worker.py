@@ -32,7 +32,7 @@ from activities.source import RecordSource
 from courier import metrics
 from courier.config import CourierConfig
 from courier.rates import format_rate
-from courier.task_queues import RATE_CONTROL_IDENTITY, describe, set_rate_limit
+from courier.task_queues import describe, set_rate_limit
 from ingest.fetch import KafkaRecordSource
 from workflows.destination_state import (
     OUTCOMES_UPDATE,
@@ -271,7 +271,7 @@ class RateControl:
             self.task_queue,
             decision.rate,
             reason=f"courier rate control: {line}",
-            identity=f"{RATE_CONTROL_IDENTITY} ({self.client.identity})",
+            identity=f"courier rate control ({self.client.identity})",
         )
         self.applied_version = decision.version
         metrics.CIRCUIT_OPEN.labels(self.name).set(1 if decision.mode == "open" else 0)

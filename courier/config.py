@@ -254,17 +254,6 @@ class IngestConfig(_Strict):
         "low priority: their first workflow task only queues the export, so other destinations "
         "go first on the shared workflow workers.",
     )
-    defer_congested: Duration = Field(
-        default=timedelta(seconds=60),
-        description="Per-record mode: the longest ingest defers the first workflow task of a "
-        "record whose destination is bounded by a rate (its `rate_limit` or a `courier limit`; "
-        "not rate control's, which rises as the destination recovers) and would make it wait "
-        "longer than `congested_after`. The "
-        "workflow exists at once (the offset is committed) and runs `congested_after` before "
-        "its turn in the destination's queue, so a backlog waits as cheap delayed starts rather "
-        "than as workflow tasks and queued exports on the shared Temporal server. `0s` turns "
-        "deferral off.",
-    )
 
 
 class WorkersConfig(_Strict):

@@ -55,13 +55,6 @@ DESTINATION_CONGESTED = Gauge(
     "ingest.congested_after in its queue) and starts its records' workflows at low priority.",
     ["destination"],
 )
-DEFERRED_STARTS = Counter(
-    "courier_deferred_starts",
-    "Per-record mode: records whose workflow ingest started with a start delay, its first "
-    "workflow task deferred until shortly before the record's turn in its rate-bound "
-    "destination's queue (ingest.defer_congested).",
-    ["destination"],
-)
 INGESTED = Counter(
     "courier_records_ingested",
     "Records ingest finished with, by outcome: started (a new workflow), existing (already "

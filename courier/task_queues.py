@@ -17,8 +17,6 @@ from temporalio.client import Client
 
 # A poller that has not polled for this long no longer counts as a live worker.
 LIVE_POLLER_S = 60.0
-RATE_CONTROL_IDENTITY = "courier rate control"
-"""How rate control's overrides begin their identity on the server."""
 
 
 @dataclass(frozen=True)
@@ -37,9 +35,6 @@ class QueueState:
     rate_limit_source: str
     """``override`` (``courier limit`` or rate control), ``worker`` (the workers' config) or
     ``none``."""
-    rate_controlled: bool = False
-    """Whether the override is rate control's (an open circuit, an adaptive rate after 429s),
-    which moves as the destination recovers, rather than an operator's."""
 
 
 async def describe(client: Client, task_queue: str) -> QueueState:
@@ -71,10 +66,6 @@ async def describe(client: Client, task_queue: str) -> QueueState:
         worker_identities=live,
         rate_limit=effective.requests_per_second if source != "none" else None,
         rate_limit_source=source,
-        rate_controlled=source == "override"
-        and response.config.queue_rate_limit.metadata.update_identity.startswith(
-            RATE_CONTROL_IDENTITY
-        ),
     )
 
 

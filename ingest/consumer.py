@@ -462,11 +462,6 @@ class Ingest:
         try:
             if turn is not None:
                 await turn.wait()
-            start_delay = (  # one turn in the destination's queue per record, whatever retries
-                self.load.start_delay(decision.destination)
-                if turn is None and decision.action != "skip"
-                else None
-            )
             while True:
                 try:
                     if decision.action == "skip":
@@ -474,28 +469,12 @@ class Ingest:
                         outcome = "skipped"
                     else:
                         destination = decision.destination
-                        if turn is not None:  # per key, in order: never deferred
-                            result = await hand_off_ordered(
-                                self.client,
-                                self.config,
-                                record,
-                                topic_id,
-                                decision,
-                                priority=record_priority(
-                                    self.config, destination, self.load.congested(destination)
-                                ),
-                            )
-                        else:
-                            congested = start_delay is None and self.load.congested(destination)
-                            result = await hand_off(
-                                self.client,
-                                self.config,
-                                record,
-                                topic_id,
-                                decision,
-                                priority=record_priority(self.config, destination, congested),
-                                start_delay=start_delay or None,
-                            )
+                        priority = record_priority(
+                            self.config, destination, self.load.congested(destination)
+                        )
+                        result = await (hand_off_ordered if turn is not None else hand_off)(
+                            self.client, self.config, record, topic_id, decision, priority=priority
+                        )
                         if result.failed_reason is not None:
                             outcome = "failed"
                         else:

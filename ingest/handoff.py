@@ -31,7 +31,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
 
 from aiokafka import ConsumerRecord
 from temporalio.client import Client
@@ -253,16 +252,13 @@ async def hand_off(
     decision: RouteDecision,
     *,
     priority: Priority = Priority.default,
-    start_delay: timedelta | None = None,
     max_backoff: float = 30.0,
     wid: str | None = None,
     idempotency_key: str | None = None,
 ) -> HandOff:
     """Start the record's workflow following the failure contract of this module.
 
-    ``priority`` is its task-queue priority and fairness key, ``start_delay`` how long its
-    first workflow task is deferred (``ingest/priority.py``); a workflow that fails at once
-    because the record cannot be handed off is never deferred.
+    ``priority`` is its task-queue priority and fairness key (``ingest/priority.py``).
 
     Returns once the record is handed off (its workflow or its failed workflow exists); retries
     for as long as Temporal is unreachable or Courier is misconfigured. ``wid`` and
@@ -307,7 +303,6 @@ async def hand_off(
                 search_attributes=attributes,
                 static_summary=summary if failed_reason is None else None,
                 priority=priority,
-                start_delay=start_delay if failed_reason is None else None,
             )
         except WorkflowAlreadyStartedError:
             return False

@@ -11,15 +11,9 @@ keep a destination from waiting behind another's workflow tasks there (per-recor
   worker) — gets its records' workflows started at a lower priority. Their first workflow
   task only puts the export into that backlog, so running it later delays nothing, and the
   destinations that can take records now get the shared workflow workers first.
-- **Deferral**: a destination bounded by a rate has each record's first workflow task timed
-  instead: deferred until shortly before the record's turn in its queue
-  (``ingest/deferral.py``). Such a record keeps the normal priority: its workflow task comes
-  when its export is due, and at low priority a busy neighbour would starve it (measured: a
-  5/s destination got 3.4/s beside a busy one).
 
-:class:`DestinationLoad` reads each destination queue's backlog, dispatch rate and rate limit
-from the server every ``REFRESH_S`` to know which are congested and when their records' turns
-come.
+:class:`DestinationLoad` reads each destination queue's backlog and dispatch rate from the
+server every ``REFRESH_S`` to know which are congested.
 """
 
 from __future__ import annotations
@@ -27,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
-from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.common import Priority
@@ -37,7 +29,6 @@ from temporalio.service import RPCError
 from courier import metrics
 from courier.config import CourierConfig
 from courier.task_queues import QueueState, describe
-from ingest.deferral import TurnSchedule
 
 log = logging.getLogger("courier.ingest")
 
@@ -71,36 +62,11 @@ class DestinationLoad:
         self.client = client
         self.threshold = config.ingest.congested_after.total_seconds()
         self.queues = {d.name: d.task_queue for d in config.destinations}
-        self.limits = {d.name: d.rate_limit for d in config.destinations}
-        self.defer = config.ingest.defer_congested.total_seconds() > 0
-        self.schedule = TurnSchedule(
-            lead_s=self.threshold, max_delay_s=config.ingest.defer_congested.total_seconds()
-        )
         self._congested: set[str] = set()
 
     def congested(self, destination: str | None) -> bool:
         """Whether ``destination``'s exports wait longer than the threshold right now."""
-        if destination is None:
-            return False
-        turn = self.schedule.wait(destination, time.monotonic())
-        return destination in self._congested or (turn is not None and turn > self.threshold)
-
-    def start_delay(self, destination: str | None) -> timedelta | None:
-        """Take a turn in ``destination``'s queue for a record: how long its start is deferred.
-
-        None when deferral is off or no rate bounds the destination; zero when the record's
-        turn is near. A record whose start is timed this way needs no low priority: its
-        workflow task comes when its export is due.
-        """
-        if not self.defer or destination is None:
-            return None
-        now = time.monotonic()
-        if self.schedule.wait(destination, now) is None:
-            return None
-        delay = self.schedule.take(destination, now)
-        if delay > 0:
-            metrics.DEFERRED_STARTS.labels(destination).inc()
-        return timedelta(seconds=delay)
+        return destination in self._congested
 
     async def run(self) -> None:
         """Refresh every ``REFRESH_S`` until cancelled; a failed read keeps the last view."""
@@ -110,33 +76,22 @@ class DestinationLoad:
 
     async def _refresh(self, name: str, task_queue: str) -> None:
         try:
-            queue = await describe(self.client, task_queue)
+            wait = expected_wait(await describe(self.client, task_queue))
         except (RPCError, RuntimeError) as err:
             log.warning("cannot read the backlog of %s: %s", task_queue, err)
             return
         except Exception:  # a bug: say so, keep the last view
             log.exception("reading the backlog of %s failed", task_queue)
             return
-        now_s = time.monotonic()
-        # Turns are reckoned at the rate the queue returns to: rate control's lowered rate
-        # rises as the destination recovers, and records deferred by it would come too late.
-        rate = self.limits.get(name)
-        if queue.rate_limit is not None and not queue.rate_controlled:
-            rate = queue.rate_limit
-        self.schedule.observe(name, now=now_s, backlog=queue.backlog, rate=rate)
-        wait = max(expected_wait(queue), self.schedule.wait(name, now_s) or 0.0)
         was = name in self._congested
         now = wait > self.threshold
         if now and not was:
             self._congested.add(name)
             log.info(
                 "%s is congested (a new export would wait %s): its records' workflows start "
-                "at low priority%s",
+                "at low priority",
                 name,
                 "indefinitely" if math.isinf(wait) else f"~{wait:.0f}s",
-                ", their first workflow tasks deferred until shortly before their turn"
-                if self.defer and self.schedule.wait(name, now_s) is not None
-                else "",
             )
         elif was and not now:
             self._congested.discard(name)

@@ -378,8 +378,6 @@ async def _read_run(
             else:
                 record_input: ExportRecordInput = await _decode(client, payloads, ExportRecordInput)
                 _record_input(journey, record_input, run_id)
-            if len(events) == 1:  # nothing ran yet
-                _deferred(journey, event)
         elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = event.activity_task_scheduled_event_attributes
             mine = True
@@ -465,17 +463,6 @@ def _add_activity(
             detail=detail,
         )
     )
-
-
-def _deferred(journey: Journey, started: HistoryEvent) -> None:
-    """Say until when the workflow's first task waits, if ingest started it with a delay."""
-    backoff = started.workflow_execution_started_event_attributes.first_workflow_task_backoff
-    if backoff.ToTimedelta().total_seconds() > 0:
-        until = started.event_time.ToDatetime(tzinfo=UTC) + backoff.ToTimedelta()
-        journey.notes.append(
-            f"first workflow task deferred until {_time(until)}, shortly before the record's "
-            "turn in its destination's rate-limited queue (ingest.defer_congested)"
-        )
 
 
 def _pending(journey: Journey, pending: Any, run_id: str) -> None:

@@ -149,8 +149,6 @@ async def test_a_congested_destinations_records_yield_to_others(
             {"name": fast, "kind": "rest", "url": "http://127.0.0.1:9/fast"},
         ],
         routes={"rules": [{"prefix": "s-", "destination": slow}], "default": fast},
-        # Priority alone: deferral would hold slow's first workflow tasks back by itself.
-        ingest={"defer_congested": "0s"},
     )
     topic, bootstrap = cfg.kafka.topics[0], cfg.kafka.bootstrap_servers
     query = f"TaskQueue = '{cfg.temporal.workflow_task_queue}'"

@@ -13,7 +13,6 @@ import collections
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -139,7 +138,6 @@ class FakeHandOffs:
         decision: RouteDecision,
         *,
         priority: Priority,
-        start_delay: timedelta | None = None,
     ) -> HandOff:
         call = Call(record)
         self.calls.append(call)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -91,40 +89,3 @@ async def test_a_failed_read_keeps_the_last_view(
     monkeypatch.setattr(priority, "describe", broken)
     await load._refresh("slow", "courier-dest-slow")
     assert load.congested("slow") and "cannot read the backlog" in caplog.text
-
-
-async def test_turns_are_reckoned_at_the_limit_and_never_at_rate_controls(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    controlled = dataclasses.replace(
-        queue(300, 0.0, limit=0.2), rate_limit_source="override", rate_controlled=True
-    )
-    states = {
-        "courier-dest-slow": queue(300, 5.0, 5.0),  # 60 s of backlog at its limit
-        "courier-dest-api": controlled,  # circuit open: probing every 5 s, no limit configured
-    }
-
-    async def fake_describe(client: Any, task_queue: str) -> QueueState:
-        return states[task_queue]
-
-    monkeypatch.setattr(priority, "describe", fake_describe)
-    load = DestinationLoad(None, CONFIG)  # type: ignore[arg-type]
-    await load._refresh("slow", "courier-dest-slow")
-    await load._refresh("api", "courier-dest-api")
-    delay = load.start_delay("slow")
-    assert delay is not None and delay.total_seconds() == pytest.approx(50.0, abs=0.5)
-    # Rate control's rate rises as the destination recovers: congested, but never deferred.
-    assert load.start_delay("api") is None and load.congested("api")
-    # With a limit configured, rate control's lowered rate is not the one turns use.
-    states["courier-dest-slow"] = dataclasses.replace(controlled, backlog=100)
-    await load._refresh("slow", "courier-dest-slow")
-    delay = load.start_delay("slow")
-    assert delay is not None and delay.total_seconds() == pytest.approx(10.2, abs=0.5)
-    off = CONFIG.model_copy(
-        update={"ingest": CONFIG.ingest.model_copy(update={"defer_congested": timedelta(0)})}
-    )
-    assert DestinationLoad(None, off).start_delay("slow") is None  # type: ignore[arg-type]
-    states["courier-dest-slow"] = queue(0, 5.0, 5.0)
-    await load._refresh("slow", "courier-dest-slow")
-    load.schedule._lanes["slow"].cursor = 0.0  # its earlier turns are past
-    assert load.start_delay("slow") == timedelta(0)  # its turn is near: timed, not deferred
