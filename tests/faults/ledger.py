@@ -183,6 +183,9 @@ class Delivery:
     """``time.monotonic()`` of its arrival (REST only)."""
     answered: float = 0.0
     """``time.monotonic()`` of the answer (REST only)."""
+    sender: str | None = None
+    """The request's ``X-Courier-Sender`` header, set per worker config by tests that need to
+    know which process sent it (REST only)."""
 
 
 @dataclass(frozen=True)
@@ -313,6 +316,9 @@ def envelope_delivery(ledger: Ledger, envelope: dict[str, Any]) -> tuple[str | N
     return fid, intact
 
 
+SENDER_HEADER = "X-Courier-Sender"
+
+
 class FaultReceiver(Receiver):
     """The test receiver, also noting when each request arrived and when it was answered.
 
@@ -376,6 +382,7 @@ class RestSink:
                     idempotency_key=r.idempotency_key,
                     arrived=r.time,
                     answered=self.receiver.answered_at[i],
+                    sender=r.headers.get(SENDER_HEADER.lower()),
                 )
             )
         return [d for d in self._parsed if d is not None]
