@@ -9,13 +9,17 @@ Lifecycle, in order (as Kafka Connect's ``SinkTask``):
    under the ID its topic has *after* it was fetched, so it is never attributed to an older
    incarnation of a recreated topic. A topic whose ID changed was deleted and created again:
    one WARNING, its partitions restart at their committed offset (the group's offsets of a
-   deleted topic are gone, so: the beginning).
+   deleted topic are gone, so: the beginning). Commits carry the topic ID, and a partition's
+   records are handed off only once the offset it was positioned at is known to belong to the
+   topic's current ID (``ingest.incarnations``); one committed for an earlier topic of the same
+   name is passed over and the partition read from the beginning.
 4. Hand records off concurrently (at most ``kafka.max_in_flight`` at once), each starting its
    workflow (``ingest.handoff``, whose failure contract says what happens when that fails).
 5. Every ``kafka.commit_interval``: commit each partition's safe point — the lowest offset
    still in flight, or one past the last record begun (see ``ingest.offsets``).
 6. On revoke: drop the revoked partitions' buffered records, wait (bounded) for their
-   hand-offs in flight, commit them, forget them; the next owner reads the rest again.
+   hand-offs in flight, commit them unless their topic was deleted or recreated meanwhile,
+   forget them; the next owner reads the rest again.
 7. On stop (SIGTERM): stop reading, wait (briefly) for hand-offs in flight, commit, leave the
    group, all within about 2 s; a stop while still connecting to Kafka ends the attempt.
 """
@@ -36,6 +40,7 @@ from courier import metrics
 from courier.config import CourierConfig
 from courier.stopping import unless_stopped
 from ingest.handoff import coordinates, hand_off, to_kafka_record
+from ingest.incarnations import commit_metadata, fetch_committed
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options, never_create_topics
 from ingest.offsets import OffsetTracker
 from ingest.ordered import ChainBroken, KeyChains, Turn, hand_off_ordered, ordered_chain
@@ -94,6 +99,11 @@ class Ingest:
         """Batch mode: last offset of a partition that earlier runs' ranges cover."""
         self._seen_ids: dict[str, str] = {}
         """The last ID each topic was seen with (a topic that disappears keeps its entry)."""
+        self._checked: dict[TopicPartition, str] = {}
+        """The topic ID each partition's read position was checked against: its records are
+        handed off, and its offsets committed, only under that ID."""
+        self._reposition: set[TopicPartition] = set()
+        """Partitions restarted after their topic's ID changed, to be positioned anew."""
         self._chains = KeyChains()
         """Records of ordered destinations: each key's hand-offs one after the other."""
 
@@ -239,11 +249,59 @@ class Ingest:
             metrics.TOPIC_ID_CHANGES.labels(topic).inc()
             for tp in [tp for tp in consumer.assignment() if tp.topic == topic]:
                 self._restart_partition(tp)
-                committed = await consumer.committed(tp)
-                if committed is None:
+                self._reposition.add(tp)
+        unchecked = [
+            tp
+            for tp in consumer.assignment()
+            if refresh.ids.get(tp.topic) is not None
+            and self._checked.get(tp) != refresh.ids[tp.topic]
+        ]
+        if unchecked:
+            await self._check_positions(consumer, unchecked, refresh.ids)
+
+    async def _check_positions(
+        self,
+        consumer: AIOKafkaConsumer,
+        partitions: list[TopicPartition],
+        ids: dict[str, str | None],
+    ) -> None:
+        """Read ``partitions`` from their committed offset only if it is their topic's own.
+
+        A partition restarted after its topic's ID changed is positioned anew, at its committed
+        offset or the beginning; one the consumer positioned at an offset committed under
+        another topic ID (an earlier topic of the same name) is read from the beginning instead.
+        """
+        try:
+            committed = await fetch_committed(consumer, partitions)
+        except (KafkaError, TimeoutError) as err:
+            if time.monotonic() - self._ids_failure_logged >= MISSING_TOPIC_LOG_S:
+                self._ids_failure_logged = time.monotonic()
+                log.warning("cannot look up committed offsets (%s); fetched records wait", err)
+            return
+        for tp in partitions:
+            topic_id = ids[tp.topic]
+            assert topic_id is not None
+            found = committed.get(tp)
+            if found is not None and not found.belongs_to(topic_id):
+                log.warning(
+                    "the committed offset %d of %s/%d belongs to an earlier topic of that name "
+                    "(ID %s): reading topic ID %s from the beginning",
+                    found.offset,
+                    tp.topic,
+                    tp.partition,
+                    found.topic_id,
+                    topic_id,
+                )
+                self._restart_partition(tp)
+                await consumer.seek_to_beginning(tp)
+            elif tp in self._reposition:
+                self._restart_partition(tp)  # drop what was fetched before the seek
+                if found is None:
                     await consumer.seek_to_beginning(tp)
                 else:
-                    consumer.seek(tp, committed)
+                    consumer.seek(tp, found.offset)
+            self._reposition.discard(tp)
+            self._checked[tp] = topic_id
 
     def _restart_partition(self, tp: TopicPartition) -> None:
         """Forget what was read of ``tp``: buffered records, offsets, hand-offs in flight."""
@@ -251,6 +309,7 @@ class Ingest:
         self._open_ranges.pop(tp, None)
         self._covered.pop(tp, None)
         self._fresh.discard(tp)
+        self._checked.pop(tp, None)
         self._epoch[tp] += 1
         self.tracker.forget({tp})
 
@@ -262,9 +321,8 @@ class Ingest:
         for tp, records in self._pending.items():
             if not records:
                 continue
-            topic_id = self._topic_ids.get(tp.topic)
+            topic_id = self._handing_off_as(tp)
             if topic_id is None:
-                self._log_missing_topic(tp.topic)
                 continue
             open_range = self._open_ranges.get(tp)
             while records:
@@ -308,7 +366,7 @@ class Ingest:
                 continue
             if not open_range.ready(ingest.max_records, max_wait):
                 continue
-            topic_id = self._topic_ids.get(tp.topic)
+            topic_id = self._handing_off_as(tp)
             if topic_id is None:
                 continue
             del self._open_ranges[tp]
@@ -401,9 +459,8 @@ class Ingest:
         while ready and self._in_flight < window:
             for tp in list(ready):
                 records = self._pending[tp]
-                topic_id = self._topic_ids.get(tp.topic)
+                topic_id = self._handing_off_as(tp)
                 if topic_id is None:
-                    self._log_missing_topic(tp.topic)
                     ready.remove(tp)
                     continue
                 record = records.popleft()
@@ -437,6 +494,19 @@ class Ingest:
             key: bytes | None = record.key
             return key  # only the key is kept, as a batch range does
         return self.router.decide(record.key, to_kafka_record(record, topic_id))
+
+    def _handing_off_as(self, tp: TopicPartition) -> str | None:
+        """The topic ID ``tp``'s records are handed off under now; None while they must wait.
+
+        They wait while the topic does not exist, and until the partition's position was
+        checked against the topic's current ID.
+        """
+        assert self._topic_ids is not None
+        topic_id = self._topic_ids.get(tp.topic)
+        if topic_id is None:
+            self._log_missing_topic(tp.topic)
+            return None
+        return topic_id if self._checked.get(tp) == topic_id else None
 
     def _log_missing_topic(self, topic: str) -> None:
         now = time.monotonic()
@@ -571,11 +641,18 @@ class Ingest:
         if self._consumer is None:
             return
         owned = self._consumer.assignment() if partitions is None else partitions
-        offsets = {tp: off for tp, off in self.tracker.committable().items() if tp in owned}
+        assert self._topic_ids is not None
+        offsets = {
+            tp: off
+            for tp, off in self.tracker.committable().items()
+            if tp in owned and self._checked.get(tp) == self._topic_ids.get(tp.topic)
+        }
         if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)
+            await self._consumer.commit(
+                {tp: (off, commit_metadata(self._checked[tp])) for tp, off in offsets.items()}
+            )
         except KafkaError as err:
             log.warning("commit failed (%s); offsets stay uncommitted and are retried", err)
             return
@@ -623,10 +700,27 @@ class Ingest:
                 self.tracker.in_flight(revoked),
                 wait_s,
             )
+        await self._refresh_ids({tp.topic for tp in revoked})
         await self.commit(revoked)
         for tp in revoked:
             self._epoch[tp] += 1
+            self._checked.pop(tp, None)
+            self._reposition.discard(tp)
         self.tracker.forget(revoked)
+
+    async def _refresh_ids(self, topics: set[str]) -> None:
+        """Look up ``topics``' IDs now (bounded): a commit then skips deleted or recreated ones.
+
+        Commits carry their topic ID, so one that slips through is still passed over by the
+        next reader; this only keeps the group's offsets clean.
+        """
+        if self._topic_ids is None or not topics:
+            return
+        try:
+            async with asyncio.timeout(STOP_KAFKA_S * 4):
+                await self._topic_ids.refresh(topics)
+        except (KafkaError, TopicIdError, TimeoutError) as err:
+            log.warning("cannot look up topic IDs before committing (%s)", err)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
+from devtools.tcp_proxy import tcp_proxy
 from devtools.topics import create_topic, produce, recreate_topic, topic_id
 from tests.integration.harness import (
     committed_offsets,
@@ -88,6 +89,62 @@ async def test_recreated_while_ingest_runs(
     assert len({r["idempotency_key"] for r in records}) == 11
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(f"topic {topic} was deleted and created again" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("mode", ["per_record", "batch"])
+async def test_recreated_with_hand_offs_in_flight(
+    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path, mode: str
+) -> None:
+    """Temporal unreachable for ingest; the topic is recreated under its fetched records.
+
+    The old topic's hand-offs finish once Temporal is back, after the name belongs to the new
+    topic: no offset of theirs may be taken for the new topic's (it would skip the new records
+    below it), so every record of the new topic is exported and its offsets all committed.
+    """
+    out = tmp_path / "out.jsonl"
+    config = file_config(
+        stack_settings,
+        unique,
+        out,
+        kafka={"metadata_refresh": "1s"},
+        ingest={"mode": mode, "max_wait": "200ms"},
+    )
+    bootstrap, topic = stack_settings.kafka_bootstrap, config.kafka.topics[0]
+    await create_topic(bootstrap, topic, partitions=1)
+    async with (
+        tcp_proxy(stack_settings.host, stack_settings.temporal_port) as temporal,
+        courier_running(temporal_client, config, ingest=False),
+    ):
+        ingest_client = await Client.connect(
+            temporal.address, namespace=stack_settings.temporal_namespace
+        )
+        await temporal.cut()
+        async with courier_running(ingest_client, config, workers=False) as ingest:
+            assert ingest is not None
+            await produce(bootstrap, topic, [(f"old-{i}".encode(), b"{}") for i in range(50)])
+            await eventually(lambda: _in_flight(ingest), timeout=30)
+            await recreate_topic(bootstrap, topic, partitions=1)
+            await produce(bootstrap, topic, [(f"new-{i}".encode(), b"{}") for i in range(60)])
+            await asyncio.sleep(2)  # the consumer's metadata (refreshed every 1 s) sees the change
+            await temporal.restore()
+            expected = {f"new-{i}" for i in range(60)}
+            await eventually(lambda: _exported(out, expected), timeout=120)
+            await eventually(
+                lambda: _committed(bootstrap, config.kafka.group, topic, [60]), timeout=30
+            )
+    assert await committed_offsets(bootstrap, config.kafka.group, topic, 1) == [60]
+
+
+async def _in_flight(ingest: Any) -> bool:
+    return bool(ingest.tracker.in_flight())
+
+
+async def _exported(path: Path, keys: set[str]) -> bool:
+    return keys <= {r["key"] for r in lines(path)}
+
+
+async def _committed(bootstrap: str, group: str, topic: str, expected: list[int]) -> bool:
+    return await committed_offsets(bootstrap, group, topic, len(expected)) == expected
 
 
 async def _count(path: Path, n: int) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 from temporalio.common import Priority
 
 from courier.config import CourierConfig, parse_config
@@ -62,6 +63,7 @@ class FakeConsumer:
         self.poll_timeouts: list[int] = []
         self.commits: list[dict[TopicPartition, int]] = []
         self.committed_offsets: dict[TopicPartition, int] = {}
+        self.committed_metadata: dict[TopicPartition, str] = {}
         self.seeks: list[tuple[TopicPartition, int | None]] = []
 
     def assignment(self) -> set[TopicPartition]:
@@ -83,8 +85,18 @@ class FakeConsumer:
         await asyncio.sleep(0)
         return self.batches.pop(0) if self.batches else {}
 
-    async def committed(self, tp: TopicPartition) -> int | None:
-        return self.committed_offsets.get(tp)
+    @property
+    def _coordinator(self) -> FakeConsumer:
+        return self
+
+    async def fetch_committed_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        return {
+            tp: OffsetAndMetadata(self.committed_offsets[tp], self.committed_metadata.get(tp, ""))
+            for tp in partitions
+            if tp in self.committed_offsets
+        }
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
@@ -92,9 +104,11 @@ class FakeConsumer:
     async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         self.seeks.extend((tp, None) for tp in partitions)
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.commits.append(dict(offsets))
-        self.committed_offsets.update(offsets)
+    async def commit(self, offsets: dict[TopicPartition, tuple[int, str]]) -> None:
+        self.commits.append({tp: offset for tp, (offset, _) in offsets.items()})
+        for tp, (offset, metadata) in offsets.items():
+            self.committed_offsets[tp] = offset
+            self.committed_metadata[tp] = metadata
 
 
 class FakeTopicIds:
@@ -175,6 +189,7 @@ def make_ingest(owned: set[TopicPartition], max_in_flight: int = 16) -> tuple[In
     fake = FakeConsumer(owned)
     ingest._consumer = fake
     ingest._topic_ids = FakeTopicIds({TOPIC: TOPIC_ID})  # type: ignore[assignment]
+    ingest._checked = dict.fromkeys(owned, TOPIC_ID)  # positions checked, as after a first poll
     return ingest, fake
 
 
@@ -387,3 +402,65 @@ async def test_recreated_topic_restarts_from_the_committed_offset(
     assert ingest._in_flight == 0
     await ingest.commit()
     assert fake.commits == [{TP: 2}]
+
+
+async def test_commits_carry_the_topic_id(hand_offs: FakeHandOffs) -> None:
+    ingest, fake = make_ingest({TP})
+    buffer(ingest, TP, range(2))
+    ingest._dispatch_pending()
+    await settle()
+    await hand_offs.finish(hand_offs.calls)
+    await ingest.commit()
+    assert fake.commits == [{TP: 2}]
+    assert fake.committed_metadata == {TP: f"topic-id={TOPIC_ID}"}
+
+
+async def test_an_offset_committed_for_an_earlier_topic_of_the_name_is_passed_over(
+    hand_offs: FakeHandOffs,
+) -> None:
+    """The consumer was positioned at offset 50, committed under another topic ID."""
+    ingest, fake = make_ingest({TP})
+    ingest._checked = {}  # a fresh assignment: nothing checked yet
+    fake.committed_offsets[TP] = 50
+    fake.committed_metadata[TP] = "topic-id=AAAAAAAAAAAAAAAAAAAAAA"
+    fake.batches.append({TP: records(TP, [50, 51])})
+    await ingest._poll_once(fake)
+    await settle()
+    assert fake.seeks == [(TP, None)]  # from the beginning
+    assert hand_offs.calls == []  # the records read from offset 50 are dropped
+
+    fake.batches.append({TP: records(TP, range(3))})
+    await ingest._poll_once(fake)
+    await settle()
+    await hand_offs.finish(hand_offs.calls)
+    assert hand_offs.offsets() == [0, 1, 2]
+    await ingest.commit()
+    assert fake.commits == [{TP: 3}]
+    assert fake.committed_metadata == {TP: f"topic-id={TOPIC_ID}"}
+
+
+async def test_an_offset_committed_under_the_topics_own_id_or_none_is_kept(
+    hand_offs: FakeHandOffs,
+) -> None:
+    for metadata in (f"topic-id={TOPIC_ID}", ""):
+        ingest, fake = make_ingest({TP})
+        ingest._checked = {}
+        fake.committed_offsets[TP] = 50
+        fake.committed_metadata[TP] = metadata
+        fake.batches.append({TP: records(TP, [50, 51])})
+        await ingest._poll_once(fake)
+        await settle()
+        assert fake.seeks == []
+        assert hand_offs.offsets()[-2:] == [50, 51]
+        await hand_offs.finish(hand_offs.calls)
+
+
+async def test_no_commit_for_a_topic_recreated_before_a_revoke(hand_offs: FakeHandOffs) -> None:
+    ingest, fake = make_ingest({TP})
+    buffer(ingest, TP, range(3))
+    ingest._dispatch_pending()
+    await settle()
+    await hand_offs.finish(hand_offs.calls)
+    ingest._topic_ids = FakeTopicIds({TOPIC: "AAAAAAAAAAAAAAAAAAAAAA"})  # type: ignore[assignment]
+    await asyncio.wait_for(ingest.on_revoked({TP}), 1)
+    assert fake.commits == []

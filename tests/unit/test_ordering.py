@@ -112,6 +112,7 @@ async def test_a_keys_records_are_handed_off_one_after_the_other(
     fake = FakeConsumer({TP})
     ingest._consumer = fake  # type: ignore[assignment]
     ingest._topic_ids = FakeTopicIds({TOPIC: TOPIC_ID})  # type: ignore[assignment]
+    ingest._checked = {TP: TOPIC_ID}
     batch = keyed(TP, [(0, "a"), (1, "b"), (2, "a"), (3, "p1"), (4, "p1"), (5, "b"), (6, "a")])
     ingest._pending[TP] = collections.deque(batch)
     ingest._dispatch_pending()
