@@ -32,7 +32,7 @@ from activities.source import RecordSource
 from courier import metrics
 from courier.config import CourierConfig
 from courier.rates import format_rate
-from courier.task_queues import describe, set_rate_limit
+from courier.task_queues import RATE_CONTROL_IDENTITY, describe, rate_controlled, set_rate_limit
 from ingest.fetch import KafkaRecordSource
 from workflows.destination_state import (
     OUTCOMES_UPDATE,
@@ -135,6 +135,8 @@ UPDATE_TIMEOUT_S = 5.0
 """Longest a worker waits for its destination's rate decision before moving on."""
 CONTROL_INTERVAL_S = 1.0
 """How often a worker sends its attempt outcomes (if any) to its destination's rate control."""
+QUEUE_CHECK_S = 5.0
+"""How long a worker trusts having seen no rate control decision on its queue."""
 
 
 class RateControl:
@@ -165,6 +167,7 @@ class RateControl:
         self.applied_version = 0
         self.mode = "normal"
         self._failures_reported = False
+        self._no_decision_seen_at = -QUEUE_CHECK_S
 
     async def run(self) -> None:
         """Report every ``CONTROL_INTERVAL_S`` while attempts happen, until cancelled.
@@ -180,7 +183,7 @@ class RateControl:
                 if not self.outcomes:
                     continue
                 window = self.outcomes.take()
-                if not self._worth_reporting(window):
+                if not await self._worth_reporting(window):
                     continue
                 pending = (uuid.uuid4().hex, self._report(window))
             try:
@@ -246,12 +249,16 @@ class RateControl:
             )
         return decision
 
-    def _worth_reporting(self, window: AttemptOutcomes) -> bool:
+    async def _worth_reporting(self, window: AttemptOutcomes) -> bool:
         """Whether the controller needs this window: all answers while all is normal, no.
 
         Reporting costs a workflow task on the shared workflow queue, so a healthy destination
         reports nothing; answers are reported after failures (to reset the count) and while a
-        decision is in force (to close the circuit or raise the rate).
+        decision is in force (to close the circuit or raise the rate). Whether one is in force
+        is the controller's to say, not this worker's: a worker that joined while the circuit
+        was open, or whose neighbour's failures opened it, has never been told. The decisions
+        are the queue's rate overrides, so the queue says (looked up at most every
+        ``QUEUE_CHECK_S`` while it says none).
         """
         if window.throttled or window.unavailable:
             self._failures_reported = True
@@ -259,7 +266,16 @@ class RateControl:
         if self.mode != "normal" or self._failures_reported:
             self._failures_reported = False
             return True
-        return False
+        if time.monotonic() - self._no_decision_seen_at < QUEUE_CHECK_S:
+            return False
+        try:
+            in_force = await rate_controlled(self.client, self.task_queue)
+        except RPCError as err:
+            log.warning("%s: cannot read the queue's rate override: %s", self.name, err)
+            return True
+        if not in_force:
+            self._no_decision_seen_at = time.monotonic()
+        return in_force
 
     async def apply(self, decision: ControlState) -> None:
         """Set the queue's rate limit to the decision, once per decision."""
@@ -271,7 +287,7 @@ class RateControl:
             self.task_queue,
             decision.rate,
             reason=f"courier rate control: {line}",
-            identity=f"courier rate control ({self.client.identity})",
+            identity=f"{RATE_CONTROL_IDENTITY} ({self.client.identity})",
         )
         self.applied_version = decision.version
         metrics.CIRCUIT_OPEN.labels(self.name).set(1 if decision.mode == "open" else 0)

@@ -17,6 +17,8 @@ from temporalio.client import Client
 
 # A poller that has not polled for this long no longer counts as a live worker.
 LIVE_POLLER_S = 60.0
+RATE_CONTROL_IDENTITY = "courier rate control"
+"""How a rate control decision's override names its author (followed by the worker's)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,23 @@ async def describe(client: Client, task_queue: str) -> QueueState:
         worker_identities=live,
         rate_limit=effective.requests_per_second if source != "none" else None,
         rate_limit_source=source,
+    )
+
+
+async def rate_controlled(client: Client, task_queue: str) -> bool:
+    """Whether the queue's rate is overridden by a rate control decision (not an operator's)."""
+    response = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            report_config=True,
+        )
+    )
+    source = response.effective_rate_limit.rate_limit_source
+    author = response.config.queue_rate_limit.metadata.update_identity
+    return source == RateLimitSource.RATE_LIMIT_SOURCE_API and author.startswith(
+        RATE_CONTROL_IDENTITY
     )
 
 

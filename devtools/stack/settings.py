@@ -12,6 +12,8 @@ from courier.search_attributes import DEV_SERVER_FLAGS
 from devtools.stack.errors import StackError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+STACK_DIR = (REPO_ROOT / ".stack").resolve()
+"""Where the stack lives; a linked ``.stack`` (a git worktree sharing one) is the one it names."""
 """The repository root (holds ``stack/kafka/pom.xml`` and ``.stack/``)."""
 
 SEARCH_ATTRIBUTES: dict[str, str] = DEV_SERVER_FLAGS
@@ -47,7 +49,7 @@ class StackSettings:
     temporal_ui_port: int = 8233
     postgres_port: int = 5432
     host: str = HOST
-    stack_dir: Path = REPO_ROOT / ".stack"
+    stack_dir: Path = STACK_DIR
 
     #: Environment variable of each port field.
     ENV_VARS: ClassVar[dict[str, str]] = {

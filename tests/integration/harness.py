@@ -74,11 +74,13 @@ async def courier_running(
     ingest: bool = True,
     workers: bool = True,
     destinations: list[str] | None = None,
+    workflows: bool | None = None,
 ) -> AsyncIterator[Ingest | None]:
     """Courier's ingest and all its workers in this process, until the block ends.
 
     ``destinations`` chooses which destinations' workers run here (default: all of them; ``[]``:
-    only the workflow worker, e.g. when worker processes serve the destinations).
+    only the workflow worker, e.g. when worker processes serve the destinations); ``workflows``
+    whether the workflow worker does (default: with ``workers``).
     """
     stop = asyncio.Event()
     ingest_ = Ingest(config, client) if ingest else None
@@ -94,7 +96,7 @@ async def courier_running(
                 if destinations is None
                 else destinations
             ),
-            workflows=workers,
+            workflows=workers if workflows is None else workflows,
             stop=stop,
         )
     )

@@ -128,3 +128,69 @@ async def test_429_answers_lower_the_rate_of_every_worker(
             await wait_for_workflows(temporal_client, f"CourierDestination = '{name}'", 200)
     assert receiver.effects("/busy") == 200
     assert receiver.duplicates("/busy") == 0
+
+
+async def test_a_worker_restarted_during_an_open_circuit_closes_it_on_an_answered_probe(
+    stack_settings: Any, temporal_client: Client, unique: str
+) -> None:
+    """As in a deploy: the circuit is open, the worker restarts, the endpoint has recovered.
+
+    The new worker's first answered probes must reach the controller (which alone knows the
+    circuit is open): the circuit closes and the queue gets its full rate back.
+    """
+    name = f"flaky-{unique}"
+    async with Receiver() as receiver:
+        receiver.script("/flaky", then=503)
+        config = pipeline_config(
+            stack_settings,
+            unique,
+            destinations=[
+                {
+                    "name": name,
+                    "kind": "rest",
+                    "url": f"{receiver.url}/flaky/{{key}}",
+                    "retry": FAST_RETRY,
+                    # Probes well inside the receiver's keep-alive (5 s): a probe on a
+                    # connection it closed fails, and a failure seen would close it anyway.
+                    "rate_control": {"probe_interval": "2s"},
+                }
+            ],
+            routes={"default": name},
+        )
+        topic = config.kafka.topics[0]
+        await create_topic(stack_settings.kafka_bootstrap, topic)
+        await produce(
+            stack_settings.kafka_bootstrap, topic, [(f"k{i}".encode(), b"{}") for i in range(40)]
+        )
+
+        async def mode() -> str:
+            statuses = {s.name: s for s in await destination_statuses(temporal_client, config)}
+            return statuses[name].rate_control
+
+        async def worker_process() -> Client:  # a process of its own: its own client
+            return await Client.connect(
+                stack_settings.temporal_address, namespace=stack_settings.temporal_namespace
+            )
+
+        async with courier_running(temporal_client, config, destinations=[]):
+            first = await worker_process()
+            async with courier_running(first, config, ingest=False, workflows=False):
+                await eventually(lambda: _starts_with(mode(), "circuit open since"), timeout=60)
+            receiver.script("/flaky", then=200)
+            second = await worker_process()
+            async with courier_running(second, config, ingest=False, workflows=False):
+
+                async def closed() -> bool:
+                    queue = await describe(temporal_client, f"courier-dest-{name}")
+                    return await mode() == "normal" and queue.rate_limit_source != "override"
+
+                # Two probe intervals would do; a loaded machine gets more.
+                await eventually(closed, timeout=30)
+                await wait_for_workflows(
+                    temporal_client, f"CourierDestination = '{name}'", 40, timeout=60
+                )
+    assert receiver.effects("/flaky") == 40
+
+
+async def _starts_with(value: Any, prefix: str) -> bool:
+    return str(await value).startswith(prefix)

@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import RateLimitSource
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueResponse
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 
 import worker
@@ -137,3 +139,43 @@ async def test_cancelling_rate_control_ends_it_even_mid_update(
     await asyncio.wait({task}, timeout=5)
     assert task.done(), "the cancellation was swallowed: rate control runs on"
     assert task.cancelled()
+
+
+class FakeQueueService(FakeService):
+    """Describes the queue as overridden by ``author`` (None: not overridden)."""
+
+    def __init__(self, author: str | None) -> None:
+        super().__init__()
+        self.author = author
+        self.describes = 0
+
+    async def describe_task_queue(self, request: Any) -> Any:
+        self.describes += 1
+        response = DescribeTaskQueueResponse()
+        if self.author is not None:
+            response.effective_rate_limit.rate_limit_source = RateLimitSource.RATE_LIMIT_SOURCE_API
+            response.config.queue_rate_limit.metadata.update_identity = self.author
+        return response
+
+
+@pytest.mark.parametrize(
+    ("author", "reported"),
+    [
+        ("courier rate control (4242@old-worker)", True),  # the circuit some worker opened
+        ("courier limit", False),  # an operator's limit: nothing for the controller to decide
+        (None, False),
+    ],
+)
+async def test_a_worker_that_knows_no_decision_asks_the_queue_whether_one_is_in_force(
+    author: str | None, reported: bool
+) -> None:
+    outcomes = AttemptOutcomes()
+    client = FakeClient(FakeHandle([], outcomes))
+    service = client.workflow_service = FakeQueueService(author)
+    control = rate_control(client, outcomes)
+    answered = AttemptOutcomes(answered=1)
+    assert control.mode == "normal"
+    assert await control._worth_reporting(answered) is reported
+    await control._worth_reporting(answered)
+    # Seen without a decision, the queue is not asked again for a while.
+    assert service.describes == (2 if reported else 1)
