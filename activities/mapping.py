@@ -1,7 +1,7 @@
 """Mappings: JSONata expressions that shape what a destination receives.
 
 A mapping is a `JSONata <https://jsonata.org>`_ expression, evaluated by ``jsonatapy`` (a Rust
-implementation of the language; see the README for why). It sees one record as data
+implementation of the language; docs/mappings.md says why). It sees one record as data
 (:func:`record_data`)::
 
     {"key": "order-17", "key_encoding": "text",

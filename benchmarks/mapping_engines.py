@@ -5,7 +5,7 @@ Courier's dependencies; e.g. ``pip install jsonatapy==2.2.13 jsonata-python==0.7
 jmespath==1.1.0 jinja2==3.1.6 jq==1.13.0``). Each engine compiles its spelling of the same
 mapping once and evaluates it ``--number`` times per round, ``--rounds`` rounds; µs per
 evaluation (wall, ``timeit``), min / median / max. Engines that are not installed are skipped.
-The README's comparison quotes this output.
+docs/mappings.md quotes this output (engine speed).
 """
 
 from __future__ import annotations

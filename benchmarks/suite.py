@@ -43,7 +43,14 @@ from temporalio.client import Client
 from benchmarks import ceiling, connect, ingest_memory, naive
 from benchmarks.common import CpuUsage, Measurement, PipelineError, background_cpu, stack_pids
 from benchmarks.kafka_io import delete_topic, fill_topic
-from benchmarks.report import PipelineResults, Report, chart, markdown, print_console
+from benchmarks.report import (
+    PipelineResults,
+    Report,
+    chart,
+    kept_sections,
+    markdown,
+    print_console,
+)
 from devtools.stack.settings import REPO_ROOT, StackSettings, settings_from_env
 
 console = Console(width=max(Console().width, 140))
@@ -466,7 +473,8 @@ async def main(args: argparse.Namespace) -> int:
         if chart_name and args.chart.parent.resolve() != args.markdown.parent.resolve():
             chart_name = str(args.chart.resolve())
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(report, chart_name))
+        previous = args.markdown.read_text() if args.markdown.exists() else ""
+        args.markdown.write_text(markdown(report, chart_name) + kept_sections(previous))
         console.print(f"wrote {args.markdown}" + (f" and {args.chart}" if drew else ""))
     return 0 if all(r.runs for r in results.values()) else 1
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Creates Courier's namespace once the Temporal frontend answers, with the retention that
-# bounds workflow-ID de-duplication (see README, "Production"). Run by the `temporal-namespace`
+# bounds workflow-ID de-duplication (see docs/deploy.md). Run by the `temporal-namespace`
 # service of docker-compose.yml (image temporalio/admin-tools). An existing namespace is left as
 # it is; change its retention with `temporal operator namespace update --retention`.
 set -eu

@@ -138,7 +138,7 @@ async def test_non_json_value_under_fail_policy_is_permanent(
     assert await pg_pool.fetchval(f'SELECT count(*) FROM "courier_test_{unique}"') == 0
 
 
-# The README's recovery queries: every key, value and header as its exact bytes.
+# The recovery queries of docs/configuration.md: every key, value and header as its exact bytes.
 RECOVER_RECORDS = """
 SELECT "offset", coalesce(key_bytes, convert_to(key, 'UTF8')) AS key,
        coalesce(value_bytes, convert_to(value_text, 'UTF8')) AS value
@@ -183,7 +183,7 @@ def awkward_record(
 
 
 async def recovered(pg_pool: asyncpg.Pool, table: str) -> list[RecordBytes]:
-    """Each row's key, value and headers as bytes, by offset, read with the README's queries."""
+    """Each row's key, value and headers as bytes, by offset, read with the documented queries."""
     headers: dict[int, list[HeaderBytes]] = {}
     for h in await pg_pool.fetch(RECOVER_HEADERS.format(table=table) + " ORDER BY 1, 2"):
         headers.setdefault(h["offset"], []).append((h["name"], h["value"]))

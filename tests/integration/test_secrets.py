@@ -109,7 +109,7 @@ async def test_no_secret_in_logs_status_metrics_or_histories(
                     "headers": bearer,
                     "retry": FAST_RETRY,
                 },
-                # The password comes from the environment here, as the README advises...
+                # The password comes from the environment here, as docs/configuration.md advises...
                 {"name": pg, "kind": "postgres", "dsn": "${PG_DSN}", "table": f"s_{unique}"},
                 # ...and is written into the file here; the server refuses it.
                 {
