@@ -12,7 +12,7 @@ from pydantic_core import PydanticUndefined
 
 from activities.base import RetryConfig, TimeoutConfig
 from activities.postgres import ColumnConfig
-from activities.registry import KINDS
+from activities.registry import KINDS, RegisteredKinds
 from activities.rest import BodyMapping
 from courier.config import (
     CourierConfig,
@@ -48,8 +48,8 @@ def _type_name(annotation: object) -> str:
     if annotation is timedelta:
         return "duration (500ms, 2s, 1m, 1h)"
     if origin is typing.Annotated:
-        union = typing.get_origin(args[0]) in (typing.Union, types.UnionType)
-        return "destination" if union else _type_name(args[0])
+        kinds = any(isinstance(meta, RegisteredKinds) for meta in args[1:])
+        return "destination" if kinds else _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, types.UnionType):
