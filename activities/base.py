@@ -2,7 +2,10 @@
 
 A destination kind is one module that defines a config model (a subclass of
 :class:`DestinationConfig` with ``kind: Literal["..."]`` and ``create()``) and a class
-implementing :class:`Destination`, plus one line in ``activities.registry``.
+implementing :class:`Destination`, plus one line in ``activities.registry``. What the rest of
+Courier needs to know about a kind it asks the config model, never the kind's name:
+``describe_preview`` (``courier map``) and ``deployment_needs`` (``courier deploy k8s``); the
+config reference is made from the model's fields.
 
 Lifecycle of a destination inside a worker process, in order:
 
@@ -16,9 +19,12 @@ Lifecycle of a destination inside a worker process, in order:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal, Protocol, runtime_checkable
+from pathlib import PurePath
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -101,6 +107,18 @@ class RateControlConfig(BaseModel):
     )
 
 
+@dataclass(frozen=True)
+class DeploymentNeeds:
+    """What a destination's workers need from where they run (``courier deploy k8s``)."""
+
+    single_writer: bool = False
+    """At most one worker process at a time, also while a new version rolls out."""
+    data_dirs: tuple[PurePath, ...] = ()
+    """Directories the workers write to that must outlive a worker (relative: to its cwd)."""
+    why: str = ""
+    """Why, in a few words for the operator, e.g. "the sink locks its file"."""
+
+
 class DestinationConfig(BaseModel):
     """Settings every destination has, whatever its kind."""
 
@@ -150,6 +168,19 @@ class DestinationConfig(BaseModel):
     def create(self) -> Destination:
         """The destination this config describes (not yet opened); each kind overrides it."""
         raise NotImplementedError(f"destination kind {self.kind!r} does not implement create()")
+
+    def deployment_needs(self) -> DeploymentNeeds:
+        """What this destination's workers need where they run; by default nothing special."""
+        return DeploymentNeeds()
+
+    @classmethod
+    def describe_preview(cls, shown: Mapping[str, Any]) -> list[str]:
+        """Lines showing what this kind's ``preview()`` returned (``courier map``).
+
+        By default one ``field: JSON`` line per item; a kind overrides it to show its request,
+        line or row the way its users know them.
+        """
+        return [f"{name}: {json.dumps(value, ensure_ascii=False)}" for name, value in shown.items()]
 
     @property
     def records_per_batch_activity(self) -> int:

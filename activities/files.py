@@ -40,13 +40,13 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from activities.base import DestinationConfig, Pace, no_pace
+from activities.base import DeploymentNeeds, DestinationConfig, Pace, no_pace
 from activities.encoding import record_envelope
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.mapping import Expression, MappingError, check_mappings, record_data
@@ -61,6 +61,19 @@ class FileConfig(DestinationConfig):
     def create(self) -> FileDestination:
         """The destination this config describes (not yet opened)."""
         return FileDestination(self)
+
+    def deployment_needs(self) -> DeploymentNeeds:
+        """One writer at a time, on a volume that holds the file's directory."""
+        return DeploymentNeeds(
+            single_writer=True,
+            data_dirs=(self.path.parent,),
+            why="its file is on a ReadWriteOnce volume and the sink locks it",
+        )
+
+    @classmethod
+    def describe_preview(cls, shown: Mapping[str, Any]) -> list[str]:
+        """The file of a preview and the line appended to it."""
+        return [f"# appended to {shown['path']}", shown["line"].rstrip("\n")]
 
     kind: Literal["file"] = Field(description="Always `file`.")
     path: Path = Field(description="File to append to; parent directories are created.")

@@ -44,7 +44,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -111,6 +111,17 @@ class PostgresConfig(DestinationConfig):
     def create(self) -> PostgresDestination:
         """The destination this config describes (not yet opened)."""
         return PostgresDestination(self)
+
+    @classmethod
+    def describe_preview(cls, shown: Mapping[str, Any]) -> list[str]:
+        """The table of a preview and its row, one column a line."""
+        row: Mapping[str, Any] = shown["row"]
+        width = max(len(name) for name in row)
+        lines = [f"# a row of {shown['table']}"]
+        return lines + [
+            f"{name.ljust(width)}  {json.dumps(value, ensure_ascii=False)}"
+            for name, value in row.items()
+        ]
 
     kind: Literal["postgres"] = Field(description="Always `postgres`.")
     dsn: str = Field(

@@ -30,7 +30,7 @@ import re
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -119,6 +119,14 @@ class RestConfig(DestinationConfig):
     def create(self) -> RestDestination:
         """The destination this config describes (not yet opened)."""
         return RestDestination(self)
+
+    @classmethod
+    def describe_preview(cls, shown: Mapping[str, Any]) -> list[str]:
+        """The request of a preview: method and URL, headers, a blank line and the body."""
+        lines = [f"{shown['method']} {shown['url']}"]
+        lines += [f"{name}: {value}" for name, value in shown["headers"].items()]
+        body = shown["body"]
+        return [*lines, "", body if isinstance(body, str) else json.dumps(body)]
 
     kind: Literal["rest"] = Field(description="Always `rest`.")
     method: Literal["POST", "PUT", "PATCH", "DELETE", "GET"] = Field(

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from activities.base import DestinationConfig
 from activities.mapping import Expression
-from activities.registry import AnyDestinationConfig
+from activities.registry import AnyDestinationConfig, on_change
 from courier.durations import Duration
 from courier.encryption import EncryptionConfig
 from courier.k8s_config import KubernetesConfig
@@ -342,6 +342,14 @@ class CourierConfig(_Strict):
         if self.ingest.mode == "batch":
             return self.destination(name).records_per_batch_activity
         return 1
+
+
+def _rebuild_with_the_kinds() -> None:
+    CourierConfig.model_rebuild(force=True)
+
+
+# `destinations` is validated as the union of the kinds registered when the model was built.
+on_change(_rebuild_with_the_kinds)
 
 
 def substitute_env(value: Any, environ: dict[str, str], path: str = "") -> Any:

@@ -7,8 +7,9 @@ One config file in, one multi-document YAML out (``kubectl apply -f``):
 - a Job running ``courier setup`` (search attributes; named after the config's hash);
 - the ingest Deployment and the workflow worker Deployment (fixed replicas);
 - per destination a Deployment of ``courier worker --destination NAME`` and a KEDA
-  ``ScaledObject`` with the ``temporal`` scaler on its task queue (file destinations also get a
-  PersistentVolumeClaim for their directory and at most one pod).
+  ``ScaledObject`` with the ``temporal`` scaler on its task queue; a kind's ``deployment_needs``
+  add a PersistentVolumeClaim per data directory and, for a single writer, at most one pod
+  (file destinations need both).
 
 Placeholders named in ``kubernetes.env`` become plain environment variables; every other one is
 read from the Secret ``kubernetes.secret_name`` (key = the placeholder's name, optional when the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -411,7 +413,8 @@ class _Builder:
         replicas: int | None,
         resources: Resources,
         destination: str | None = None,
-        volume: tuple[str, str] | None = None,
+        volumes: Sequence[tuple[str, str]] = (),
+        one_at_a_time: bool = False,
         probes: bool = True,
     ) -> dict[str, Any]:
         labels = self._labels(component, destination)
@@ -420,13 +423,15 @@ class _Builder:
         spec: dict[str, Any] = {"selector": {"matchLabels": labels}, "template": pod}
         if replicas is not None:
             spec = {"replicas": replicas, **spec}
-        if volume is not None:
-            claim, mount = volume
-            container["volumeMounts"].append({"name": "data", "mountPath": mount})
+        for index, (claim, mount) in enumerate(volumes):
+            volume = "data" if index == 0 else f"data-{index}"
+            container["volumeMounts"].append({"name": volume, "mountPath": mount})
             pod["spec"]["volumes"].append(
-                {"name": "data", "persistentVolumeClaim": {"claimName": claim}}
+                {"name": volume, "persistentVolumeClaim": {"claimName": claim}}
             )
-            spec["strategy"] = {"type": "Recreate"}  # one pod at a time on a ReadWriteOnce volume
+        if volumes or one_at_a_time:
+            # One pod at a time on a ReadWriteOnce volume, and for a single writer.
+            spec["strategy"] = {"type": "Recreate"}
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -561,12 +566,10 @@ class _Builder:
         scaling: DestinationScaling = k8s.scaling(dest.name)
         name = k8s_name(k8s.name, "dest", dest.name)
         docs: list[dict[str, Any]] = []
-        volume = None
-        max_replicas = scaling.max_replicas
-        path = getattr(dest, "path", None)
-        if dest.kind == "file" and path is not None:
-            directory = str(IMAGE_WORKDIR / PurePosixPath(str(path)).parent)
-            claim = f"{name}-data"
+        needs = dest.deployment_needs()
+        volumes: list[tuple[str, str]] = []
+        for index, directory in enumerate(needs.data_dirs):
+            claim = f"{name}-data" if index == 0 else f"{name}-data-{index}"
             docs.append(
                 {
                     "apiVersion": "v1",
@@ -578,13 +581,12 @@ class _Builder:
                     },
                 }
             )
-            volume = (claim, directory)
-            if max_replicas > 1:
-                self.notes.append(
-                    f"{dest.name} is a file destination: one pod at most (its file is on a "
-                    "ReadWriteOnce volume and the sink locks it)"
-                )
-                max_replicas = 1
+            volumes.append((claim, str(IMAGE_WORKDIR / PurePosixPath(str(directory)))))
+        max_replicas = scaling.max_replicas
+        if needs.single_writer and max_replicas > 1:
+            why = f": {needs.why}" if needs.why else ""
+            self.notes.append(f"{dest.name} (kind {dest.kind}) runs one pod at most{why}")
+            max_replicas = 1
         docs.append(
             self._deployment(
                 name,
@@ -593,7 +595,8 @@ class _Builder:
                 replicas=None,  # KEDA owns it
                 resources=scaling.resources,
                 destination=dest.name,
-                volume=volume,
+                volumes=volumes,
+                one_at_a_time=needs.single_writer,
             )
         )
         trigger: dict[str, Any] = {

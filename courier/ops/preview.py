@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from activities.mapping import MappingError
-from activities.registry import create_destination
+from activities.registry import KINDS, create_destination
 from courier.config import CourierConfig, KafkaConfig
 from courier.ids import workflow_id
 from workflows.types import Blob, Header, KafkaRecord, OutgoingRecord
@@ -180,23 +180,11 @@ def preview(config: CourierConfig, name: str, record: KafkaRecord) -> dict[str, 
 
 
 def render(result: dict[str, Any]) -> str:
-    """A preview as text: the request, the line or the row."""
-    head = f"# {result['destination']} ({result['kind']}) would receive:"
-    if "method" in result:
-        lines = [head, f"{result['method']} {result['url']}"]
-        lines += [f"{name}: {value}" for name, value in result["headers"].items()]
-        body = result["body"]
-        lines += ["", body if isinstance(body, str) else json.dumps(body)]
-        return "\n".join(lines)
-    if "line" in result:
-        return "\n".join([head, f"# appended to {result['path']}", result["line"].rstrip("\n")])
-    width = max(len(n) for n in result["row"])
-    lines = [head, f"# a row of {result['table']}"]
-    lines += [
-        f"{name.ljust(width)}  {json.dumps(value, ensure_ascii=False)}"
-        for name, value in result["row"].items()
-    ]
-    return "\n".join(lines)
+    """A preview as text: a heading, then the request, line or row as its kind shows it."""
+    shown = dict(result)
+    name, kind = shown.pop("destination"), shown.pop("kind")
+    head = f"# {name} ({kind}) would receive:"
+    return "\n".join([head, *KINDS[kind].describe_preview(shown)])
 
 
 __all__ = [
