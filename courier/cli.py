@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from enum import StrEnum
 from importlib.metadata import entry_points
@@ -14,16 +14,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 from temporalio.client import Client
 
 from activities.base import DestinationConfig
 from courier import logs
 from courier.config import DEFAULT_CONFIG_PATH, ConfigError, CourierConfig, load_config
-from courier.rates import format_rate
+from courier.ops.output import Output
 
 app = typer.Typer(
     help="Courier exports Kafka records to many destinations durably: one Temporal workflow "
@@ -41,9 +37,8 @@ deploy_app = typer.Typer(
 )
 app.add_typer(deploy_app, name="deploy")
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
-"""Errors and warnings: one line each, never wrapped, never read as rich markup."""
+OUT = Output()
+"""Where commands print: results to stdout, one-line errors and warnings to stderr."""
 
 COMMANDS_ENTRY_POINTS = "courier.commands"
 """Entry-point group of extra commands: a typer app (a command group) or a function (a command)."""
@@ -132,12 +127,7 @@ def _setup_logging(level: str = "INFO", fmt: LogFormat = LogFormat.text) -> None
 
 def _error(message: str) -> None:
     """Print one ``error:`` line to stderr, exactly as given (no markup, no wrapping)."""
-    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
-
-
-def _warning(message: str) -> None:
-    """Print one ``warning:`` line to stderr, exactly as given (no markup, no wrapping)."""
-    err_console.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False)
+    OUT.error(message)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -180,38 +170,24 @@ def _destination(cfg: CourierConfig, name: str) -> DestinationConfig:
         raise _fail(str(err.args[0]), 2) from None
 
 
-def _serve_metrics(port: int | None) -> None:
-    if port is not None:
-        from courier import metrics
+def _with_client(cfg: CourierConfig, command: Callable[[Client], Awaitable[int]]) -> None:
+    """Connect to Temporal, run ``command`` with the client and exit with its code.
 
-        try:
-            metrics.serve(port)
-        except OSError as err:
-            raise _fail(
-                f"cannot serve metrics on 127.0.0.1:{port}: {err.strerror or err}; choose "
-                "another --metrics-port",
-                2,
-            ) from None
-        logging.getLogger("courier").info(
-            "metrics on http://%s:%d/metrics, health on /healthz and /readyz (Temporal SDK: "
-            "port %d)",
-            metrics.bind_host(),
-            port,
-            port + 1,
-        )
-
-
-async def _client(cfg: CourierConfig) -> Client:
-    """A Temporal client for a short command; an unreachable server is a clear error."""
+    An unreachable server is one error line (exit 1).
+    """
     from courier.temporal import TemporalUnreachable, connect
 
-    try:
-        return await connect(cfg.temporal)
-    except TemporalUnreachable as err:
-        raise _fail(str(err)) from None
+    async def go() -> int:
+        try:
+            client = await connect(cfg.temporal)
+        except TemporalUnreachable as err:
+            return OUT.fail(str(err))
+        return await command(client)
+
+    raise typer.Exit(asyncio.run(go()))
 
 
-async def _run(
+def _run(
     config: CourierConfig,
     *,
     ingest: bool,
@@ -219,46 +195,21 @@ async def _run(
     workflows: bool,
     metrics_port: int | None,
 ) -> None:
-    """Connect to Temporal (retrying), then run; SIGINT/SIGTERM stop it in any state."""
-    from courier.health import HEALTH
-    from courier.metrics import bind_host
-    from courier.service import run_service, stop_on_signals
-    from courier.stopping import unless_stopped
-    from courier.temporal import connect, sdk_metrics_runtime
-    from ingest.consumer import Ingest
+    """Run the chosen parts until SIGINT/SIGTERM, then exit with their code."""
+    from courier.service import run_process
 
-    log = logging.getLogger("courier")
-    _serve_metrics(metrics_port)
-    runtime = (
-        sdk_metrics_runtime(metrics_port + 1, bind_host()) if metrics_port is not None else None
-    )
-    stop = asyncio.Event()
-    beating = asyncio.create_task(HEALTH.keep_beating())
-    with stop_on_signals(stop):
-        HEALTH.set_ready(False, f"connecting to Temporal at {config.temporal.address}")
-        client = await unless_stopped(connect(config.temporal, wait=True, runtime=runtime), stop)
-        if client is None:
-            beating.cancel()
-            log.info("stopped before connecting to Temporal")
-            return
-        HEALTH.set_ready(True)
-        stop_task = asyncio.create_task(stop.wait())
-        stop_task.add_done_callback(lambda _: HEALTH.set_ready(False, "shutting down"))
-        try:
-            await run_service(
-                client,
+    raise typer.Exit(
+        asyncio.run(
+            run_process(
                 config,
-                ingest=Ingest(config, client) if ingest else None,
+                ingest=ingest,
                 destinations=destinations,
                 workflows=workflows,
-                stop=stop,
+                metrics_port=metrics_port,
+                out=OUT,
             )
-        except Exception:
-            log.critical("stopped by an unexpected error (please report it)", exc_info=True)
-            raise typer.Exit(1) from None
-        finally:
-            stop_task.cancel()
-            beating.cancel()
+        )
+    )
 
 
 @app.command()
@@ -271,14 +222,12 @@ def run(
     """Run ingest, the workflow worker and every destination's worker in one process (development)."""  # noqa: E501 (typer keeps line breaks)
     _setup_logging(log_level.value, log_format)
     cfg = _load(config)
-    asyncio.run(
-        _run(
-            cfg,
-            ingest=True,
-            destinations=[d.name for d in cfg.destinations],
-            workflows=True,
-            metrics_port=metrics_port,
-        )
+    _run(
+        cfg,
+        ingest=True,
+        destinations=[d.name for d in cfg.destinations],
+        workflows=True,
+        metrics_port=metrics_port,
     )
 
 
@@ -292,7 +241,7 @@ def ingest(
     """Consume the configured topics and start one workflow per record; commit only handed-off offsets."""  # noqa: E501 (typer keeps line breaks)
     _setup_logging(log_level.value, log_format)
     cfg = _load(config)
-    asyncio.run(_run(cfg, ingest=True, destinations=[], workflows=False, metrics_port=metrics_port))
+    _run(cfg, ingest=True, destinations=[], workflows=False, metrics_port=metrics_port)
 
 
 @app.command()
@@ -326,14 +275,12 @@ def worker(
         _destination(cfg, name)
     if not names and not (workflows or all_):
         raise _fail("nothing to run: choose --destination NAME, --workflows or --all", 2)
-    asyncio.run(
-        _run(
-            cfg,
-            ingest=False,
-            destinations=names,
-            workflows=workflows or all_,
-            metrics_port=metrics_port,
-        )
+    _run(
+        cfg,
+        ingest=False,
+        destinations=names,
+        workflows=workflows or all_,
+        metrics_port=metrics_port,
     )
 
 
@@ -351,24 +298,9 @@ def route(
     ] = None,
 ) -> None:
     """Print which destination a key goes to and which rule decided."""
-    from courier.ops import preview
-    from ingest.routing import Router
+    from courier.ops.route import route
 
-    router = Router(_load(config).routes)
-    whole = None
-    if record is not None:
-        try:
-            whole = preview.record_from_file(record)
-        except preview.PreviewError as err:
-            raise _fail(str(err), 2) from None
-    elif router.needs_record:
-        _warning("rules with `when` need the whole record and were skipped; pass --record FILE")
-    decision = router.decide(key.encode(), whole)
-    if decision.action == "export":
-        console.print(f"{decision.destination}\t[dim]{decision.rule}[/dim]")
-    else:
-        console.print(f"({decision.action})\t[dim]{decision.rule}[/dim]")
-        raise typer.Exit(1)
+    raise typer.Exit(route(_load(config), key, record, OUT))
 
 
 @app.command("map")
@@ -399,142 +331,33 @@ def map_command(
     REST: method, URL, headers and body; file: the line; PostgreSQL: the row. A mapping that
     fails for the record prints the reason its export would fail with (exit 1).
     """
-    from courier.ops import preview
+    from courier.ops.route import map_record
 
     cfg = _load(config)
     _destination(cfg, destination)
     if (record is None) == (from_ is None):
         raise _fail("give exactly one of --record FILE or --from TOPIC/PARTITION/OFFSET", 2)
-    try:
-        if record is not None:
-            kafka_record = preview.record_from_file(record)
-        else:
-            assert from_ is not None
-            topic, _, rest = from_.rpartition("/")
-            topic, _, part = topic.rpartition("/")
-            if not (topic and part.isdigit() and rest.isdigit()):
-                raise _fail(f"--from {from_!r}: write TOPIC/PARTITION/OFFSET, e.g. orders/0/17", 2)
-            _setup_logging("ERROR")
-            kafka_record = asyncio.run(
-                preview.record_from_kafka(
-                    cfg.kafka, topic=topic, partition=int(part), offset=int(rest)
-                )
-            )
-        result = preview.preview(cfg, destination, kafka_record)
-    except preview.PreviewError as err:
-        raise _fail(str(err), 2) from None
-    except preview.MappingError as err:
-        raise _fail(f"{destination}: {err.reason}", 1) from None
-    if as_json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        print(preview.render(result))
+    at = None
+    if from_ is not None:
+        topic, _, rest = from_.rpartition("/")
+        topic, _, part = topic.rpartition("/")
+        if not (topic and part.isdigit() and rest.isdigit()):
+            raise _fail(f"--from {from_!r}: write TOPIC/PARTITION/OFFSET, e.g. orders/0/17", 2)
+        _setup_logging("ERROR")
+        at = (topic, int(part), int(rest))
+    raise typer.Exit(
+        asyncio.run(map_record(cfg, destination, record=record, at=at, as_json=as_json, out=OUT))
+    )
 
 
 @app.command()
 def status(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
     """Show each destination's workers, backlog, live rate limit and workflows by status."""
+    from courier.ops.status import command
+
     _setup_logging("WARNING")
-    asyncio.run(_status(_load(config)))
-
-
-async def _status(cfg: CourierConfig) -> None:
-    from courier.ops.status import (
-        describe_blocked,
-        destination_statuses,
-        ordered_statuses,
-        range_status,
-    )
-
-    client = await _client(cfg)
-    table = Table(
-        title=f"Courier destinations on {cfg.temporal.address} ({cfg.temporal.namespace})",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-    )
-    columns = (
-        "destination",
-        "workers",
-        "backlog",
-        "oldest",
-        "rate limit",
-        "running",
-        "done",
-        "failed",
-    )
-    for column in columns:
-        table.add_column(
-            column, justify="left" if column == "destination" else "right", no_wrap=True
-        )
-    statuses = await destination_statuses(client, cfg)
-    for dest in statuses:
-        queue = dest.queue
-        limit = format_rate(queue.rate_limit)
-        if queue.rate_limit is not None:
-            limit += f" {queue.rate_limit_source}"
-        table.add_row(
-            dest.name,
-            str(queue.workers),
-            str(queue.backlog),
-            f"{queue.backlog_age_s:.0f}s" if queue.backlog else "-",
-            limit,
-            str(dest.running),
-            str(dest.completed),
-            str(dest.failed),
-        )
-    console.print(table)
-    for dest in statuses:
-        if dest.connection != "connected":
-            console.print(f"{dest.name}: {dest.connection}", highlight=False, markup=False)
-        if dest.rate_control != "normal":
-            console.print(f"{dest.name}: {dest.rate_control}", highlight=False, markup=False)
-    await _warn_retention(cfg, [(d.name, d.queue.backlog_age_s) for d in statuses])
-    ranges = await range_status(client, cfg)
-    if ranges.running or ranges.completed or ranges.failed:
-        console.print(
-            f"batch mode ranges: {ranges.running} running, {ranges.completed} done, "
-            f"{ranges.failed} failed ({ranges.failed_records} records could not be exported; "
-            "per-destination record counts: the courier_records_exported metric)"
-        )
-    for ordered in await ordered_statuses(client, cfg):
-        console.print(
-            f"{ordered.name}: ordered by key, {ordered.active} keys in flight, "
-            f"{len(ordered.blocked) + ordered.unanswered} blocked",
-            highlight=False,
-            markup=False,
-        )
-        for blocked in ordered.blocked:
-            console.print(describe_blocked(ordered.name, blocked), highlight=False, markup=False)
-        if ordered.unanswered:
-            _warning(
-                f"{ordered.name}: {ordered.unanswered} blocked key(s) did not answer; is a "
-                "workflow worker (courier worker --workflows) running?"
-            )
-
-
-async def _warn_retention(cfg: CourierConfig, backlogs: list[tuple[str, float]]) -> None:
-    """Warn where a backlog is older than half the shortest retention of the topics."""
-    from aiokafka.errors import KafkaError
-
-    from courier.ops.retention import topic_retention_s
-    from ingest.kafka import KafkaUnreachable, check_brokers
-
-    try:
-        await check_brokers(cfg.kafka)
-        retention = [s for s in (await topic_retention_s(cfg.kafka)).values() if s is not None]
-    except (KafkaUnreachable, KafkaError, OSError) as err:
-        _warning(f"cannot read topic retention: {err}")
-        return
-    if not retention:
-        return
-    shortest = min(retention)
-    for name, age in backlogs:
-        if age > shortest / 2:
-            _warning(
-                f"{name}'s oldest pending export waits {age:.0f}s, over half the topics' "
-                f"retention ({shortest:.0f}s): records by reference that outlive the retention "
-                "can no longer be exported; add workers or raise the destination's rate limit"
-            )
+    cfg = _load(config)
+    _with_client(cfg, lambda client: command(client, cfg, OUT))
 
 
 @app.command()
@@ -562,18 +385,9 @@ def limit(
         ) from None
     if value is not None and value <= 0:
         raise _fail(f"rate must be greater than 0, not {rate}", 2)
-    asyncio.run(_limit(cfg, destination, value, reason))
+    from courier.ops.limits import command
 
-
-async def _limit(cfg: CourierConfig, name: str, rate: float | None, reason: str) -> None:
-    from courier.ops.limits import set_limit
-
-    client = await _client(cfg)
-    state = await set_limit(client, cfg, name, rate, reason)
-    console.print(
-        f"{state.task_queue}: rate limit now {format_rate(state.rate_limit)} "
-        f"({state.rate_limit_source})"
-    )
+    _with_client(cfg, lambda client: command(client, cfg, destination, value, reason, OUT))
 
 
 SinceOption = Annotated[
@@ -604,27 +418,19 @@ def failures(
     config: ConfigOption = DEFAULT_CONFIG_PATH,
 ) -> None:
     """List failed records grouped by destination and reason: count, first/last seen, example."""
-    from courier.ops import failures as ops
+    from courier.ops.failures import command
 
     _setup_logging("WARNING")
     cfg = _load(config)
     if destination is not None:
         _destination(cfg, destination)
     period = _since(since)
-
-    async def go() -> None:
-        client = await _client(cfg)
-        groups = ops.group(
-            await ops.find_failures(client, cfg, destination=destination, since=period)
-        )
-        if json_:
-            sys.stdout.write(json.dumps([g.as_dict() for g in groups], indent=2) + "\n")
-        elif not groups:
-            console.print("no failed records")
-        else:
-            ops.render(groups, console)
-
-    asyncio.run(go())
+    _with_client(
+        cfg,
+        lambda client: command(
+            client, cfg, destination=destination, since=period, as_json=json_, out=OUT
+        ),
+    )
 
 
 @app.command("replay")
@@ -653,57 +459,22 @@ def replay_command(
     cfg = _load(config)
     if destination is not None:
         _destination(cfg, destination)
-    asyncio.run(_replay(cfg, destination, _since(since), query, reason, yes))
+    from courier.ops.replay import command
 
-
-async def _replay(
-    cfg: CourierConfig,
-    destination: str | None,
-    since: timedelta | None,
-    query: str | None,
-    reason: str,
-    yes: bool,
-) -> None:
-    from rich.progress import Progress
-    from temporalio.client import WorkflowExecution
-
-    from courier.ops import failures as found
-    from courier.ops import replay
-    from courier.ops.blocked import blocked_keys_query
-
-    client = await _client(cfg)
-    exports = await found.find_failures(
-        client, cfg, destination=destination, since=since, extra=query
+    period = _since(since)
+    _with_client(
+        cfg,
+        lambda client: command(
+            client,
+            cfg,
+            destination=destination,
+            since=period,
+            query=query,
+            reason=reason,
+            confirm=None if yes else typer.confirm,
+            out=OUT,
+        ),
     )
-    blocked = [e async for e in client.list_workflows(blocked_keys_query(destination, query))]
-    if not exports and not blocked:
-        console.print("no failed exports match")
-        return
-    if exports:
-        found.render(found.group(exports), console)
-    if blocked:
-        console.print(f"{len(blocked)} blocked key(s) of ordered destinations (courier status)")
-    count = len(exports) + len(blocked)
-    what = f"{len(exports)} failed export workflow(s)" if exports else ""
-    what += (" and " if exports and blocked else "") + (
-        f"{len(blocked)} blocked key(s)" if blocked else ""
-    )
-    if not yes and not typer.confirm(f"Replay these {what}?"):
-        raise typer.Exit(1)
-    with Progress(console=console) as progress:
-        task = progress.add_task("replaying", total=count)
-
-        def done(execution: WorkflowExecution, err: Exception | None) -> None:
-            if err is not None:
-                _error(f"{execution.id}: {err}")
-            progress.advance(task)
-
-        failed = await replay.replay_all(
-            client, [e.execution for e in exports] + blocked, reason=reason, on_done=done
-        )
-    console.print(f"replayed {count - failed} of {count}")
-    if failed:
-        raise typer.Exit(1)
 
 
 @app.command("skip")
@@ -726,45 +497,11 @@ def skip_command(
 
     The skipped record never reaches the destination (it stays in Kafka). To export it instead, fix the cause and run courier replay.
     """  # noqa: E501 (typer keeps line breaks)
+    from courier.ops.skip import command
+
     _setup_logging("WARNING")
-    asyncio.run(_skip(_load(config), record_id, json_output))
-
-
-async def _skip(cfg: CourierConfig, record_id: str, json_output: bool) -> None:
-    from courier.ops.blocked import BlockedKeyError
-    from courier.ops.skip import skip
-
-    client = await _client(cfg)
-    try:
-        done = await skip(client, record_id)
-    except BlockedKeyError as err:
-        raise _fail(str(err)) from None
-    record = done.record
-    if json_output:
-        sys.stdout.write(
-            json.dumps(
-                {
-                    "skipped": record.idempotency_key,
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                    "reason": record.reason,
-                    "destination": done.destination,
-                    "key": done.key,
-                    "key_workflow_id": done.workflow_id,
-                    "waiting": done.waiting,
-                }
-            )
-            + "\n"
-        )
-        return
-    console.print(
-        f"skipped {record.topic}/{record.partition}/{record.offset} (it had failed: "
-        f"{record.reason}); key {done.key!r} of {done.destination} goes on with its "
-        f"{done.waiting} waiting record(s)",
-        highlight=False,
-        markup=False,
-    )
+    cfg = _load(config)
+    _with_client(cfg, lambda client: command(client, record_id, as_json=json_output, out=OUT))
 
 
 @app.command()
@@ -842,27 +579,24 @@ def redrive(
     if bool(starts) == (since is not None):
         raise _fail("give either --from-offset TOPIC:PARTITION:OFFSET or --from-time TIME", 2)
 
-    async def go() -> None:
-        client = await _client(cfg)
-        try:
-            async with ops.Redrive(
-                client,
-                cfg,
-                destination=destination,
-                run_id=run,
-                starts=starts,
-                from_time=since,
-                to_time=until,
-                topics=topic,
-                new_idempotency_key=new_idempotency_key,
-                dry_run=dry_run,
-                rate=rate,
-            ) as job:
-                await ops.execute(job, console, as_json=json_)
-        except ops.RedriveError as err:
-            raise _fail(str(err)) from None
-
-    asyncio.run(go())
+    _with_client(
+        cfg,
+        lambda client: ops.command(
+            client,
+            cfg,
+            destination=destination,
+            run_id=run,
+            starts=starts,
+            from_time=since,
+            to_time=until,
+            topics=topic,
+            new_idempotency_key=new_idempotency_key,
+            dry_run=dry_run,
+            rate=rate,
+            as_json=json_,
+            out=OUT,
+        ),
+    )
 
 
 @app.command()
@@ -878,72 +612,29 @@ def show(
 
     The record is read from its workflow input, or from Kafka when it went by reference.
     """
-    from courier.ops import show as ops
+    from courier.ops.show import command
 
     _setup_logging("WARNING")
     cfg = _load(config)
-
-    async def go() -> None:
-        client = await _client(cfg)
-        try:
-            journey = await ops.show(client, cfg, record)
-        except ops.ShowError as err:
-            raise _fail(str(err)) from None
-        if json_:
-            sys.stdout.write(json.dumps(journey.as_dict(), indent=2) + "\n")
-        else:
-            ops.render(journey, console)
-
-    asyncio.run(go())
+    _with_client(cfg, lambda client: command(client, cfg, record, as_json=json_, out=OUT))
 
 
 @app.command()
 def setup(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
     """Register Courier's search attributes in the Temporal namespace (idempotent)."""
+    from courier.ops.setup import command
+
     _setup_logging("WARNING")
-    asyncio.run(_setup(_load(config)))
-
-
-async def _setup(cfg: CourierConfig) -> None:
-    from courier.ops.setup import SetupError, ensure_search_attributes
-
-    client = await _client(cfg)
-    try:
-        added = await ensure_search_attributes(client)
-    except SetupError as err:
-        raise _fail(str(err)) from None
-    where = f"namespace {cfg.temporal.namespace} on {cfg.temporal.address}"
-    if added:
-        console.print(f"added search attributes {', '.join(added)} to {where}")
-    else:
-        console.print(f"search attributes already present in {where}")
+    cfg = _load(config)
+    _with_client(cfg, lambda client: command(client, cfg, OUT))
 
 
 @config_app.command("check")
 def config_check(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
     """Validate the config file and summarise its destinations and routes."""
-    cfg = _load(config)
-    table = Table(title=f"{config}: valid")
-    for column in ("destination", "kind", "task queue", "rate limit", "concurrency", "retries"):
-        table.add_column(column)
-    for dest in cfg.destinations:
-        attempts = dest.retry.maximum_attempts
-        table.add_row(
-            dest.name,
-            dest.kind,
-            dest.task_queue,
-            format_rate(dest.rate_limit),
-            str(dest.max_concurrency),
-            "forever" if attempts == 0 else f"{attempts} attempts",
-        )
-    console.print(table)
-    rules = ", ".join(
-        f"{r.exact or r.prefix or r.regex!s}→{r.destination}" for r in cfg.routes.rules
-    )
-    console.print(
-        f"routes: {rules or '(none)'}; default: {cfg.routes.default or '(none)'}; "
-        f"unmatched: {cfg.routes.unmatched}"
-    )
+    from courier.ops.config_file import check
+
+    raise typer.Exit(check(_load(config), config, OUT))
 
 
 @config_app.command("temporal-dynamic-config")
@@ -965,7 +656,9 @@ def config_reference() -> None:
 @config_app.command("schema")
 def config_schema() -> None:
     """Print the JSON schema of the config file (for editors and the config reference)."""
-    sys.stdout.write(json.dumps(CourierConfig.model_json_schema(), indent=2) + "\n")
+    from courier.ops.config_file import schema
+
+    OUT.write(schema())
 
 
 @app.command("codec-server")
@@ -990,35 +683,14 @@ def codec_server(
     Point the UI at it (Settings → Codec Server, or the UI server's TEMPORAL_CODEC_ENDPOINT)
     to read encrypted records; the CLI takes it as temporal workflow show --codec-endpoint.
     """
-    from courier.codec import codec_for
-    from courier.ops.codec_server import build_app, serve
-    from courier.service import stop_on_signals
+    from courier.ops.codec_server import command
 
     _setup_logging(log_level.value, log_format)
     cfg = _load(config)
-    if cfg.temporal.encryption is None:
-        raise _fail(
-            f"{config}: temporal.encryption is not set, so there is nothing to decode; add the "
-            "section (courier config reference describes it)",
-            2,
-        )
-    app_ = build_app(
-        codec_for(cfg.temporal.encryption),
-        namespace=cfg.temporal.namespace,
-        origins=ui_origin or ["http://127.0.0.1:8233", "http://localhost:8233"],
+    origins = ui_origin or ["http://127.0.0.1:8233", "http://localhost:8233"]
+    raise typer.Exit(
+        asyncio.run(command(cfg, config, host=host, port=port, origins=origins, out=OUT))
     )
-
-    async def main_() -> None:
-        stop = asyncio.Event()
-        with stop_on_signals(stop):
-            await serve(app_, host=host, port=port, stop=stop)
-
-    try:
-        asyncio.run(main_())
-    except OSError as err:
-        raise _fail(
-            f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port", 2
-        ) from None
 
 
 @deploy_app.command("k8s")
