@@ -23,7 +23,6 @@ from courier.durations import Duration
 from courier.encryption import EncryptionConfig
 from courier.k8s_config import KubernetesConfig
 
-DEFAULT_CONFIG_PATH = Path("courier.yaml")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 

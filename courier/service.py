@@ -16,7 +16,12 @@ from collections.abc import Iterator, Sequence
 
 from temporalio.client import Client
 
+from courier import metrics
 from courier.config import CourierConfig
+from courier.health import HEALTH
+from courier.ops.output import Output
+from courier.stopping import unless_stopped
+from courier.temporal import connect, sdk_metrics_runtime
 from ingest.consumer import Ingest
 from worker import run_workers
 
@@ -41,6 +46,71 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
         for sig in installed:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
+
+
+async def run_process(
+    config: CourierConfig,
+    *,
+    ingest: bool,
+    destinations: Sequence[str],
+    workflows: bool,
+    metrics_port: int | None,
+    out: Output,
+) -> int:
+    """Serve metrics, connect to Temporal (retrying), then run; the process's exit code.
+
+    SIGINT/SIGTERM stop it in any state (exit 0). A metrics port that cannot be served is an
+    error line (exit 2); an unexpected error while running is logged as critical (exit 1).
+    """
+    if metrics_port is not None:
+        try:
+            metrics.serve(metrics_port)
+        except OSError as err:
+            return out.fail(
+                f"cannot serve metrics on 127.0.0.1:{metrics_port}: {err.strerror or err}; "
+                "choose another --metrics-port",
+                2,
+            )
+        log.info(
+            "metrics on http://%s:%d/metrics, health on /healthz and /readyz (Temporal SDK: "
+            "port %d)",
+            metrics.bind_host(),
+            metrics_port,
+            metrics_port + 1,
+        )
+    runtime = (
+        sdk_metrics_runtime(metrics_port + 1, metrics.bind_host())
+        if metrics_port is not None
+        else None
+    )
+    stop = asyncio.Event()
+    beating = asyncio.create_task(HEALTH.keep_beating())
+    with stop_on_signals(stop):
+        HEALTH.set_ready(False, f"connecting to Temporal at {config.temporal.address}")
+        client = await unless_stopped(connect(config.temporal, wait=True, runtime=runtime), stop)
+        if client is None:
+            beating.cancel()
+            log.info("stopped before connecting to Temporal")
+            return 0
+        HEALTH.set_ready(True)
+        stop_task = asyncio.create_task(stop.wait())
+        stop_task.add_done_callback(lambda _: HEALTH.set_ready(False, "shutting down"))
+        try:
+            await run_service(
+                client,
+                config,
+                ingest=Ingest(config, client) if ingest else None,
+                destinations=destinations,
+                workflows=workflows,
+                stop=stop,
+            )
+        except Exception:
+            log.critical("stopped by an unexpected error (please report it)", exc_info=True)
+            return 1
+        finally:
+            stop_task.cancel()
+            beating.cancel()
+    return 0
 
 
 async def run_service(

@@ -1,4 +1,7 @@
-"""Operator commands' logic (status, limit, replay); the CLI wraps each in a thin command.
+"""Operator commands' logic and what they print; the CLI wraps each in a thin command.
 
-A new operator command is one function here plus its wrapper in ``courier.cli``.
+A module per command (or concept) holds the logic and, as a function the CLI calls, the
+command itself: it prints through an :class:`courier.ops.output.Output` and returns the exit
+code, or returns the text to print. A new operator command is such a function here plus a
+thin wrapper in a ``courier.cli`` module that parses the arguments and calls it.
 """

@@ -17,12 +17,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import hdrs, web
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
-from courier.codec import AesGcmCodec, DecryptError
+from courier.codec import AesGcmCodec, DecryptError, codec_for
+from courier.config import CourierConfig
+from courier.ops.output import Output
+from courier.service import stop_on_signals
 
 log = logging.getLogger("courier.codec_server")
 
@@ -100,3 +104,36 @@ async def serve(app: web.Application, *, host: str, port: int, stop: asyncio.Eve
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+async def command(
+    config: CourierConfig,
+    path: Path,
+    *,
+    host: str,
+    port: int,
+    origins: Sequence[str],
+    out: Output,
+) -> int:
+    """``courier codec-server``: serve with the config's keys until SIGINT or SIGTERM.
+
+    Exit 2 if the config (read from ``path``) has no keys or the port cannot be listened on.
+    """
+    if config.temporal.encryption is None:
+        return out.fail(
+            f"{path}: temporal.encryption is not set, so there is nothing to decode; add the "
+            "section (courier config reference describes it)",
+            2,
+        )
+    app = build_app(
+        codec_for(config.temporal.encryption), namespace=config.temporal.namespace, origins=origins
+    )
+    stop = asyncio.Event()
+    try:
+        with stop_on_signals(stop):
+            await serve(app, host=host, port=port, stop=stop)
+    except OSError as err:
+        return out.fail(
+            f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port", 2
+        )
+    return 0

@@ -10,6 +10,7 @@ replaced by ``{record}`` and ``{key}``, so one cause is one line however many re
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ids import parse_workflow_id
+from courier.ops.output import Output
 from ingest.fetch import KafkaRecordSource
 from workflows.types import ExportRangeResult
 
@@ -266,3 +268,23 @@ def render(groups: list[FailureGroup], console: Console) -> None:
 
 def _short(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+
+
+async def command(
+    client: Client,
+    config: CourierConfig,
+    *,
+    destination: str | None,
+    since: timedelta | None,
+    as_json: bool,
+    out: Output,
+) -> int:
+    """``courier failures``: the groups as a table (or JSON), or that there are none."""
+    groups = group(await find_failures(client, config, destination=destination, since=since))
+    if as_json:
+        out.write(json.dumps([g.as_dict() for g in groups], indent=2) + "\n")
+    elif not groups:
+        out.out.print("no failed records")
+    else:
+        render(groups, out.out)
+    return 0

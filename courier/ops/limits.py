@@ -10,6 +10,8 @@ from __future__ import annotations
 from temporalio.client import Client
 
 from courier.config import CourierConfig
+from courier.ops.output import Output
+from courier.rates import format_rate
 from courier.task_queues import QueueState, describe, set_rate_limit
 from workflows.destination_state import (
     OPERATOR_LIMIT_SIGNAL,
@@ -34,3 +36,20 @@ async def set_limit(
         start_signal_args=[records_per_second],
     )
     return await describe(client, dest.task_queue)
+
+
+async def command(
+    client: Client,
+    config: CourierConfig,
+    name: str,
+    records_per_second: float | None,
+    reason: str,
+    out: Output,
+) -> int:
+    """``courier limit``: set the limit, then print the queue's limit and where it comes from."""
+    state = await set_limit(client, config, name, records_per_second, reason)
+    out.out.print(
+        f"{state.task_queue}: rate limit now {format_rate(state.rate_limit)} "
+        f"({state.rate_limit_source})"
+    )
+    return 0

@@ -37,6 +37,7 @@ from courier.ids import (
     redrive_workflow_id,
     workflow_id,
 )
+from courier.ops.output import Output
 from courier.task_queues import describe
 from ingest.handoff import hand_off, to_kafka_record
 from ingest.kafka import consumer_options
@@ -575,3 +576,40 @@ async def execute(redrive: Redrive, console: Console, *, as_json: bool) -> Redri
         markup=False,
     )
     return summary
+
+
+async def command(
+    client: Client,
+    config: CourierConfig,
+    *,
+    destination: str,
+    run_id: str,
+    starts: list[Start],
+    from_time: datetime | None,
+    to_time: datetime | None,
+    topics: list[str] | None,
+    new_idempotency_key: bool,
+    dry_run: bool,
+    rate: float | None,
+    as_json: bool,
+    out: Output,
+) -> int:
+    """``courier redrive``: run the re-drive as asked (see :func:`execute`), or say why not."""
+    try:
+        async with Redrive(
+            client,
+            config,
+            destination=destination,
+            run_id=run_id,
+            starts=starts,
+            from_time=from_time,
+            to_time=to_time,
+            topics=topics,
+            new_idempotency_key=new_idempotency_key,
+            dry_run=dry_run,
+            rate=rate,
+        ) as job:
+            await execute(job, out.out, as_json=as_json)
+    except RedriveError as err:
+        return out.fail(str(err))
+    return 0

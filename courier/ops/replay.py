@@ -16,14 +16,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 
+from rich.progress import Progress
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.client import WorkflowExecution as Execution
 
-from courier.ops.blocked import decide
+from courier.config import CourierConfig
+from courier.ops import failures
+from courier.ops.blocked import blocked_keys_query, decide
+from courier.ops.output import Output
 from workflows.export_key import RETRY_UPDATE
 
 
@@ -82,3 +87,52 @@ async def replay_all(
 
     await asyncio.gather(*(one(e) for e in executions))
     return failures
+
+
+async def command(
+    client: Client,
+    config: CourierConfig,
+    *,
+    destination: str | None,
+    since: timedelta | None,
+    query: str | None,
+    reason: str,
+    confirm: Callable[[str], bool] | None,
+    out: Output,
+) -> int:
+    """``courier replay``: show the failed exports and blocked keys, ask, replay them.
+
+    ``confirm`` asks the operator the question it is given (None: replay without asking);
+    declined, nothing is replayed and the exit code is 1, as it is when any replay failed.
+    """
+    exports = await failures.find_failures(
+        client, config, destination=destination, since=since, extra=query
+    )
+    blocked = [e async for e in client.list_workflows(blocked_keys_query(destination, query))]
+    if not exports and not blocked:
+        out.out.print("no failed exports match")
+        return 0
+    if exports:
+        failures.render(failures.group(exports), out.out)
+    if blocked:
+        out.out.print(f"{len(blocked)} blocked key(s) of ordered destinations (courier status)")
+    count = len(exports) + len(blocked)
+    what = f"{len(exports)} failed export workflow(s)" if exports else ""
+    what += (" and " if exports and blocked else "") + (
+        f"{len(blocked)} blocked key(s)" if blocked else ""
+    )
+    if confirm is not None and not confirm(f"Replay these {what}?"):
+        return 1
+    with Progress(console=out.out) as progress:
+        task = progress.add_task("replaying", total=count)
+
+        def done(execution: Execution, err: Exception | None) -> None:
+            if err is not None:
+                out.error(f"{execution.id}: {err}")
+            progress.advance(task)
+
+        failed = await replay_all(
+            client, [e.execution for e in exports] + blocked, reason=reason, on_done=done
+        )
+    out.out.print(f"replayed {count - failed} of {count}")
+    return 1 if failed else 0

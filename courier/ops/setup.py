@@ -14,6 +14,8 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 
 from courier import search_attributes as sa
+from courier.config import CourierConfig
+from courier.ops.output import Output
 
 
 class SetupError(Exception):
@@ -42,3 +44,17 @@ async def ensure_search_attributes(client: Client) -> list[str]:
             AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
         )
     return sorted(missing)
+
+
+async def command(client: Client, config: CourierConfig, out: Output) -> int:
+    """``courier setup``: add what is missing and say what was added, and where."""
+    try:
+        added = await ensure_search_attributes(client)
+    except SetupError as err:
+        return out.fail(str(err))
+    where = f"namespace {config.temporal.namespace} on {config.temporal.address}"
+    if added:
+        out.out.print(f"added search attributes {', '.join(added)} to {where}")
+    else:
+        out.out.print(f"search attributes already present in {where}")
+    return 0

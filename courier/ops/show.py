@@ -32,6 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ids import ParsedId, parse_workflow_id, redrive_prefix, workflow_id
+from courier.ops.output import Output
 from ingest.fetch import KafkaRecordSource
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options
 from ingest.ranges import LAST_OFFSET_MEMO
@@ -595,3 +596,18 @@ def render(journey: Journey, console: Console) -> None:
         line("re-driven as", rid)
     if journey.ui_url:
         line("Temporal UI", journey.ui_url)
+
+
+async def command(
+    client: Client, config: CourierConfig, target: str, *, as_json: bool, out: Output
+) -> int:
+    """``courier show``: the journey for people (or as JSON), or why it cannot be shown."""
+    try:
+        journey = await show(client, config, target)
+    except ShowError as err:
+        return out.fail(str(err))
+    if as_json:
+        out.write(json.dumps(journey.as_dict(), indent=2) + "\n")
+    else:
+        render(journey, out.out)
+    return 0

@@ -7,11 +7,13 @@ exported again later, e.g. by re-driving); the key's next records follow at once
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from temporalio.client import Client
 
-from courier.ops.blocked import decide, find_blocked
+from courier.ops.blocked import BlockedKeyError, decide, find_blocked
+from courier.ops.output import Output
 from workflows.export_key import SKIP_UPDATE
 from workflows.types import BlockedRecord
 
@@ -45,3 +47,38 @@ async def skip(client: Client, identifier: str) -> Skipped:
         record=record,
         waiting=blocked.state.pending - 1,
     )
+
+
+async def command(client: Client, identifier: str, *, as_json: bool, out: Output) -> int:
+    """``courier skip``: skip, then say what was skipped and what goes on (or why nothing was)."""
+    try:
+        done = await skip(client, identifier)
+    except BlockedKeyError as err:
+        return out.fail(str(err))
+    record = done.record
+    if as_json:
+        out.write(
+            json.dumps(
+                {
+                    "skipped": record.idempotency_key,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "reason": record.reason,
+                    "destination": done.destination,
+                    "key": done.key,
+                    "key_workflow_id": done.workflow_id,
+                    "waiting": done.waiting,
+                }
+            )
+            + "\n"
+        )
+        return 0
+    out.out.print(
+        f"skipped {record.topic}/{record.partition}/{record.offset} (it had failed: "
+        f"{record.reason}); key {done.key!r} of {done.destination} goes on with its "
+        f"{done.waiting} waiting record(s)",
+        highlight=False,
+        markup=False,
+    )
+    return 0

@@ -6,12 +6,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from rich import box
+from rich.table import Table
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ops.blocked import BlockedKey, blocked_keys
+from courier.ops.output import Output
+from courier.ops.retention import retention_warnings
+from courier.rates import format_rate
 from courier.task_queues import QueueState, describe
 from workflows.destination_state import CONTROL_QUERY, WORKERS_QUERY, destination_state_id
 from workflows.rate_control import describe_decision
@@ -186,3 +191,78 @@ def describe_blocked(destination: str, blocked: BlockedKey) -> str:
         f"fix the cause and run courier replay -d {destination}, or courier skip "
         f"{record.idempotency_key}"
     )
+
+
+def destinations_table(config: CourierConfig, statuses: list[DestinationStatus]) -> Table:
+    """One row per destination: workers, backlog and its age, rate limit, workflows by status."""
+    table = Table(
+        title=f"Courier destinations on {config.temporal.address} ({config.temporal.namespace})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    columns = (
+        "destination",
+        "workers",
+        "backlog",
+        "oldest",
+        "rate limit",
+        "running",
+        "done",
+        "failed",
+    )
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column == "destination" else "right", no_wrap=True
+        )
+    for dest in statuses:
+        queue = dest.queue
+        limit = format_rate(queue.rate_limit)
+        if queue.rate_limit is not None:
+            limit += f" {queue.rate_limit_source}"
+        table.add_row(
+            dest.name,
+            str(queue.workers),
+            str(queue.backlog),
+            f"{queue.backlog_age_s:.0f}s" if queue.backlog else "-",
+            limit,
+            str(dest.running),
+            str(dest.completed),
+            str(dest.failed),
+        )
+    return table
+
+
+async def command(client: Client, config: CourierConfig, out: Output) -> int:
+    """``courier status``: the destinations' table, their problems, batch ranges, blocked keys."""
+    statuses = await destination_statuses(client, config)
+    out.out.print(destinations_table(config, statuses))
+    for dest in statuses:
+        if dest.connection != "connected":
+            out.out.print(f"{dest.name}: {dest.connection}", highlight=False, markup=False)
+        if dest.rate_control != "normal":
+            out.out.print(f"{dest.name}: {dest.rate_control}", highlight=False, markup=False)
+    backlogs = [(d.name, d.queue.backlog_age_s) for d in statuses]
+    for warning in await retention_warnings(config.kafka, backlogs):
+        out.warning(warning)
+    ranges = await range_status(client, config)
+    if ranges.running or ranges.completed or ranges.failed:
+        out.out.print(
+            f"batch mode ranges: {ranges.running} running, {ranges.completed} done, "
+            f"{ranges.failed} failed ({ranges.failed_records} records could not be exported; "
+            "per-destination record counts: the courier_records_exported metric)"
+        )
+    for ordered in await ordered_statuses(client, config):
+        out.out.print(
+            f"{ordered.name}: ordered by key, {ordered.active} keys in flight, "
+            f"{len(ordered.blocked) + ordered.unanswered} blocked",
+            highlight=False,
+            markup=False,
+        )
+        for blocked in ordered.blocked:
+            out.out.print(describe_blocked(ordered.name, blocked), highlight=False, markup=False)
+        if ordered.unanswered:
+            out.warning(
+                f"{ordered.name}: {ordered.unanswered} blocked key(s) did not answer; is a "
+                "workflow worker (courier worker --workflows) running?"
+            )
+    return 0

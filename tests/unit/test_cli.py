@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from courier.cli import app
@@ -107,3 +108,34 @@ def test_long_running_commands_take_log_options() -> None:
         assert "--log-format" in result.output and "--log-level" in result.output
     bad = runner.invoke(app, ["worker", "--all", "--log-format", "xml", "-c", EXAMPLE])
     assert bad.exit_code == 2
+
+
+def test_service_commands_share_one_options_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    from courier.cli import service
+    from courier.cli.common import LogFormat, LogLevel
+
+    logging_set: list[tuple[str, LogFormat]] = []
+    runs: list[tuple[service.ServiceOptions, dict[str, object]]] = []
+    monkeypatch.setattr(service, "setup_logging", lambda *args: logging_set.append(args))
+    monkeypatch.setattr(
+        service.ServiceOptions, "run", lambda self, config, **parts: runs.append((self, parts))
+    )
+    result = runner.invoke(
+        app,
+        ["worker", "-c", EXAMPLE, "--workflows", "--metrics-port", "9100", "--log-format", "json"],
+    )
+    assert result.exit_code == 0, result.output
+    options = service.ServiceOptions(Path(EXAMPLE), 9100, LogFormat.json, LogLevel.INFO)
+    assert runs == [(options, {"ingest": False, "destinations": [], "workflows": True})]
+    assert logging_set == [("INFO", LogFormat.json)]
+    help_text = runner.invoke(app, ["worker", "--help"], env={"COLUMNS": "200"}).output
+    listed = [line.split()[1] for line in help_text.splitlines() if line.startswith("│ --")]
+    assert listed[:7] == [
+        "--config",
+        "--destination",
+        "--workflows",
+        "--all",
+        "--metrics-port",
+        "--log-format",
+        "--log-level",
+    ]

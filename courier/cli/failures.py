@@ -1,0 +1,44 @@
+"""``courier failures``: failed records grouped by destination and reason."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from courier.cli.common import (
+    DEFAULT_CONFIG_PATH,
+    OUT,
+    ConfigOption,
+    SinceOption,
+    check_destination,
+    load,
+    parse_since,
+    setup_logging,
+    with_client,
+)
+
+
+def failures(
+    destination: Annotated[
+        str | None, typer.Option("--destination", "-d", help="Only this destination.")
+    ] = None,
+    since: SinceOption = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+) -> None:
+    """List failed records grouped by destination and reason: count, first/last seen, example."""
+    # lazy: ops.failures (Temporal's SDK and the config models) takes ~0.5 s to import
+    from courier.ops import failures as ops
+
+    setup_logging("WARNING")
+    cfg = load(config)
+    if destination is not None:
+        check_destination(cfg, destination)
+    period = parse_since(since)
+    with_client(
+        cfg,
+        lambda client: ops.command(
+            client, cfg, destination=destination, since=period, as_json=json_, out=OUT
+        ),
+    )

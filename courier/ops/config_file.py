@@ -1,0 +1,43 @@
+"""``courier config check`` and ``courier config schema``: the config summarised; its schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from courier.config import CourierConfig
+from courier.ops.output import Output
+from courier.rates import format_rate
+
+
+def check(config: CourierConfig, path: Path, out: Output) -> int:
+    """Print the valid config's destinations as a table, then its routes in one line."""
+    table = Table(title=f"{path}: valid")
+    for column in ("destination", "kind", "task queue", "rate limit", "concurrency", "retries"):
+        table.add_column(column)
+    for dest in config.destinations:
+        attempts = dest.retry.maximum_attempts
+        table.add_row(
+            dest.name,
+            dest.kind,
+            dest.task_queue,
+            format_rate(dest.rate_limit),
+            str(dest.max_concurrency),
+            "forever" if attempts == 0 else f"{attempts} attempts",
+        )
+    out.out.print(table)
+    rules = ", ".join(
+        f"{r.exact or r.prefix or r.regex!s}→{r.destination}" for r in config.routes.rules
+    )
+    out.out.print(
+        f"routes: {rules or '(none)'}; default: {config.routes.default or '(none)'}; "
+        f"unmatched: {config.routes.unmatched}"
+    )
+    return 0
+
+
+def schema() -> str:
+    """The JSON schema of the config file, indented, with a final newline."""
+    return json.dumps(CourierConfig.model_json_schema(), indent=2) + "\n"
