@@ -29,6 +29,9 @@ class ExportError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.confirmed: frozenset[str] = frozenset()
+        """Idempotency keys of the batch's records whose effect is confirmed although the
+        write as a whole failed (a retry need not send them again)."""
 
 
 class PermanentExportError(ExportError):

@@ -5,6 +5,17 @@ when handed off by reference). ``export_range`` writes part of an ``ExportRange`
 records from Kafka, gives each its own idempotency key (the same as in per-record mode), and
 reports records that fail for good one by one (a failing batch is split until the bad records
 are found) instead of failing the others.
+
+A retried ``export_range`` sends only records without a confirmed effect: an attempt that fails
+after some of its records were written (say 8 of 10 requests answered 200) records their
+offsets in its last heartbeat, and the next attempt neither reads nor sends them again — so they
+are never reported Failed because compaction or retention removed them meanwhile.
+
+Compacted topics: a record is exported as Kafka holds it when the worker reads it. A record
+compaction removed before it was read is not a failure: a later record of its key replaced it
+and goes out in its turn; it is reported as superseded. Which of a key's superseded records go
+out therefore depends on when they are read, as for any Kafka consumer; the latest record of
+each key always does.
 """
 
 from __future__ import annotations
@@ -13,17 +24,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import NoReturn
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.base import Destination, Pace
-from activities.errors import PermanentExportError, RetryableExportError
+from activities.errors import ExportError, PermanentExportError, RetryableExportError
 from activities.pacing import Pacer
-from activities.source import RecordSource
+from activities.source import Fetched, RecordSource
 from courier import metrics
 from courier.durations import format_duration
 from courier.ids import workflow_id
@@ -50,14 +62,24 @@ PACE_BUDGET = 0.5
 after a batch was cut (``courier limit``, the adaptive rate) must not time out every attempt."""
 UNPACED_LOG_S = 300.0
 """Least time between two warnings that an export's records went out unpaced."""
+CONFIRMED_OFFSETS = "confirmed_offsets"
+"""Heartbeat detail of ``export_range``: offsets whose effect an attempt confirmed."""
+
+
+def no_progress() -> tuple[object, ...]:
+    """Heartbeat details of an activity that keeps no progress."""
+    return ()
 
 
 @contextlib.asynccontextmanager
-async def heartbeating() -> AsyncIterator[None]:
+async def heartbeating(
+    progress: Callable[[], tuple[object, ...]] = no_progress,
+) -> AsyncIterator[None]:
     """Heartbeat the running activity in the background (if it has a heartbeat timeout).
 
     A worker that dies stops heartbeating, so Temporal retries its attempts elsewhere after
-    the heartbeat timeout rather than the whole attempt timeout.
+    the heartbeat timeout rather than the whole attempt timeout. Each heartbeat carries
+    ``progress()``, so it never erases what an attempt recorded for the next one.
     """
     timeout = activity.info().heartbeat_timeout
     if not timeout:
@@ -67,7 +89,7 @@ async def heartbeating() -> AsyncIterator[None]:
 
     async def beat() -> None:
         while True:
-            activity.heartbeat()
+            activity.heartbeat(*progress())
             await asyncio.sleep(interval)
 
     task = asyncio.create_task(beat())
@@ -77,6 +99,14 @@ async def heartbeating() -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def confirmed_before() -> set[int]:
+    """Offsets an earlier attempt of the running ``export_range`` confirmed (its last heartbeat)."""
+    details = activity.info().heartbeat_details
+    if details and isinstance(details[0], dict):
+        return {int(offset) for offset in details[0].get(CONFIRMED_OFFSETS, [])}
+    return set()
 
 
 @dataclass
@@ -126,7 +156,14 @@ class ExportActivity:
             pace = self._attempt_pace()
             records = batch.records
             if batch.by_reference:
-                records = await self._read_back(records)
+                records, superseded = await self._read_back(records)
+                if superseded:
+                    return ExportResult(
+                        destination=self.name,
+                        written=0,
+                        detail=f"not exported: {superseded}",
+                        attempt=activity.info().attempt,
+                    )
             detail = await self._write(records, pace)
         return ExportResult(
             destination=self.name,
@@ -141,8 +178,16 @@ class ExportActivity:
         self._check_destination(batch.destination)
         span = f"[{batch.offsets[0]}..{batch.offsets[-1]}]" if batch.offsets else "[]"
         where = f"{batch.topic}/{batch.partition}/{span}"
-        async with heartbeating(), self._unexpected_errors_retried(where, len(batch.offsets)):
-            return await self._export_range(batch, self._attempt_pace())
+        confirmed = confirmed_before() & set(batch.offsets)
+
+        def progress() -> tuple[object, ...]:
+            return ({CONFIRMED_OFFSETS: sorted(confirmed)},) if confirmed else ()
+
+        async with (
+            heartbeating(progress),
+            self._unexpected_errors_retried(where, len(batch.offsets)),
+        ):
+            return await self._export_range(batch, self._attempt_pace(), confirmed, progress)
 
     def _attempt_pace(self) -> Pace:
         """This attempt's pace: the worker's, until ``PACE_BUDGET`` of the attempt's time is
@@ -169,18 +214,41 @@ class ExportActivity:
 
         return pace
 
-    async def _export_range(self, batch: RangeBatch, pace: Pace) -> RangeBatchResult:
-        fetched = await self._source().fetch(
-            topic=batch.topic,
-            topic_id=batch.topic_id,
-            partition=batch.partition,
-            offsets=batch.offsets,
+    async def _export_range(
+        self,
+        batch: RangeBatch,
+        pace: Pace,
+        confirmed: set[int],
+        progress: Callable[[], tuple[object, ...]],
+    ) -> RangeBatchResult:
+        """Export the records of ``batch`` not in ``confirmed``, adding those that succeed."""
+        todo = [o for o in batch.offsets if o not in confirmed]
+        fetched = (
+            await self._source().fetch(
+                topic=batch.topic,
+                topic_id=batch.topic_id,
+                partition=batch.partition,
+                offsets=todo,
+            )
+            if todo
+            else Fetched({}, "")
         )
+        absent = [o for o in todo if o not in fetched.records]
+        superseded = [o for o in absent if fetched.compacted(o)]
         failed = [
-            FailedRecord(o, self.name, fetched.missing)
-            for o in batch.offsets
-            if o not in fetched.records
+            FailedRecord(o, self.name, fetched.missing) for o in absent if not fetched.compacted(o)
         ]
+        if superseded:
+            log.info(
+                "%s: %d records of %s/%d [%d..%d] were compacted away before they were read; "
+                "later records of their keys replaced them (not exported)",
+                self.name,
+                len(superseded),
+                batch.topic,
+                batch.partition,
+                superseded[0],
+                superseded[-1],
+            )
         items = [
             OutgoingRecord(
                 idempotency_key=workflow_id(
@@ -192,20 +260,31 @@ class ExportActivity:
                 ),
                 record=fetched.records[o],
             )
-            for o in batch.offsets
+            for o in todo
             if o in fetched.records
         ]
-        written = 0
-        for part, reason in await self._write_isolating_failures(items, pace):
+        confirmed_before_now = len(confirmed)
+        keys: set[str] = set()
+        try:
+            parts = await self._write_isolating_failures(items, pace, keys)
+        except BaseException:
+            # Retried: the next attempt skips what this one confirmed.
+            confirmed.update(i.record.offset for i in items if i.idempotency_key in keys)
+            if confirmed:
+                activity.heartbeat(*progress())
+            raise
+        written = confirmed_before_now
+        for part, reason in parts:
             if reason is None:
                 written += len(part)
             else:
                 failed.extend(FailedRecord(i.record.offset, self.name, reason) for i in part)
+        skipped = f", {len(superseded)} superseded (compacted away)" if superseded else ""
         return RangeBatchResult(
             destination=self.name,
             written=written,
             failed=failed,
-            detail=f"{written} written, {len(failed)} failed",
+            detail=f"{written} written, {len(failed)} failed{skipped}",
             attempt=activity.info().attempt,
         )
 
@@ -251,8 +330,11 @@ class ExportActivity:
             )
         return self.source
 
-    async def _read_back(self, records: Sequence[OutgoingRecord]) -> list[OutgoingRecord]:
-        """The records of a by-reference ``ExportRecord``, read from Kafka and checked."""
+    async def _read_back(
+        self, records: Sequence[OutgoingRecord]
+    ) -> tuple[list[OutgoingRecord], str | None]:
+        """The records of a by-reference ``ExportRecord``, read from Kafka and checked, or why
+        none is exported: compaction replaced it with a later record of its key."""
         result = []
         for item in records:
             ref = item.record
@@ -265,6 +347,11 @@ class ExportActivity:
                 offsets=[ref.offset],
             )
             record = fetched.records.get(ref.offset)
+            if record is None and fetched.compacted(ref.offset):
+                return [], (
+                    f"{ref.topic}/{ref.partition}/{ref.offset} was compacted away before it was "
+                    "read (a later record of its key replaced it)"
+                )
             if record is None:
                 raise self._permanent(
                     f"{ref.topic}/{ref.partition}/{ref.offset}: {fetched.missing}"
@@ -275,27 +362,47 @@ class ExportActivity:
                     "hand-off: the topic changed under Courier"
                 )
             result.append(replace(item, record=record))
-        return result
+        return result, None
 
     def _permanent(self, reason: str) -> ApplicationError:
         metrics.record_failure(self.name, kind="permanent", count=1)
         log.warning("%s: permanent failure: %s", self.name, reason)
         return ApplicationError(reason, type=PERMANENT_ERROR_TYPE, non_retryable=True)
 
-    async def _write(self, records: Sequence[OutgoingRecord], pace: Pace) -> str:
-        """Write records; map export errors to Temporal's retry decisions."""
+    async def _write(
+        self, records: Sequence[OutgoingRecord], pace: Pace, confirmed: set[str] | None = None
+    ) -> str:
+        """Write records; map export errors to Temporal's retry decisions.
+
+        ``confirmed`` gains the idempotency keys of the records whose effect is confirmed,
+        also when the write as a whole fails.
+        """
         attempt = activity.info().attempt
         started = time.perf_counter()
         try:
             detail = await self.destination.write(records, pace=pace)
-        except PermanentExportError as err:
+        except ExportError as err:
+            if confirmed is not None:
+                confirmed.update(err.confirmed)
+            self._raise_for(err, records, attempt)
+        if confirmed is not None:
+            confirmed.update(r.idempotency_key for r in records)
+        metrics.record_success(self.name, count=len(records), seconds=time.perf_counter() - started)
+        self.outcomes.answered += 1
+        return detail
+
+    def _raise_for(
+        self, err: ExportError, records: Sequence[OutgoingRecord], attempt: int
+    ) -> NoReturn:
+        """Raise the Temporal error for a destination's export error (counted and logged)."""
+        if isinstance(err, PermanentExportError):
             metrics.record_failure(self.name, kind="permanent", count=len(records))
             self.outcomes.answered += 1  # refused for good, but up
             log.warning("%s: permanent failure: %s", self.name, err.reason)
             raise ApplicationError(
                 err.reason, type=PERMANENT_ERROR_TYPE, non_retryable=True
             ) from err
-        except RetryableExportError as err:
+        if isinstance(err, RetryableExportError):
             metrics.record_failure(self.name, kind="retryable", count=len(records))
             if err.cause == "throttled":
                 self.outcomes.throttled += 1
@@ -307,30 +414,35 @@ class ExportActivity:
             raise ApplicationError(
                 err.reason, type=RETRYABLE_ERROR_TYPE, next_retry_delay=delay
             ) from err
-        metrics.record_success(self.name, count=len(records), seconds=time.perf_counter() - started)
-        self.outcomes.answered += 1
-        return detail
+        raise err
 
     async def _write_isolating_failures(
-        self, items: list[OutgoingRecord], pace: Pace
+        self, items: list[OutgoingRecord], pace: Pace, confirmed: set[str]
     ) -> list[tuple[list[OutgoingRecord], str | None]]:
         """Write ``items``; on a permanent failure split them until the bad records are alone.
 
         Returns ``(records, None)`` for written parts and ``(records, reason)`` for records that
-        failed for good. Retryable failures raise: the whole batch is retried (idempotently).
+        failed for good; records a failed write confirmed are not written again. Retryable
+        failures raise (the keys written so far are in ``confirmed``): the batch is retried.
         """
         if not items:
             return []
         try:
-            await self._write(items, pace)
+            await self._write(items, pace, confirmed)
             return [(items, None)]
         except ApplicationError as err:
             if err.type != PERMANENT_ERROR_TYPE:
                 raise
-            if len(items) == 1:
-                return [(items, err.message)]
-        middle = len(items) // 2
+            written = [i for i in items if i.idempotency_key in confirmed]
+            rest = [i for i in items if i.idempotency_key not in confirmed]
+            done: list[tuple[list[OutgoingRecord], str | None]] = (
+                [(written, None)] if written else []
+            )
+            if len(rest) <= 1:
+                return [*done, (rest, err.message)] if rest else done
+        middle = len(rest) // 2
         return [
-            *await self._write_isolating_failures(items[:middle], pace),
-            *await self._write_isolating_failures(items[middle:], pace),
+            *done,
+            *await self._write_isolating_failures(rest[:middle], pace, confirmed),
+            *await self._write_isolating_failures(rest[middle:], pace, confirmed),
         ]

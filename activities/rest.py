@@ -48,7 +48,7 @@ from pydantic import (
 
 from activities.base import DestinationConfig, Pace, no_pace
 from activities.encoding import record_envelope
-from activities.errors import Cause, PermanentExportError, RetryableExportError
+from activities.errors import Cause, ExportError, PermanentExportError, RetryableExportError
 from activities.mapping import (
     Expression,
     MappingError,
@@ -427,7 +427,14 @@ class RestDestination:
             r for r in results if isinstance(r, BaseException) and not isinstance(r, _NotSent)
         ]
         if errors:
-            raise _worst(errors, len(batch), not_sent)
+            error = _worst(errors, len(batch), not_sent)
+            if isinstance(error, ExportError):
+                error.confirmed = frozenset(
+                    item.idempotency_key
+                    for item, result in zip(batch, results, strict=True)
+                    if isinstance(result, int)
+                )
+            raise error
         counts = Counter(r for r in results if isinstance(r, int))
         return ", ".join(
             f"HTTP {status}" if n == 1 and len(batch) == 1 else f"{n} × HTTP {status}"

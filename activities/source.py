@@ -20,6 +20,15 @@ class Fetched:
     records: dict[int, KafkaRecord]
     missing: str
     """Why an absent offset is absent, e.g. "no longer in Kafka (retention: …)"."""
+    log_start: int | None = None
+    """The partition's first offset when it was read (None: the topic is gone)."""
+
+    def compacted(self, offset: int) -> bool:
+        """Whether an absent ``offset`` was compacted away, not deleted by retention: it is at
+        or past the log's start, so a later record of its key replaced it."""
+        return (
+            self.log_start is not None and offset >= self.log_start and offset not in self.records
+        )
 
 
 class RecordSource(Protocol):

@@ -83,7 +83,7 @@ class _Reader:
         )
         records: dict[int, KafkaRecord] = {}
         if last < begin:
-            return Fetched(records, missing)
+            return Fetched(records, missing, begin)
         start = max(first, begin)
         if await consumer.position(tp) != start:
             consumer.seek(tp, start)
@@ -104,7 +104,7 @@ class _Reader:
             position = await consumer.position(tp)
             if not batch:
                 end = (await consumer.end_offsets([tp]))[tp]
-        return Fetched(records, missing)
+        return Fetched(records, missing, begin)
 
     async def close(self) -> None:
         await self.consumer.stop()

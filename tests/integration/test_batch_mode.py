@@ -748,3 +748,40 @@ async def test_batch_mode_failed_records_fail_their_range_and_are_replayed_once(
     assert receiver.effects("/p/bad-") == len(bad)
     assert receiver.effects("/p/good-") == good_effects == len(good), "a good record twice"
     assert rest_keys(receiver, "/p/good-") == good
+
+
+async def test_a_retried_batch_sends_only_the_records_without_a_confirmed_effect(
+    stack_settings: Any, temporal_client: Client, unique: str
+) -> None:
+    """Two of a batch's ten requests get 503: its retry sends those two, not all ten again."""
+    name = f"part-{unique}"
+    async with Receiver() as receiver:
+        for key in ("k3", "k7"):
+            receiver.script(f"/part/{key}", first=[503])
+        config = pipeline_config(
+            stack_settings,
+            unique,
+            destinations=[
+                {
+                    "name": name,
+                    "kind": "rest",
+                    "url": f"{receiver.url}/part/{{key}}",
+                    "retry": FAST_RETRY,
+                    "batch_size": 10,
+                }
+            ],
+            routes={"default": name},
+            ingest=batch(max_records=10),
+        )
+        topic = config.kafka.topics[0]
+        await create_topic(stack_settings.kafka_bootstrap, topic, partitions=1)
+        await produce(
+            stack_settings.kafka_bootstrap, topic, [(f"k{i}".encode(), b"{}") for i in range(10)]
+        )
+        async with courier_running(temporal_client, config):
+            await eventually(lambda: ranges_settled(temporal_client, topic), timeout=60)
+    assert await count(temporal_client, ranges_query(topic, "Completed")) == 1
+    assert receiver.effects("/part") == 10
+    assert receiver.duplicates("/part") == 0, "records whose effect was confirmed were re-sent"
+    sent = sorted(r.path for r in receiver.requests)
+    assert sent == sorted([f"/part/k{i}" for i in range(10)] + ["/part/k3", "/part/k7"])

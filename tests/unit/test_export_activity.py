@@ -13,8 +13,9 @@ from temporalio.testing import ActivityEnvironment
 from activities.base import Pace, no_pace
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.export import ExportActivity
+from activities.source import Fetched
 from courier import metrics
-from workflows.types import Blob, ExportBatch, KafkaRecord, OutgoingRecord
+from workflows.types import Blob, ExportBatch, KafkaRecord, OutgoingRecord, RangeBatch
 
 
 class FakeDestination:
@@ -150,3 +151,101 @@ async def test_pacing_stops_at_half_the_attempt_timeout_and_says_so(
     warnings = [r.getMessage() for r in caplog.records if r.name == "activities.export"]
     assert len(warnings) == 1, warnings  # said once, not per attempt
     assert "faster than 1/s" in warnings[0] and "half its attempt timeout (1s)" in warnings[0]
+
+
+class FakeSource:
+    """Kafka with some offsets gone: below ``log_start`` by retention, others by compaction."""
+
+    def __init__(self, log_start: int, compacted: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        self.log_start = log_start
+        self.compacted = compacted
+        self.asked: list[list[int]] = []
+
+    async def fetch(
+        self, *, topic: str, topic_id: str, partition: int, offsets: Sequence[int]
+    ) -> Fetched:
+        self.asked.append(list(offsets))
+        present = {
+            o: KafkaRecord(topic, partition, o, Blob.of(f"k{o}".encode()), Blob.of(b"v"), 0)
+            for o in offsets
+            if o >= self.log_start and o not in self.compacted
+        }
+        reason = f"no longer in Kafka (retention: {topic}/{partition} now starts at offset "
+        return Fetched(present, f"{reason}{self.log_start})", self.log_start)
+
+
+class PartlyFailing(FakeDestination):
+    """Answers 503 for the records whose offsets are in ``failing`` (once each)."""
+
+    def __init__(self, failing: set[int]) -> None:
+        super().__init__()
+        self.failing = set(failing)
+        self.sent: list[int] = []
+
+    async def write(self, batch: Sequence[OutgoingRecord], *, pace: Pace = no_pace) -> str:
+        self.sent += [item.record.offset for item in batch]
+        failed = {item.record.offset for item in batch} & self.failing
+        self.failing -= failed
+        ok = [item for item in batch if item.record.offset not in failed]
+        self.written += [item.idempotency_key for item in ok]
+        if failed:
+            error = RetryableExportError(f"{len(failed)} answered 503", cause="unavailable")
+            error.confirmed = frozenset(item.idempotency_key for item in ok)
+            raise error
+        return f"{len(batch)} written"
+
+
+def range_batch(offsets: Sequence[int]) -> RangeBatch:
+    return RangeBatch("dest", "g", "t", "ID", 0, list(offsets))
+
+
+async def test_a_retried_range_sends_only_the_records_without_a_confirmed_effect() -> None:
+    destination = PartlyFailing(failing={3, 7})
+    source = FakeSource(log_start=0)
+    activity = ExportActivity("dest", destination, source)  # type: ignore[arg-type]
+    env = ActivityEnvironment()
+    beats: list[tuple[object, ...]] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+    with pytest.raises(ApplicationError):
+        await env.run(activity.export_range, range_batch(range(10)))
+    assert beats[-1] == ({"confirmed_offsets": [0, 1, 2, 4, 5, 6, 8, 9]},)
+
+    # The next attempt starts from the last heartbeat's details, as Temporal gives them.
+    env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=list(beats[-1]))
+    result = await env.run(activity.export_range, range_batch(range(10)))
+    assert source.asked[-1] == [3, 7]  # confirmed records are not even read again
+    assert destination.sent == [*range(10), 3, 7]
+    assert (result.written, result.failed) == (10, [])
+
+
+async def test_records_compacted_away_are_superseded_and_retention_is_named() -> None:
+    destination = FakeDestination()
+    source = FakeSource(log_start=3, compacted={5})
+    activity = ExportActivity("dest", destination, source)  # type: ignore[arg-type]
+    result = await ActivityEnvironment().run(activity.export_range, range_batch(range(8)))
+    assert result.written == 4  # 3, 4, 6, 7
+    assert [(f.offset, f.reason) for f in result.failed] == [
+        (o, "no longer in Kafka (retention: t/0 now starts at offset 3)") for o in (0, 1, 2)
+    ]
+    assert result.detail == "4 written, 3 failed, 1 superseded (compacted away)"
+
+
+async def test_a_record_compacted_away_before_it_was_read_is_not_exported() -> None:
+    destination = FakeDestination()
+    activity = ExportActivity("dest", destination, FakeSource(0, compacted={7}))  # type: ignore[arg-type]
+    reference = dataclasses.replace(batch(), by_reference=True)
+    reference = dataclasses.replace(
+        reference,
+        records=[
+            dataclasses.replace(
+                item, record=dataclasses.replace(item.record, topic_id="ID", value=None)
+            )
+            for item in reference.records
+        ],
+    )
+    result = await ActivityEnvironment().run(activity.export, reference)
+    assert destination.written == [] and result.written == 0
+    assert result.detail == (
+        "not exported: t/0/7 was compacted away before it was read (a later record of its key "
+        "replaced it)"
+    )
