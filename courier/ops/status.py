@@ -12,10 +12,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ops.blocked import BlockedKey, blocked_keys
+from courier.rate_control.controller import ControlState, describe_decision
+from courier.rate_control.workflow import CONTROL_QUERY, WORKERS_QUERY, destination_state_id
 from courier.task_queues import QueueState, describe
-from workflows.destination_state import CONTROL_QUERY, WORKERS_QUERY, destination_state_id
-from workflows.rate_control import describe_decision
-from workflows.types import ControlState, WorkerReport
+from workflows.types import WorkerReport
 
 STALE_AFTER_S = 100.0
 """A worker report older than this (workers re-send every 30 s) is not shown."""
