@@ -20,7 +20,7 @@ module         runs                                      holds
 ``outcomes``   destination worker, in the export         ``AttemptOutcomes``: the attempts'
                activity                                  answers counted since the last report
 ``client``     destination worker, one task per          ``RateControl``: reports windows,
-               destination (``worker.py``)               applies decisions to the queue
+               destination (``courier.serving``)         applies decisions to the queue
 ``workflow``   control worker (``DestinationState``,     the one controller per destination;
                sandboxed, replayed from its history)     also the workers' connection reports
 ``controller`` inside the workflow; ``describe_decision`` ``RateController``, ``ControlState``,
@@ -45,7 +45,7 @@ The report/decision loop
 3. The workflow runs ``RateController.observe`` on it and answers with the ``ControlState``.
 4. The worker applies a decision once per ``version``: the queue's rate override, authored
    ``courier rate control (<worker>)``; back in normal mode, the operator's limit or none.
-5. Every worker's pacer (``worker.keep_pace``) reads the queue's effective rate every
+5. Every worker's pacer (``courier.serving.pacing``) reads the queue's effective rate every
    second (every 10 s while it is unlimited) and spaces its records at its share of it.
 
 ``courier limit`` (``courier.ops.limits``) sets the override itself and signals

@@ -1,7 +1,7 @@
 """Rate control's worker side: report attempt outcomes, apply the decision to the queue.
 
 One :class:`RateControl` task runs per destination in each worker process that serves it
-(started by ``worker.py``). It never decides anything: the destination's
+(started by ``courier.serving.destination``). It never decides anything: the destination's
 ``DestinationState`` workflow does, for all its workers at once, and this client applies the
 answer as the queue's server-side rate override, authored :data:`RATE_CONTROL_IDENTITY` so
 that any worker can tell a decision in force from an operator's ``courier limit``.
