@@ -23,7 +23,7 @@ module         runs                                      holds
                destination (``courier.serving``)         applies decisions to the queue
 ``workflow``   control worker (``DestinationState``,     the one controller per destination;
                sandboxed, replayed from its history)     also the workers' connection reports
-``controller`` inside the workflow; ``describe_decision`` ``RateController``, ``ControlState``,
+``controller`` in the workflow; ``describe_decision``     ``RateController``, ``ControlState``,
                also in ``courier status``                ``OutcomeReport``: pure, no I/O
 ============== ========================================= =====================================
 
