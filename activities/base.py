@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from courier.durations import Duration
+from courier.rate_control.config import RateControlConfig
 from workflows.types import DestinationPolicy, OutgoingRecord, RetrySpec
 
 TASK_QUEUE_PREFIX = "courier-dest-"
@@ -80,30 +81,6 @@ class TimeoutConfig(BaseModel):
         description="An attempt whose worker sends no heartbeat for this long (a worker that "
         "died or hangs) is retried elsewhere, instead of after the whole attempt timeout; "
         "unset turns heartbeats off.",
-    )
-
-
-class RateControlConfig(BaseModel):
-    """How a destination's rate reacts to its answers (circuit breaker and adaptive rate)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    circuit_breaker: bool = Field(
-        default=True,
-        description="Open the circuit after failure_threshold attempts in a row find the "
-        "destination unavailable (refused, timeout, 5xx): the queue then runs one probe per "
-        "probe_interval until one is answered, and records wait in Temporal.",
-    )
-    failure_threshold: int = Field(
-        default=5, ge=1, description="Unavailable attempts in a row that open the circuit."
-    )
-    probe_interval: Duration = Field(
-        default=timedelta(seconds=5), description="Time between probes while the circuit is open."
-    )
-    adaptive: bool = Field(
-        default=True,
-        description="Halve the rate on 429 answers and raise it back step by step (AIMD) up to "
-        "the limit, for all workers of the destination.",
     )
 
 

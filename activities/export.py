@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import timedelta
 from typing import NoReturn
 
@@ -39,6 +39,7 @@ from activities.source import Fetched, RecordSource
 from courier import metrics
 from courier.durations import format_duration
 from courier.ids import workflow_id
+from courier.rate_control.outcomes import AttemptOutcomes
 from courier.rates import format_rate
 from workflows.export_range import EXPORT_RANGE_ACTIVITY
 from workflows.export_record import EXPORT_ACTIVITY, PERMANENT_ERROR_TYPE
@@ -107,29 +108,6 @@ def confirmed_before() -> set[int]:
     if details and isinstance(details[0], dict):
         return {int(offset) for offset in details[0].get(CONFIRMED_OFFSETS, [])}
     return set()
-
-
-@dataclass
-class AttemptOutcomes:
-    """Counts of export attempts since the worker last reported them to rate control."""
-
-    answered: int = 0
-    """Written, or refused for good: either way the destination is up."""
-    unavailable: int = 0
-    throttled: int = 0
-    last_error: str = ""
-    started: float = field(default_factory=time.monotonic)
-
-    def take(self) -> AttemptOutcomes:
-        """The counts so far; starts a new window."""
-        window = replace(self)
-        self.answered = self.unavailable = self.throttled = 0
-        self.last_error = ""
-        self.started = time.monotonic()
-        return window
-
-    def __bool__(self) -> bool:
-        return bool(self.answered or self.unavailable or self.throttled)
 
 
 class ExportActivity:

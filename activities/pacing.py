@@ -6,7 +6,7 @@ out about twice the limit, and in batch mode one activity carries many records. 
 allows 5 requests per second answers 429 to either. Each worker therefore also spaces its own
 records at ``rate / workers`` with a burst of one (a leaky bucket, ``aiolimiter``), which keeps
 every 1-second window within the limit plus one while the server still holds the cluster-wide
-rate. ``worker.py`` keeps the pacer's rate current.
+rate. ``courier.serving.pacing`` keeps the pacer's rate current.
 
 The server's limit counts activities. In per-record mode an activity is one record, and the
 server holds the destination's rate exactly across workers. In batch mode an activity carries
@@ -26,10 +26,12 @@ import threading
 from aiolimiter import AsyncLimiter
 from temporalio.worker import (
     CustomSlotSupplier,
+    FixedSizeSlotSupplier,
     SlotMarkUsedContext,
     SlotPermit,
     SlotReleaseContext,
     SlotReserveContext,
+    WorkerTuner,
 )
 
 
@@ -123,3 +125,18 @@ class PacedSlots(CustomSlotSupplier):
         with self._lock:
             self._used -= 1
         self._loop.call_soon_threadsafe(self._freed.set)
+
+
+def activity_slots(pacer: Pacer, *, slots: int, batch: bool) -> WorkerTuner:
+    """A destination worker's slots: ``slots`` exports at once; in ``batch`` mode only
+    ``PACED_SLOTS`` while the worker paces (see ``PacedSlots``)."""
+    supplier: FixedSizeSlotSupplier | CustomSlotSupplier = FixedSizeSlotSupplier(slots)
+    if batch:
+        supplier = PacedSlots(pacer, slots=slots, paced_slots=min(slots, PACED_SLOTS))
+    unused = FixedSizeSlotSupplier(1)  # the worker runs no workflows, local activities, Nexus
+    return WorkerTuner.create_composite(
+        workflow_supplier=unused,
+        activity_supplier=supplier,
+        local_activity_supplier=unused,
+        nexus_supplier=unused,
+    )

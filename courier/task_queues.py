@@ -17,8 +17,6 @@ from temporalio.client import Client
 
 # A poller that has not polled for this long no longer counts as a live worker.
 LIVE_POLLER_S = 60.0
-RATE_CONTROL_IDENTITY = "courier rate control"
-"""How a rate control decision's override names its author (followed by the worker's)."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +69,9 @@ async def describe(client: Client, task_queue: str) -> QueueState:
     )
 
 
-async def rate_controlled(client: Client, task_queue: str) -> bool:
-    """Whether the queue's rate is overridden by a rate control decision (not an operator's)."""
+async def override_identity(client: Client, task_queue: str) -> str | None:
+    """Who set the rate override in force on the queue (``set_rate_limit``'s ``identity``);
+    None when no override is in force."""
     response = await client.workflow_service.describe_task_queue(
         DescribeTaskQueueRequest(
             namespace=client.namespace,
@@ -81,11 +80,10 @@ async def rate_controlled(client: Client, task_queue: str) -> bool:
             report_config=True,
         )
     )
-    source = response.effective_rate_limit.rate_limit_source
-    author = response.config.queue_rate_limit.metadata.update_identity
-    return source == RateLimitSource.RATE_LIMIT_SOURCE_API and author.startswith(
-        RATE_CONTROL_IDENTITY
-    )
+    if response.effective_rate_limit.rate_limit_source != RateLimitSource.RATE_LIMIT_SOURCE_API:
+        return None
+    identity: str = response.config.queue_rate_limit.metadata.update_identity
+    return identity
 
 
 async def set_rate_limit(

@@ -11,13 +11,13 @@ from temporalio.client import Client
 
 from courier.config import CourierConfig
 from courier.ops.output import Output
-from courier.rates import format_rate
-from courier.task_queues import QueueState, describe, set_rate_limit
-from workflows.destination_state import (
+from courier.rate_control.workflow import (
     OPERATOR_LIMIT_SIGNAL,
     DestinationState,
     destination_state_id,
 )
+from courier.rates import format_rate
+from courier.task_queues import QueueState, describe, set_rate_limit
 from workflows.types import WorkerReport
 
 

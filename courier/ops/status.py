@@ -16,11 +16,11 @@ from courier.config import CourierConfig
 from courier.ops.blocked import BlockedKey, blocked_keys
 from courier.ops.output import Output
 from courier.ops.retention import retention_warnings
+from courier.rate_control.controller import ControlState, describe_decision
+from courier.rate_control.workflow import CONTROL_QUERY, WORKERS_QUERY, destination_state_id
 from courier.rates import format_rate
 from courier.task_queues import QueueState, describe
-from workflows.destination_state import CONTROL_QUERY, WORKERS_QUERY, destination_state_id
-from workflows.rate_control import describe_decision
-from workflows.types import ControlState, WorkerReport
+from workflows.types import WorkerReport
 
 STALE_AFTER_S = 100.0
 """A worker report older than this (workers re-send every 30 s) is not shown."""

@@ -27,6 +27,7 @@ from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ids import workflow_id
 from courier.ops import failures, replay
+from courier.serving.pacing import PACE_REFRESH_S
 from courier.task_queues import describe
 from devtools.receiver import ReceivedRequest, Receiver
 from devtools.topics import create_topic, produce, topic_id
@@ -39,7 +40,6 @@ from tests.integration.harness import (
     pipeline_config,
 )
 from tests.integration.test_pipeline import rewind_group
-from worker import PACE_REFRESH_S
 from workflows.types import ExportRangeInput, RangeBatch
 
 pytestmark = pytest.mark.integration

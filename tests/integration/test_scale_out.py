@@ -12,6 +12,7 @@ import pytest
 import yaml
 from temporalio.client import Client
 
+from courier.serving.pacing import PACE_REFRESH_S
 from courier.task_queues import describe
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce
@@ -21,7 +22,6 @@ from tests.integration.harness import (
     eventually,
     pipeline_config,
 )
-from worker import PACE_REFRESH_S
 
 pytestmark = pytest.mark.integration
 

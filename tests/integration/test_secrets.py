@@ -22,11 +22,11 @@ from google.protobuf import json_format
 from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from courier.rate_control.workflow import destination_state_id
 from devtools.receiver import Receiver
 from devtools.stack.postgres import secure_dsn
 from devtools.topics import create_topic, produce
 from tests.integration.harness import eventually, wait_for_workflows
-from workflows.destination_state import destination_state_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 WAIT_S = 240.0

@@ -18,7 +18,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from workflows.destination_state import DestinationState
+from courier.rate_control.workflow import DestinationState
 from workflows.export_key import ExportKey
 from workflows.export_range import ExportRange
 from workflows.export_record import ExportRecord

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from workflows.rate_control import RateController, RateControlSettings, describe_decision
-from workflows.types import ControlState, OutcomeReport
+from courier.rate_control.controller import (
+    ControlState,
+    OutcomeReport,
+    RateController,
+    RateControlSettings,
+    describe_decision,
+)
 
 SETTINGS = RateControlSettings(failure_threshold=5, probe_interval_s=5.0, adjust_interval_s=2.0)
 

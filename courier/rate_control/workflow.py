@@ -7,12 +7,19 @@ One long-lived workflow per destination (ID :func:`destination_state_id`):
   can show, from any machine, why a destination's records wait;
 - is the destination's rate controller: workers send the outcomes of their export attempts
   (update ``outcomes``) and get back the one decision for the whole cluster (circuit open,
-  adaptive rate; see ``workflows.rate_control``), which they apply as the queue's rate limit;
-  ``courier limit`` signals the operator's ceiling.
+  adaptive rate; see ``courier.rate_control.controller``), which they apply as the queue's
+  rate limit; ``courier limit`` signals the operator's ceiling.
 
 It keeps the last report per worker, forgets workers silent for :data:`FORGET_AFTER_S`, ends
 when its last worker has stopped (unless it holds a rate decision or an operator's limit), and
 continues as new before its history grows large.
+
+Its registered name ``DestinationState`` and its signal, update and query names are in recorded
+histories (``tests/histories/``) and in running workflows: they never change. The module lives
+here, not in ``workflows/``, because it is rate control's; a workflow's module path is not part
+of its history, so moving it changed nothing for the server. Its imports are passed through the
+workflow sandbox; the package's ``__init__`` imports nothing, so loading the module in the
+sandbox runs no worker-side code.
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.rate_control import RateController
-    from workflows.types import ControlState, OutcomeReport, WorkerReport
+    from courier.rate_control.controller import ControlState, OutcomeReport, RateController
+    from workflows.types import WorkerReport
 
 REPORT_SIGNAL = "report"
 WORKERS_QUERY = "workers"

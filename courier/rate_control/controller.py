@@ -18,6 +18,12 @@ apply it as the task queue's server-side rate limit (which holds across all of t
   once it runs at twice that without a 429.
 
 Rates are in the queue's unit: activities per second (one record each in per-record mode).
+
+:class:`OutcomeReport` (a worker's window, in) and :class:`ControlState` (the decision and what
+it rests on, out and across continue-as-new) cross the Temporal boundary as JSON and are in
+recorded histories: a new field needs a default. This module does no I/O and reads no clock
+(``now`` is passed in: ``workflow.now()`` in the workflow); it is imported into the workflow
+sandbox as a pass-through module.
 """
 
 from __future__ import annotations
@@ -26,7 +32,50 @@ import time
 from dataclasses import dataclass, replace
 
 from courier.rates import format_rate
-from workflows.types import ControlState, OutcomeReport
+
+
+@dataclass(frozen=True)
+class OutcomeReport:
+    """What one worker's export attempts of one destination met over its last window."""
+
+    worker: str
+    window_s: float
+    answered: int = 0
+    """Attempts the destination answered: written, or refused for good."""
+    unavailable: int = 0
+    """Attempts that found the destination unreachable, timing out or answering 5xx."""
+    throttled: int = 0
+    """Attempts answered 429."""
+    last_error: str = ""
+    configured_limit: float | None = None
+    """The worker's configured queue rate (activities/s); None is unlimited."""
+    circuit_breaker: bool = True
+    failure_threshold: int = 5
+    probe_interval_s: float = 5.0
+    adaptive: bool = True
+
+
+@dataclass
+class ControlState:
+    """A destination's rate decision and what it rests on (kept by :class:`RateController`)."""
+
+    mode: str = "normal"
+    """``normal`` (configured or operator limit), ``adaptive`` (lowered after 429s) or
+    ``open`` (circuit open: probing)."""
+    rate: float | None = None
+    """The queue's rate override the workers apply (activities/s); None: no override."""
+    since: float = 0.0
+    """Unix time the current mode began."""
+    reason: str = ""
+    version: int = 0
+    """Raised on every change, so workers apply each decision once."""
+    configured_limit: float | None = None
+    operator_limit: float | None = None
+    consecutive_unavailable: int = 0
+    last_error: str = ""
+    last_adjusted: float | None = None
+    rate_before_open: float | None = None
+    unlimited_start: float | None = None
 
 
 @dataclass(frozen=True)

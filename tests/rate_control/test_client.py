@@ -10,10 +10,11 @@ from temporalio.api.enums.v1 import RateLimitSource
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueResponse
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 
-import worker
-from activities.export import AttemptOutcomes
 from courier.config import parse_config
-from workflows.types import ControlState
+from courier.rate_control import client as rate_control_client
+from courier.rate_control.client import RateControl
+from courier.rate_control.controller import ControlState
+from courier.rate_control.outcomes import AttemptOutcomes
 
 CONFIG = parse_config(
     {
@@ -63,21 +64,24 @@ class FakeClient:
         return self.handle
 
 
-def rate_control(client: FakeClient, outcomes: AttemptOutcomes) -> worker.RateControl:
+async def state_lost() -> None:
+    raise AssertionError("the state workflow is not lost in these tests")
+
+
+def rate_control(client: FakeClient, outcomes: AttemptOutcomes) -> RateControl:
     """The destination ``api``'s rate control over ``client`` (no state reporter)."""
-    return worker.RateControl(
+    return RateControl(
         client,  # type: ignore[arg-type]
         CONFIG,
         "api",
         outcomes,
-        reporter=None,  # type: ignore[arg-type]
-        since=0.0,
+        on_state_lost=state_lost,
     )
 
 
 async def run_control(script: list[Any], monkeypatch: pytest.MonkeyPatch) -> FakeClient:
     """Run rate control over one window of 5 refused attempts until the script is used up."""
-    monkeypatch.setattr(worker, "CONTROL_INTERVAL_S", 0.0)
+    monkeypatch.setattr(rate_control_client, "CONTROL_INTERVAL_S", 0.0)
     outcomes = AttemptOutcomes(unavailable=5, last_error="refused")
     client = FakeClient(FakeHandle(script, outcomes))
     task = asyncio.create_task(rate_control(client, outcomes).run())
@@ -119,7 +123,7 @@ async def test_a_bug_answering_is_logged_and_rate_control_goes_on(
 async def test_cancelling_rate_control_ends_it_even_mid_update(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(worker, "CONTROL_INTERVAL_S", 0.0)
+    monkeypatch.setattr(rate_control_client, "CONTROL_INTERVAL_S", 0.0)
     in_update = asyncio.Event()
 
     class SlowHandle(FakeHandle):
