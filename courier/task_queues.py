@@ -69,23 +69,6 @@ async def describe(client: Client, task_queue: str) -> QueueState:
     )
 
 
-async def override_identity(client: Client, task_queue: str) -> str | None:
-    """Who set the rate override in force on the queue (``set_rate_limit``'s ``identity``);
-    None when no override is in force."""
-    response = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=client.namespace,
-            task_queue=TaskQueue(name=task_queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-            report_config=True,
-        )
-    )
-    if response.effective_rate_limit.rate_limit_source != RateLimitSource.RATE_LIMIT_SOURCE_API:
-        return None
-    identity: str = response.config.queue_rate_limit.metadata.update_identity
-    return identity
-
-
 async def set_rate_limit(
     client: Client,
     task_queue: str,

@@ -58,10 +58,10 @@ Failures (unavailable, throttled) are always reported; answers are reported righ
 failures (to reset the count) and while a decision is in force (to close the circuit, to raise
 the rate). Whether one is in force is the controller's state, not a worker's guess: a worker
 that started while the circuit was open, or whose neighbour's failures opened it, was never
-answered. A worker that knows of no decision therefore asks the queue (at most every
-``QUEUE_CHECK_S`` while it sees none) whether its override is rate control's, and reports its
-answered probes when it is; otherwise a restarted worker kept a healed destination's circuit
-open for good.
+answered. A worker that knows of no decision therefore asks the controller (a query, at most
+every ``CONTROLLER_CHECK_S`` while it has none in force) and reports its answered probes when
+it has; otherwise a restarted worker kept a healed destination's circuit open for good. The
+queue's override is no witness: a worker stopped right after a decision may never have set it.
 
 Invariants
 ----------

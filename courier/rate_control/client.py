@@ -3,8 +3,7 @@
 One :class:`RateControl` task runs per destination in each worker process that serves it
 (started by ``courier.serving.destination``). It never decides anything: the destination's
 ``DestinationState`` workflow does, for all its workers at once, and this client applies the
-answer as the queue's server-side rate override, authored :data:`RATE_CONTROL_IDENTITY` so
-that any worker can tell a decision in force from an operator's ``courier limit``.
+answer as the queue's server-side rate override, authored :data:`RATE_CONTROL_IDENTITY`.
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ from courier import metrics
 from courier.config import CourierConfig
 from courier.rate_control.controller import ControlState, OutcomeReport, describe_decision
 from courier.rate_control.outcomes import AttemptOutcomes
-from courier.rate_control.workflow import OUTCOMES_UPDATE, destination_state_id
-from courier.task_queues import override_identity, set_rate_limit
+from courier.rate_control.workflow import CONTROL_QUERY, OUTCOMES_UPDATE, destination_state_id
+from courier.task_queues import set_rate_limit
 
 log = logging.getLogger("courier.worker")
 
@@ -38,14 +37,8 @@ UPDATE_TIMEOUT_S = 5.0
 """Longest a worker waits for its destination's rate decision before moving on."""
 CONTROL_INTERVAL_S = 1.0
 """How often a worker sends its attempt outcomes (if any) to its destination's rate control."""
-QUEUE_CHECK_S = 5.0
-"""How long a worker trusts having seen no rate control decision on its queue."""
-
-
-async def rate_controlled(client: Client, task_queue: str) -> bool:
-    """Whether the queue's rate is overridden by a rate control decision (not an operator's)."""
-    author = await override_identity(client, task_queue)
-    return author is not None and author.startswith(RATE_CONTROL_IDENTITY)
+CONTROLLER_CHECK_S = 5.0
+"""How long a worker trusts having seen its destination's controller without a decision."""
 
 
 class RateControl:
@@ -75,7 +68,7 @@ class RateControl:
         self.applied_version = 0
         self.mode = "normal"
         self._failures_reported = False
-        self._no_decision_seen_at = -QUEUE_CHECK_S
+        self._no_decision_seen_at = -CONTROLLER_CHECK_S
 
     async def run(self) -> None:
         """Report every ``CONTROL_INTERVAL_S`` while attempts happen, until cancelled.
@@ -164,9 +157,9 @@ class RateControl:
         reports nothing; answers are reported after failures (to reset the count) and while a
         decision is in force (to close the circuit or raise the rate). Whether one is in force
         is the controller's to say, not this worker's: a worker that joined while the circuit
-        was open, or whose neighbour's failures opened it, has never been told. The decisions
-        are the queue's rate overrides, so the queue says (looked up at most every
-        ``QUEUE_CHECK_S`` while it says none).
+        was open, or whose neighbour's failures opened it, has never been told. So the
+        controller is asked (at most every ``CONTROLLER_CHECK_S`` while it has no decision in
+        force) — not the queue, whose override a stopping worker may never have set.
         """
         if window.throttled or window.unavailable:
             self._failures_reported = True
@@ -174,16 +167,27 @@ class RateControl:
         if self.mode != "normal" or self._failures_reported:
             self._failures_reported = False
             return True
-        if time.monotonic() - self._no_decision_seen_at < QUEUE_CHECK_S:
+        if time.monotonic() - self._no_decision_seen_at < CONTROLLER_CHECK_S:
             return False
         try:
-            in_force = await rate_controlled(self.client, self.task_queue)
+            state: ControlState = await self.handle.query(
+                CONTROL_QUERY,
+                result_type=ControlState,
+                rpc_timeout=timedelta(seconds=UPDATE_TIMEOUT_S),
+            )
         except RPCError as err:
-            log.warning("%s: cannot read the queue's rate override: %s", self.name, err)
+            if err.status == RPCStatusCode.NOT_FOUND:  # no controller: no decision
+                self._no_decision_seen_at = time.monotonic()
+                return False
+            log.warning("%s: cannot ask rate control for its decision: %s", self.name, err)
             return True
-        if not in_force:
+        except Exception as err:  # e.g. no worker answered the query: report, as before
+            log.warning("%s: cannot ask rate control for its decision: %s", self.name, err)
+            return True
+        if state.mode == "normal":
             self._no_decision_seen_at = time.monotonic()
-        return in_force
+            return False
+        return True
 
     async def apply(self, decision: ControlState) -> None:
         """Set the queue's rate limit to the decision, once per decision."""

@@ -6,8 +6,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from temporalio.api.enums.v1 import RateLimitSource
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueResponse
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 
 from courier.config import parse_config
@@ -145,41 +143,37 @@ async def test_cancelling_rate_control_ends_it_even_mid_update(
     assert task.cancelled()
 
 
-class FakeQueueService(FakeService):
-    """Describes the queue as overridden by ``author`` (None: not overridden)."""
+class ControllerHandle(FakeHandle):
+    """A controller whose state is ``state``; counts the queries it answers."""
 
-    def __init__(self, author: str | None) -> None:
-        super().__init__()
-        self.author = author
-        self.describes = 0
+    def __init__(self, state: ControlState, outcomes: AttemptOutcomes) -> None:
+        super().__init__([], outcomes)
+        self.state = state
+        self.queries = 0
 
-    async def describe_task_queue(self, request: Any) -> Any:
-        self.describes += 1
-        response = DescribeTaskQueueResponse()
-        if self.author is not None:
-            response.effective_rate_limit.rate_limit_source = RateLimitSource.RATE_LIMIT_SOURCE_API
-            response.config.queue_rate_limit.metadata.update_identity = self.author
-        return response
+    async def query(self, name: str, **kwargs: Any) -> ControlState:
+        self.queries += 1
+        return self.state
 
 
 @pytest.mark.parametrize(
-    ("author", "reported"),
+    ("state", "reported"),
     [
-        ("courier rate control (4242@old-worker)", True),  # the circuit some worker opened
-        ("courier limit", False),  # an operator's limit: nothing for the controller to decide
-        (None, False),
+        (ControlState(mode="open", rate=0.2, version=3), True),  # opened before this worker
+        (ControlState(mode="adaptive", rate=4.0, version=2), True),
+        (ControlState(operator_limit=5.0), False),  # an operator's limit: nothing to decide
+        (ControlState(), False),
     ],
 )
-async def test_a_worker_that_knows_no_decision_asks_the_queue_whether_one_is_in_force(
-    author: str | None, reported: bool
+async def test_a_worker_that_knows_no_decision_asks_the_controller_whether_one_is_in_force(
+    state: ControlState, reported: bool
 ) -> None:
     outcomes = AttemptOutcomes()
-    client = FakeClient(FakeHandle([], outcomes))
-    service = client.workflow_service = FakeQueueService(author)
-    control = rate_control(client, outcomes)
+    handle = ControllerHandle(state, outcomes)
+    control = rate_control(FakeClient(handle), outcomes)
     answered = AttemptOutcomes(answered=1)
     assert control.mode == "normal"
     assert await control._worth_reporting(answered) is reported
     await control._worth_reporting(answered)
-    # Seen without a decision, the queue is not asked again for a while.
-    assert service.describes == (2 if reported else 1)
+    # Seen without a decision, the controller is not asked again for a while.
+    assert handle.queries == (2 if reported else 1)
