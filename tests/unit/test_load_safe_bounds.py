@@ -1,7 +1,9 @@
-"""The bound the integration tests use instead of measured rates: it passes requests that keep a
-limit, however late some arrive, and catches requests that do not keep it."""
+"""What the integration tests check instead of measured rates: a bound that passes requests that
+keep a limit, however late some arrive, and catches requests that do not keep it; whether two
+keys' requests were ever in flight at once."""
 
 from tests.integration.harness import beyond_limit
+from tests.integration.keyorder import RandomReceiver, keys_at_once
 
 
 def paced(count: int, rate: float, start: float = 0.0) -> list[float]:
@@ -36,3 +38,12 @@ def test_requests_at_the_workers_own_pace_exceed_an_override() -> None:
 
 def test_a_fifth_over_the_limit_shows_over_a_run() -> None:
     assert beyond_limit(paced(60, 6.0), 5.0) is not None
+
+
+def test_requests_of_two_keys_at_once_are_found() -> None:
+    receiver = RandomReceiver(max_delay=0, unavailable=0)
+    receiver.spans["/o/a"] = [(0.0, 0.3), (1.0, 1.1)]
+    receiver.spans["/o/b"] = [(0.2, 0.4), (2.0, 2.1)]
+    assert keys_at_once(receiver, "/o/") == 1
+    receiver.spans["/o/b"] = [(0.5, 0.6), (2.0, 2.1)]
+    assert keys_at_once(receiver, "/o/") == 0
