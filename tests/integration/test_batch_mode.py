@@ -511,7 +511,7 @@ async def test_batch_mode_worker_killed_mid_batch_has_one_effect_per_record(
 async def test_batch_mode_rate_limit_holds_in_records_per_second(
     stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
 ) -> None:
-    limit, total = 5.0, 60  # 12 activities of 5 records: 12-30 s
+    limit, total = 10.0, 60  # 12 activities of 5 records: 6-15 s
     async with Receiver() as receiver:
         name = f"api-{unique}"
         config = pipeline_config(
