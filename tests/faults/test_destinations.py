@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import re
 import time
@@ -14,7 +15,9 @@ from typing import Any
 import asyncpg
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError
 
+from courier.task_queues import describe
 from devtools.stack.postgres import SECURE_PASSWORD, SECURE_USER, secure_dsn
 from devtools.topics import create_topic
 from tests.faults.common import (
@@ -40,12 +43,18 @@ from tests.faults.report import Row
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 STEADY_LIMIT = 5.0
-STEADY_RECORDS = 300
+STEADY_RECORDS = 270
+"""Enough for the 15 s before the outage and its 30 s at 5/s, with some left after it."""
 DOWN_RECORDS = 50
 """Records of the failing destination before the outage, and again during it."""
 OUTAGE_S = 30.0
 WINDOW_S = 10.0
 """The healthy destination's throughput before the outage is measured over this window."""
+PROBE_INTERVAL_S = 5.0
+"""The down destination's probe interval once its circuit is open (the default)."""
+MAX_PAUSE_S = 5.0
+"""The longest the healthy destination may go without an export during the outage: 25 times
+its pace (a stall, not a slowdown: how fast it goes is the benchmark's business)."""
 
 
 @pytest.fixture
@@ -118,8 +127,14 @@ async def test_destination_down_while_another_flows(
     )
     await second_receiver.stop()
     stopped_at = time.monotonic()
+    # What the server holds for each queue, every second of the outage.
+    queues = [f"courier-dest-{steady}", f"courier-dest-{down}"]
+    outage_over = asyncio.Event()
+    watching = asyncio.create_task(_queue_limits(temporal_client, queues, outage_over))
     await ledger.produce(bootstrap, topic, json_records(DOWN_RECORDS, "down-b"), group="outage")
     await asyncio.sleep(OUTAGE_S - (time.monotonic() - stopped_at))  # the outage itself
+    outage_over.set()
+    limits = await watching
     refused = await _refused(second_receiver.port)
     await second_receiver.start()
     back_at = time.monotonic()
@@ -131,6 +146,9 @@ async def test_destination_down_while_another_flows(
     times = exported_times(await steady_sink.deliveries())
     before = sum(1 for t in times if stopped_at - WINDOW_S <= t < stopped_at) / WINDOW_S
     during = sum(1 for t in times if stopped_at <= t < back_at) / (back_at - stopped_at)
+    # The healthy destination's longest wait for an export during the outage.
+    marks = [stopped_at, *(t for t in times if stopped_at < t < back_at), back_at]
+    longest_pause = max(b - a for a, b in itertools.pairwise(marks))
     # Exports of the healthy destination per 5 s, from 10 s before the outage.
     series = [
         sum(1 for t in times if start <= t - stopped_at < start + 5)
@@ -147,10 +165,11 @@ async def test_destination_down_while_another_flows(
         counted,
         recovery_s=recovered_at - back_at,
         notes=f"healthy destination (limit {STEADY_LIMIT:g}/s, same worker process) "
-        f"{before:.1f}/s before, {during:.1f}/s during the {back_at - stopped_at:.0f} s outage; "
-        "recovery = receiver back → its records exported",
+        f"{before:.1f}/s before, {during:.1f}/s during the {back_at - stopped_at:.0f} s outage "
+        f"(longest pause {longest_pause:.1f} s); recovery = receiver back → its records exported",
         steady_before_per_s=round(before, 2),
         steady_during_per_s=round(during, 2),
+        steady_longest_pause_s=round(longest_pause, 2),
         steady_per_5s_from_minus_10s=series,
         outage_s=round(back_at - stopped_at, 1),
     )
@@ -162,9 +181,22 @@ async def test_destination_down_while_another_flows(
     )
     assert_clean(counted, fleet)
     assert by_status == {"COMPLETED": len(ledger)}, by_status
-    assert during >= 0.8 * before, (
-        f"the healthy destination slowed down during the outage: {during:.2f}/s, before "
-        f"{before:.2f}/s; its exports per 5 s from 10 s before the outage: {series}"
+    # Isolation as facts that hold under any load (the rates before and during are in the row;
+    # their ratio is a benchmark's, docs/benchmarks.md): the down destination's circuit opened
+    # on its own queue, the healthy queue kept its limit all along, and its exports never
+    # stopped (nominally one per 0.2 s).
+    steady_limits = {sample[queues[0]] for sample in limits}
+    down_limits = {sample[queues[1]] for sample in limits}
+    assert steady_limits == {(STEADY_LIMIT, "worker")}, (
+        f"the healthy queue's limit changed during the outage: {steady_limits}"
+    )
+    assert any(
+        source == "override" and rate == pytest.approx(1 / PROBE_INTERVAL_S)
+        for rate, source in down_limits
+    ), f"the down destination's circuit never opened: its queue's limits {down_limits}"
+    assert longest_pause <= MAX_PAUSE_S, (
+        f"the healthy destination stopped for {longest_pause:.1f}s during the outage; its "
+        f"exports per 5 s from 10 s before the outage: {series}"
     )
 
 
@@ -470,6 +502,21 @@ async def _password_enforced(settings: Any) -> None:
         "PostgreSQL accepts courier_secure without its password: start the stack with the "
         "current devtools/stack/postgres.py (courier stack start) to add its pg_hba rule"
     )
+
+
+async def _queue_limits(
+    client: Client, queues: list[str], stop: asyncio.Event, every_s: float = 1.0
+) -> list[dict[str, tuple[float | None, str]]]:
+    """Each queue's (rate limit, source) as the server reports it, every ``every_s`` until
+    ``stop`` is set."""
+    samples: list[dict[str, tuple[float | None, str]]] = []
+    while not stop.is_set():
+        with contextlib.suppress(RPCError):  # a sample missed, not a finding
+            states = await asyncio.gather(*(describe(client, q) for q in queues))
+            samples.append({s.task_queue: (s.rate_limit, s.rate_limit_source) for s in states})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+    return samples
 
 
 async def _refused(port: int) -> bool:

@@ -177,3 +177,47 @@ def busiest_window(times: list[float], seconds: float = 1.0) -> int:
             start += 1
         best = max(best, end - start + 1)
     return best
+
+
+def beyond_limit(times: list[float], limit: float) -> str | None:
+    """The stretch of ``times`` most over what a limit of ``limit``/s lets through, said in
+    words; None if no stretch is over it.
+
+    A stretch of ``s`` seconds may hold ``limit * s`` requests plus a burst of ``limit + 1``:
+    the most the Temporal server's limiter hands out (it starts with a full bucket: 11 tasks in
+    the first second at 5/s). Courier's workers also pace their requests evenly at the limit,
+    so a request may arrive up to about a second late (a busy machine) before the bound is
+    reached. Load only spreads requests out, which no stretch can hold against the bound,
+    unlike a rate measured over the run, where a few late requests at either end move the
+    figure either way. A limit that does not hold still shows: the stretches outgrow the burst.
+    """
+    ordered = sorted(times)
+    burst = limit + 1
+    worst: tuple[float, int, int] | None = None  # (excess, first, last)
+    for i, first in enumerate(ordered):
+        for j in range(i + 1, len(ordered)):
+            excess = (j - i + 1) - (burst + limit * (ordered[j] - first))
+            if excess > 0 and (worst is None or excess > worst[0]):
+                worst = (excess, i, j)
+    if worst is None:
+        return None
+    _, i, j = worst
+    return (
+        f"{j - i + 1} requests in {ordered[j] - ordered[i]:.2f}s (from request {i} of "
+        f"{len(ordered)}): more than {limit:g}/s with a burst of {burst:g} lets through"
+    )
+
+
+async def terminate_running(client: Client, task_queue: str) -> None:
+    """Terminate the workflows still running on ``task_queue`` and on its control queue
+    (backlogs a test leaves behind, a destination's DestinationState workflow)."""
+    for queue in (task_queue, f"{task_queue}-control"):
+        query = f"TaskQueue = '{queue}' AND ExecutionStatus = 'Running'"
+        running = [wf async for wf in client.list_workflows(query)]
+        await asyncio.gather(
+            *(
+                client.get_workflow_handle(wf.id, run_id=wf.run_id).terminate("test over")
+                for wf in running
+            ),
+            return_exceptions=True,  # one that ended meanwhile is fine
+        )

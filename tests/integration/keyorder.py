@@ -75,6 +75,21 @@ def overlapping(receiver: RandomReceiver, prefix: str) -> list[str]:
     return found
 
 
+def keys_at_once(receiver: RandomReceiver, prefix: str) -> int:
+    """Requests that arrived while a request of another key (path) was being answered."""
+    spans = sorted(
+        (arrived, answered, path)
+        for path, found in receiver.spans.items()
+        if path.startswith(prefix)
+        for arrived, answered in found
+    )
+    return sum(
+        1
+        for i, (arrived, _, path) in enumerate(spans)
+        if any(other != path and answered > arrived for _, answered, other in spans[:i])
+    )
+
+
 def updates(prefix: str) -> list[tuple[bytes | None, bytes | None]]:
     """``UPDATES`` updates of each of ``KEYS`` keys, interleaved."""
     return [
