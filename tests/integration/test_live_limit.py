@@ -9,6 +9,7 @@ import pytest
 from temporalio.client import Client
 
 from courier import task_queues as queues
+from courier.serving.pacing import PACE_REFRESH_S
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce
 from tests.integration.harness import (
@@ -17,7 +18,6 @@ from tests.integration.harness import (
     eventually,
     pipeline_config,
 )
-from worker import PACE_REFRESH_S
 
 pytestmark = pytest.mark.integration
 
