@@ -151,6 +151,16 @@ class DestinationConfig(BaseModel):
         return DeploymentNeeds()
 
     @classmethod
+    def credential_fields(cls, entry: Mapping[str, Any]) -> list[tuple[str, ...]]:
+        """Fields of this kind's entry in the config file (as written) that hold a credential.
+
+        Paths inside the entry, e.g. ``("headers", "Authorization")``; they must come from the
+        environment (``${NAME}``), never be written in the file. Fields typed ``SecretStr`` and
+        passwords in URLs and DSNs are found without this; by default there are no others.
+        """
+        return []
+
+    @classmethod
     def describe_preview(cls, shown: Mapping[str, Any]) -> list[str]:
         """Lines showing what this kind's ``preview()`` returned (``courier map``).
 

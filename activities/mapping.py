@@ -30,6 +30,7 @@ record's export, with a reason naming the field and the expression.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import threading
@@ -40,6 +41,7 @@ from typing import Any
 import jsonatapy
 
 from activities.encoding import parse_json_text
+from activities.jsonata_paths import Read, record_reads
 from workflows.types import Blob, OutgoingRecord
 
 TIMEOUT_MS = 1000
@@ -64,6 +66,7 @@ RECORD_FIELDS = (
     "idempotency_key",
 )
 """The top-level fields of :func:`record_data`."""
+# Used only for an expression the path parser cannot read (jsonatapy compiled it).
 _LEADING_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:$|[.\[&=!<>+*/%-])")
 
 
@@ -127,12 +130,9 @@ class Expression:
             raise ValueError(
                 f"mapping {shorten(text)} does not compile: {_describe_error(err)}"
             ) from None
-        leading = _LEADING_NAME.match(text)
-        if leading and leading.group(1) not in (*RECORD_FIELDS, "true", "false", "null"):
-            raise ValueError(
-                f"mapping {shorten(text)} reads {leading.group(1)!r}, which a record does not "
-                f"have; its fields are {', '.join(RECORD_FIELDS)}"
-            )
+        unknown = unknown_reads(text)
+        if unknown:
+            raise ValueError(f"mapping {shorten(text)} {describe_unknown(unknown)}")
         self.text = text
         self.field = field
 
@@ -156,6 +156,38 @@ class Expression:
     def error(self, problem: str) -> MappingError:
         """A MappingError about this expression's result."""
         return MappingError(self.field, self.text, problem)
+
+
+def unknown_reads(text: str) -> list[Read]:
+    """The names ``text`` reads from the record that a record does not have (each name once)."""
+    try:
+        reads = record_reads(text)
+    except ValueError:  # syntax the path parser does not know: check the leading name only
+        leading = _LEADING_NAME.match(text)
+        reads = [Read(leading.group(1), leading.start(1))] if leading else []
+    unknown: dict[str, Read] = {}
+    for read in reads:
+        if read.name not in RECORD_FIELDS and read.name not in ("true", "false", "null"):
+            unknown.setdefault(read.name, read)
+    return list(unknown.values())
+
+
+def describe_unknown(unknown: list[Read]) -> str:
+    """What is wrong with an expression reading these names, e.g. "reads 'vlaue' (did you mean
+    'value'?), which a record does not have; its fields are key, …"."""
+    parts = []
+    for read in unknown:
+        notes = []
+        if read.key is not None:
+            notes.append(f'for "{read.key}"')
+        close = difflib.get_close_matches(read.name, RECORD_FIELDS, n=1)
+        if close:
+            notes.append(f"did you mean {close[0]!r}?")
+        if read.as_key:
+            notes.append(f'as an object key, which is an expression: write "{read.name}" for text')
+        parts.append(f"{read.name!r}" + (f" ({'; '.join(notes)})" if notes else ""))
+    names = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"reads {names}, which a record does not have; its fields are {', '.join(RECORD_FIELDS)}"
 
 
 def check_mappings(destination: str, fields: dict[str, tuple[str, str]]) -> None:

@@ -113,8 +113,22 @@ Body = Annotated[
 ]
 
 
+SENSITIVE_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-auth-token"}
+)
+"""Request headers (lower case) whose values are credentials."""
+
+
 class RestConfig(DestinationConfig):
     """An HTTP endpoint that receives one request per record."""
+
+    @classmethod
+    def credential_fields(cls, entry: Mapping[str, Any]) -> list[tuple[str, ...]]:
+        """The headers that carry credentials (Authorization, API keys, cookies)."""
+        headers = entry.get("headers")
+        if not isinstance(headers, Mapping):
+            return []
+        return [("headers", name) for name in headers if str(name).lower() in SENSITIVE_HEADERS]
 
     def create(self) -> RestDestination:
         """The destination this config describes (not yet opened)."""

@@ -2,23 +2,33 @@
 
 ``${NAME}`` (or ``${NAME:-default}``) anywhere in a string value is replaced from the
 environment before validation, so secrets stay out of the file and out of workflow history.
-Every error names the field, e.g. ``destinations[1].url: ...``.
+Every error names the field, e.g. ``destinations[1].url: ...``, and, read from a file, where it
+is (``destinations[1].url (line 12, column 5): ...``).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from activities.base import DestinationConfig
 from activities.mapping import Expression
-from activities.registry import AnyDestinationConfig, on_change
+from activities.registry import (
+    DISCRIMINATOR,
+    KINDS,
+    AnyDestinationConfig,
+    RegisteredKinds,
+    on_change,
+)
 from courier.durations import Duration
 from courier.encryption import EncryptionConfig
 from courier.k8s_config import KubernetesConfig
@@ -28,6 +38,11 @@ _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 class ConfigError(Exception):
     """The config file cannot be used; the message lists each problem as ``field: reason``."""
+
+    def __init__(self, message: str, *, environment: bool = False) -> None:
+        super().__init__(message)
+        self.environment = environment
+        """Every problem is in the environment (an unset variable), not in the file."""
 
 
 class _Strict(BaseModel):
@@ -351,12 +366,19 @@ def _rebuild_with_the_kinds() -> None:
 on_change(_rebuild_with_the_kinds)
 
 
-def substitute_env(value: Any, environ: dict[str, str], path: str = "") -> Any:
-    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed YAML tree."""
+TreePath = tuple[str | int, ...]
+"""Where a value is in a parsed config tree: keys and list indexes."""
+
+
+def _substitute(
+    value: Any, environ: dict[str, str], where: TreePath, unset: list[tuple[TreePath, str]]
+) -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed YAML tree; add
+    the place and name of each unset variable without a default to ``unset``."""
     if isinstance(value, dict):
-        return {k: substitute_env(v, environ, _join(path, k)) for k, v in value.items()}
+        return {k: _substitute(v, environ, (*where, k), unset) for k, v in value.items()}
     if isinstance(value, list):
-        return [substitute_env(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_substitute(v, environ, (*where, i), unset) for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def replace(match: re.Match[str]) -> str:
@@ -365,21 +387,38 @@ def substitute_env(value: Any, environ: dict[str, str], path: str = "") -> Any:
                 return environ[name]
             if default is not None:
                 return default
-            raise ConfigError(f"{path}: environment variable {name} is not set")
+            unset.append((where, name))
+            return ""
 
         return _ENV_REFERENCE.sub(replace, value)
     return value
 
 
-def parse_config(data: Any, *, environ: dict[str, str] | None = None) -> CourierConfig:
-    """Validate an already-parsed config tree; raise :class:`ConfigError` naming each field."""
+def _unset(name: str) -> str:
+    return (
+        f"environment variable {name} is not set; set {name} in the environment (or give a "
+        f"default: ${{{name}:-value}})"
+    )
+
+
+def parse_config(
+    data: Any, *, environ: dict[str, str] | None = None, source: yaml.Node | None = None
+) -> CourierConfig:
+    """Validate an already-parsed config tree; raise :class:`ConfigError` naming each field.
+
+    ``source``: the YAML node tree ``data`` was read from, to say where each problem is.
+    """
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping with kafka, destinations and routes")
-    resolved = substitute_env(data, dict(os.environ if environ is None else environ))
+    unset: list[tuple[TreePath, str]] = []
+    resolved = _substitute(data, dict(os.environ if environ is None else environ), (), unset)
+    if unset:
+        lines = [f"  {located(where, source)}: {_unset(name)}" for where, name in unset]
+        raise ConfigError("\n".join(lines), environment=True)
     try:
         return CourierConfig.model_validate(resolved)
     except ValidationError as err:
-        raise ConfigError(_describe(err, resolved)) from None
+        raise ConfigError(_describe(err, resolved, source)) from None
 
 
 def load_config(path: Path | str, *, environ: dict[str, str] | None = None) -> CourierConfig:
@@ -390,13 +429,38 @@ def load_config(path: Path | str, *, environ: dict[str, str] | None = None) -> C
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data, source = read_yaml(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
     try:
-        return parse_config(data, environ=environ)
+        return parse_config(data, environ=environ, source=source)
     except ConfigError as err:
-        raise ConfigError(f"{path}: invalid config\n{err}") from None
+        raise ConfigError(f"{path}: invalid config\n{err}", environment=err.environment) from None
+
+
+def read_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    """The parsed YAML document and its node tree (which knows each value's line and column)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    finally:
+        loader.dispose()
+
+
+def config_problem(path: Path, err: ConfigError) -> str:
+    """A config error in one line (its per-field lines joined) and what to do."""
+    head, *problems = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+    if problems and err.environment:
+        return f"{head}: {'; '.join(problems)}"  # each line says which variable to set
+    if problems:
+        return (
+            f"{head}: {'; '.join(problems)}; fix the file (courier config reference describes "
+            "every field)"
+        )
+    if not path.is_file():
+        return f"{head}; pass --config FILE or set COURIER_CONFIG"
+    return head
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -420,30 +484,134 @@ def _join(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _describe(err: ValidationError, data: Any) -> str:
+def _joined(where: TreePath) -> str:
+    """``where`` as written in messages, e.g. ``destinations[1].url``."""
+    path = ""
+    for part in where:
+        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)
+    return path
+
+
+def located(where: TreePath, source: yaml.Node | None) -> str:
+    """``where`` as written in messages, with its line and column in the file when known.
+
+    The position is that of the key (or list item) ``where`` ends at, or of the nearest
+    enclosing one that is in the file (a missing field: the section that lacks it).
+    """
+    mark, node = None, source
+    for part in where:
+        found = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                    found, mark = value, key.start_mark
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part < len(node.value):
+                found = node.value[part]
+                mark = found.start_mark
+        if found is None:
+            break
+        node = found
+    text = _joined(where)
+    if mark is None:
+        return text
+    return f"{text} (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def typed_nodes(tree: Any) -> Iterator[tuple[TreePath, Any, Any]]:
+    """``(path, node, type)`` for every node of a parsed config tree that is a known field.
+
+    ``type`` is what the node is validated as, with unions picked by the node (a destination by
+    its ``kind``); a node whose type cannot be told (an unknown kind) is left out, with its
+    children.
+    """
+
+    def walk(node: Any, annotation: Any, where: TreePath) -> Iterator[tuple[TreePath, Any, Any]]:
+        kind = _resolve(annotation, node)
+        if kind is None:
+            return
+        yield where, node, kind
+        origin = get_origin(kind)
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and isinstance(node, dict):
+            for key, value in node.items():
+                field = kind.model_fields.get(key) if isinstance(key, str) else None
+                if field is not None:
+                    yield from walk(value, field.annotation, (*where, key))
+        elif origin is list and isinstance(node, list):
+            for index, value in enumerate(node):
+                yield from walk(value, get_args(kind)[0], (*where, index))
+        elif origin is dict and isinstance(node, dict):
+            for key, value in node.items():
+                yield from walk(value, get_args(kind)[1], (*where, key))
+
+    yield from walk(tree, CourierConfig, ())
+
+
+def _resolve(annotation: Any, node: Any) -> Any:
+    """The type ``node`` is validated as: Annotated unwrapped, a union's member picked."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        base, *metadata = get_args(annotation)
+        if any(isinstance(m, RegisteredKinds) for m in metadata):
+            kind = node.get(DISCRIMINATOR) if isinstance(node, dict) else None
+            return KINDS.get(kind) if isinstance(kind, str) else None
+        return _resolve(base, node)
+    if origin in (Union, types.UnionType):
+        members = [_resolve(a, node) for a in get_args(annotation) if a is not type(None)]
+        fitting = [m for m in members if m is not None and _fits(m, node)]
+        return fitting[0] if len(fitting) == 1 else None
+    return annotation
+
+
+def _fits(kind: Any, node: Any) -> bool:
+    """Whether a node of this shape (mapping, list, scalar) can be a ``kind``."""
+    origin = get_origin(kind)
+    mapping = origin is dict or (isinstance(kind, type) and issubclass(kind, BaseModel))
+    if isinstance(node, dict):
+        return mapping
+    if isinstance(node, list):
+        return origin is list
+    return not mapping and origin is not list
+
+
+def _known_fields(tree: Any, where: TreePath) -> list[str]:
+    """The fields the section at ``where`` of a parsed config tree may have."""
+    for path, _, kind in typed_nodes(tree):
+        if path == where and isinstance(kind, type) and issubclass(kind, BaseModel):
+            return list(kind.model_fields)
+    return []
+
+
+def _describe(err: ValidationError, data: Any, source: yaml.Node | None = None) -> str:
     """One ``field: reason`` line per pydantic error, with paths as written in YAML."""
     lines = []
     for problem in err.errors():
-        path, node = "", data
+        where: list[str | int] = []
+        node = data
         loc = problem["loc"]
         for index, part in enumerate(loc):
             if isinstance(part, int):
-                path += f"[{part}]"
+                where.append(part)
                 node = node[part] if isinstance(node, list) and part < len(node) else None
             elif not (isinstance(node, dict) and part in node) and (
                 index < len(loc) - 1 or problem["type"] != "missing"
             ):
                 continue  # a union tag pydantic adds (e.g. the kind): not a field of the YAML
             else:
-                path = _join(path, part)
+                where.append(part)
                 node = node.get(part) if isinstance(node, dict) else None
+        path = located(tuple(where), source)
         reason = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "missing":
             reason = "required field is missing"
         elif problem["type"] == "extra_forbidden":
             reason = "unknown field"
+            known = _known_fields(data, tuple(where[:-1])) if where else []
+            close = difflib.get_close_matches(str(where[-1]), known, n=3) if where else []
+            if close:
+                reason += f"; did you mean {' or '.join(repr(c) for c in close)}?"
         elif problem["type"] == "union_tag_invalid":
-            path = _join(path, "kind")
+            path = located((*where, DISCRIMINATOR), source)
             ctx = problem.get("ctx", {})
             reason = (
                 f"unknown destination kind {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"

@@ -31,7 +31,8 @@ from typing import Any
 import yaml
 
 from activities.base import DestinationConfig
-from courier.config import _ENV_REFERENCE, ConfigError, CourierConfig, parse_config
+from courier.config import _ENV_REFERENCE, ConfigError, CourierConfig, parse_config, read_yaml
+from courier.config_lint import written_secrets
 from courier.k8s_config import DestinationScaling, KubernetesConfig, Resources
 
 CONFIG_DIR = "/etc/courier"
@@ -148,7 +149,7 @@ def k8s_name(*parts: str) -> str:
 def generate(source: str, *, partitions: int | None = None) -> Manifests:
     """Manifests for the config file text ``source``; :class:`DeployError` when it cannot be."""
     try:
-        tree = yaml.safe_load(source)
+        tree, nodes = read_yaml(source)
     except yaml.YAMLError as err:
         raise DeployError(f"the config is not valid YAML: {err}") from None
     if not isinstance(tree, dict):
@@ -162,7 +163,7 @@ def generate(source: str, *, partitions: int | None = None) -> Manifests:
     # template would read as an expression), the manifests never see a value.
     environ = {p.name: stand_in(p.name) for p in names if not p.has_default} | plain
     try:
-        cfg = parse_config(tree, environ=environ)
+        cfg = parse_config(tree, environ=environ, source=nodes)
     except ConfigError as err:
         raise DeployError(f"invalid config: {restored(' '.join(str(err).split()))}") from None
     k8s = cfg.kubernetes
@@ -176,55 +177,27 @@ def generate(source: str, *, partitions: int | None = None) -> Manifests:
     if written:
         raise DeployError(
             f"{', '.join(written)}: written into the config file, which becomes a ConfigMap "
-            f"anyone with read access to the namespace can see; write ${{NAME}} there and put "
-            f"the value in the Secret {k8s.secret_name}"
+            f"anyone with read access to the namespace can see; write ${{NAME}} there (with no "
+            f":-default) and put the value in the Secret {k8s.secret_name}"
         )
     secret_keys = [p for p in names if p.name not in plain]
     return _Builder(cfg, k8s, source, plain, secret_keys).build()
 
 
-SENSITIVE_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-auth-token"}
-)
-_USERINFO_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@:]*:([^/@]*)@", re.IGNORECASE)
-
-
 def literal_secrets(tree: dict[str, Any]) -> list[str]:
-    """Paths of credentials written literally (without a ``${NAME}``) in a parsed config file.
+    """Fields that hold a credential written in a parsed config file, or in a ``:-default``.
 
-    Checked: ``kafka.security.sasl_password``, ``temporal.api_key``, encryption keys, passwords
-    in destination URLs and DSNs, and credential headers of REST destinations.
+    See :func:`courier.config_lint.written_secrets`: fields typed ``SecretStr`` (the SASL
+    password, the Temporal API key, encryption keys), the credential fields of destination kinds
+    (a REST destination's Authorization header) and passwords in any URL or DSN.
     """
-
-    def literal(value: Any) -> bool:
-        return isinstance(value, str) and bool(value) and "${" not in value
-
-    def mapping(value: Any) -> dict[str, Any]:
-        return value if isinstance(value, dict) else {}
-
-    found: list[str] = []
-    kafka_security = mapping(mapping(tree.get("kafka")).get("security"))
-    if literal(kafka_security.get("sasl_password")):
-        found.append("kafka.security.sasl_password")
-    temporal = mapping(tree.get("temporal"))
-    if literal(temporal.get("api_key")):
-        found.append("temporal.api_key")
-    keys = mapping(temporal.get("encryption")).get("keys")
-    for i, key in enumerate(keys if isinstance(keys, list) else []):
-        if literal(mapping(key).get("key")):
-            found.append(f"temporal.encryption.keys[{i}].key")
-    destinations = tree.get("destinations")
-    for i, dest in enumerate(destinations if isinstance(destinations, list) else []):
-        dest = mapping(dest)
-        for field_name in ("url", "dsn"):
-            value = dest.get(field_name)
-            match = _USERINFO_PASSWORD.match(value) if isinstance(value, str) else None
-            if match and literal(match.group(1)):
-                found.append(f"destinations[{i}].{field_name} (its password)")
-        for name, value in mapping(dest.get("headers")).items():
-            if str(name).lower() in SENSITIVE_HEADERS and literal(value):
-                found.append(f"destinations[{i}].headers.{name}")
-    return found
+    found = []
+    for secret in written_secrets(tree):
+        notes = ["its password"] if secret.password else []
+        if secret.default_of is not None:
+            notes.append(f"in the default of ${{{secret.default_of}}}")
+        found.append(secret.field + (f" ({', '.join(notes)})" if notes else ""))
+    return list(dict.fromkeys(found))
 
 
 class _Builder:

@@ -106,14 +106,22 @@ def _blob(data: dict[str, Any], name: str, path: Path) -> Blob | None:
 async def record_from_kafka(
     kafka: KafkaConfig, *, topic: str, partition: int, offset: int
 ) -> KafkaRecord:
-    """The record at these coordinates, read from the configured Kafka."""
+    """The record at these coordinates, read from the configured Kafka.
+
+    Brokers that cannot be used are a one-line :class:`PreviewError` (as ingest says it),
+    before aiokafka is started: it would log errors and fail with a list of addresses.
+    """
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
     from ingest.handoff import to_kafka_record
-    from ingest.kafka import consumer_options
+    from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options
     from ingest.topic_ids import fetch_topic_ids
 
+    try:
+        await check_brokers(kafka)
+    except KafkaUnreachable as err:
+        raise PreviewError(str(err)) from None
     consumer = AIOKafkaConsumer(
         group_id=None,
         enable_auto_commit=False,

@@ -77,9 +77,10 @@ def test_invalid_config_is_one_line_naming_each_field_and_what_to_do(tmp_path: P
     result = runner.invoke(app, ["config", "check", "-c", str(bad)])
     assert result.exit_code == 2
     assert result.output == (
-        f"error: {bad}: invalid config: kafka.group: String should have at least 1 character; "
-        "destinations[0].rate_limit: Input should be a valid number, unable to parse string as "
-        "a number; fix the file (courier config reference describes every field)\n"
+        f"error: {bad}: invalid config: kafka.group (line 7, column 3): String should have at "
+        "least 1 character; destinations[0].rate_limit (line 37, column 5): Input should be a "
+        "valid number, unable to parse string as a number; fix the file (courier config "
+        "reference describes every field)\n"
     )
 
 

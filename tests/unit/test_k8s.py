@@ -133,8 +133,22 @@ def test_every_manifest_validates_against_its_schema(docs: list[dict[str, Any]])
         validate(doc)
 
 
-def test_the_example_config_validates() -> None:
-    result = runner.invoke(app, ["deploy", "k8s", "-c", str(EXAMPLE)])
+def test_the_example_config_validates(tmp_path: Path) -> None:
+    # The example's demo credentials have defaults, for local runs; deploy refuses those.
+    refused = runner.invoke(app, ["deploy", "k8s", "-c", str(EXAMPLE)])
+    assert refused.exit_code == 2
+    assert (
+        "destinations[0].headers.Authorization (in the default of ${ORDERS_API_TOKEN}), "
+        "destinations[3].dsn (its password, in the default of ${COURIER_POSTGRES_DSN}): written "
+        "into the config file, which becomes a ConfigMap"
+    ) in refused.output
+    config = tmp_path / "courier.yaml"
+    config.write_text(
+        re.sub(
+            r"\$\{(ORDERS_API_TOKEN|COURIER_POSTGRES_DSN):-[^}]*\}", r"${\1}", EXAMPLE.read_text()
+        )
+    )
+    result = runner.invoke(app, ["deploy", "k8s", "-c", str(config)])
     assert result.exit_code == 0, result.output
     example = documents(result.stdout)
     assert "&id0" not in result.stdout, "no YAML aliases: plain manifests for reviewers"

@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("activities",),
     (
         "courier.config",
+        "courier.config_lint",
         "courier.config_reference",
         "courier.temporal",
         "courier.task_queues",

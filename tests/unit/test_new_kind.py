@@ -136,8 +136,10 @@ def test_a_registered_kind_passes_config_check(outbox: None, config: str) -> Non
     bad.write_text(Path(config).read_text().replace("spool: spool/mail", "spol: spool/mail"))
     refused = runner.invoke(app, ["config", "check", "-c", str(bad)])
     assert refused.exit_code == 2
-    assert "destinations[1].spool: required field is missing" in refused.output
-    assert "destinations[1].spol: unknown field" in refused.output
+    assert "destinations[1].spool (line 5, column 3): required field is missing" in refused.output
+    assert "destinations[1].spol (line 8, column 3): unknown field; did you mean 'spool'?" in (
+        refused.output
+    )
 
 
 def test_a_registered_kind_shows_its_preview_in_courier_map(
