@@ -112,15 +112,9 @@ def load(path: Path) -> CourierConfig:
 
 def _config_problem(path: Path, err: ConfigError) -> str:
     """A config error in one line (its per-field lines joined) and what to do."""
-    head, *problems = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
-    if problems:
-        return (
-            f"{head}: {'; '.join(problems)}; fix the file (courier config reference describes "
-            "every field)"
-        )
-    if not path.is_file():
-        return f"{head}; pass --config FILE or set COURIER_CONFIG"
-    return head
+    from courier.config import config_problem  # lazy: as in load(), which alone calls this
+
+    return config_problem(path, err)
 
 
 def check_destination(config: CourierConfig, name: str) -> DestinationConfig:

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from courier.config import CourierConfig
+from courier.config_lint import lint_file
 from courier.ops.output import Output
 from courier.rates import format_rate
 
@@ -35,6 +36,8 @@ def check(config: CourierConfig, path: Path, out: Output) -> int:
         f"routes: {rules or '(none)'}; default: {config.routes.default or '(none)'}; "
         f"unmatched: {config.routes.unmatched}"
     )
+    for warning in lint_file(path, config):
+        out.warning(warning)
     return 0
 
 

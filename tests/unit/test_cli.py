@@ -140,3 +140,15 @@ def test_service_commands_share_one_options_object(monkeypatch: pytest.MonkeyPat
         "--log-format",
         "--log-level",
     ]
+
+
+def test_config_check_warns_about_a_valid_config_that_routes_nowhere(tmp_path: Path) -> None:
+    path = tmp_path / "courier.yaml"
+    path.write_text(
+        "kafka: {topics: [orders], group: g}\n"
+        "destinations: [{name: out, kind: file, path: /tmp/out.jsonl}]\n"
+        "routes: {}\n"
+    )
+    result = runner.invoke(app, ["config", "check", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "warning: routes: no rules and no default, so every record fails" in result.output
