@@ -4,11 +4,14 @@ The loop owns Kafka — assignment, fetching, buffering and pausing, topic IDs a
 commits, rebalances — and one hand-off strategy (``ingest.strategy``) chosen once from the
 config: per record (``ingest.per_record``), per record with key chains for ordered destinations
 (``ingest.ordered``), or per offset range (``ingest.ranges``). The strategy takes buffered
-records and starts hand-offs in the window the loop lends it; the loop commits the offset
-tracker's safe points, which only hand-offs finished move (as Kafka Connect's ``SinkTask``
-gets ``put`` records and ``open``/``close`` of partitions, and Arroyo's processing strategy
-``submit``/``join``: here :meth:`Strategy.dispatch`, ``on_restart``, ``on_revoke``, and the
-loop's drain).
+records and starts hand-offs in the window the loop lends it (``HandOffs``); the loop commits
+the offset tracker's safe points, which only finished hand-offs move.
+
+The references are Kafka Connect's ``SinkTask`` (``open``/``put``/``close`` per partition) and
+Arroyo's processing strategy (``submit``/``join``, rebuilt per assignment): ``dispatch`` is
+``put``, ``on_restart``/``on_revoke`` are ``close``, the loop's drain is ``join``. Unlike
+Arroyo's, the strategy lives as long as the loop and forgets per partition instead: hand-offs of
+a revoked partition may still finish after it is assigned again, and key chains span them.
 
 Lifecycle, in order:
 

@@ -22,6 +22,10 @@ partition's commit point pass the record:
 
 The size guard measures what Temporal measures: the workflow input encoded by the client's
 data converter, against ``temporal.max_input_bytes``.
+
+:func:`deliver` applies this contract to any hand-off: a record's workflow (here), its signal to
+its key's workflow (``ingest.ordered``), and a batch range's workflow (``ingest.ranges``), whose
+failed workflow lists each of its records with the reason.
 """
 
 from __future__ import annotations
