@@ -129,40 +129,6 @@ def range_input(
     )
 
 
-def failed_range_input(
-    span: RangeSpan, built: ExportRangeInput | None, reason: str
-) -> ExportRangeInput:
-    """A range's input that exports nothing and fails listing each record with ``reason``.
-
-    Records keep the destination they were routed to (``built``, if the input could be built)
-    and skipped ones stay out; without ``built`` every record is listed, with no destination.
-    """
-    if len(span.offsets) * len(reason) > FAILED_RANGE_REASONS_BYTES:
-        reason = reason[: max(100, FAILED_RANGE_REASONS_BYTES // len(span.offsets))] + "…"
-    if built is None:
-        failed = [FailedRecord(offset, None, reason) for offset in span.offsets]
-    else:
-        failed = [
-            *built.failed,
-            *(
-                FailedRecord(offset, piece.destination.name, reason)
-                for piece in built.slices
-                for offset in piece.offsets
-            ),
-        ]
-        failed.sort(key=lambda f: f.offset)
-    return ExportRangeInput(
-        group=span.group,
-        topic=span.topic,
-        topic_id=span.topic_id,
-        partition=span.partition,
-        first_offset=span.offsets[0] if built is None else built.first_offset,
-        last_offset=span.offsets[-1] if built is None else built.last_offset,
-        slices=[],
-        failed=failed,
-    )
-
-
 @dataclass(frozen=True)
 class RangeSpan:
     """Where a range is: what its failed workflow still says if its input cannot be built."""
@@ -196,6 +162,40 @@ class RangeStart:
     """Set when the range could not be handed off and got a failed workflow instead."""
     listed: int = 0
     """Records the started workflow lists, to export or as failed (skipped ones are not)."""
+
+
+def failed_range_input(
+    span: RangeSpan, built: ExportRangeInput | None, reason: str
+) -> ExportRangeInput:
+    """A range's input that exports nothing and fails listing each record with ``reason``.
+
+    Records keep the destination they were routed to (``built``, if the input could be built)
+    and skipped ones stay out; without ``built`` every record is listed, with no destination.
+    """
+    if len(span.offsets) * len(reason) > FAILED_RANGE_REASONS_BYTES:
+        reason = reason[: max(100, FAILED_RANGE_REASONS_BYTES // len(span.offsets))] + "…"
+    if built is None:
+        failed = [FailedRecord(offset, None, reason) for offset in span.offsets]
+    else:
+        failed = [
+            *built.failed,
+            *(
+                FailedRecord(offset, piece.destination.name, reason)
+                for piece in built.slices
+                for offset in piece.offsets
+            ),
+        ]
+        failed.sort(key=lambda f: f.offset)
+    return ExportRangeInput(
+        group=span.group,
+        topic=span.topic,
+        topic_id=span.topic_id,
+        partition=span.partition,
+        first_offset=span.offsets[0] if built is None else built.first_offset,
+        last_offset=span.offsets[-1] if built is None else built.last_offset,
+        slices=[],
+        failed=failed,
+    )
 
 
 async def hand_off_range(
@@ -512,12 +512,14 @@ class Ranges:
                     metrics.HAND_OFF_FAILURES.labels(tp.topic).inc()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_BACKOFF_S)
-            for outcome, count in (
+            outcomes = [
                 ("started", result.started),
                 ("existing", result.existing),
                 ("skipped", result.skipped),
-                ("failed", result.failed),
-            ):
+            ]
+            if result.failed:
+                outcomes.append(("failed", result.failed))
+            for outcome, count in outcomes:
                 shared.counts[outcome] += count
                 metrics.INGESTED.labels(tp.topic, outcome).inc(count)
             if shared.epoch(tp) == epoch:

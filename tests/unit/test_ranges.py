@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import pytest
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from courier import metrics
@@ -182,6 +183,36 @@ async def test_errors_about_courier_itself_retry_and_the_range_waits(
     assert len(errors) == 1, "logged once a minute, not per attempt"
     assert "cannot start workflows (NOT_FOUND" in errors[0].getMessage()
     assert f"{TOPIC}/0 [0..2] waits" in errors[0].getMessage()
+
+
+class FoundClient(FakeClient):
+    """A client whose every start finds the range an earlier run started, ending at ``last``."""
+
+    def __init__(self, last: int) -> None:
+        super().__init__([WorkflowAlreadyStartedError(WID, "ExportRange")])
+        self.last = last
+
+    def get_workflow_handle(self, workflow_id: str) -> Any:
+        last = self.last
+
+        class Description:
+            async def memo_value(self, key: str, *, type_hint: type) -> int:
+                assert key == "last_offset"
+                return last
+
+        class Handle:
+            async def describe(self) -> Description:
+                return Description()
+
+        return Handle()
+
+
+async def test_a_range_an_earlier_run_started_is_found_again_by_its_memo() -> None:
+    client = FoundClient(last=1)
+    result = await run_range(client)
+    # [0..1] exists; [2..2] is started anew, under the ID of its own first offset.
+    assert result == RangeHandOff(2, started=1, existing=2, skipped=0, failed=0)
+    assert [call["id"] for call in client.calls] == [WID, WID.replace("/0/0/", "/0/2/")]
 
 
 async def test_a_failed_range_of_the_most_records_stays_under_temporals_limit() -> None:
