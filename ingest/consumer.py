@@ -1,6 +1,19 @@
-"""The ingest loop: consume, route, hand off to Temporal, commit only what is safe.
+"""The ingest loop: consume, hand off to Temporal through a strategy, commit only what is safe.
 
-Lifecycle, in order (as Kafka Connect's ``SinkTask``):
+The loop owns Kafka — assignment, fetching, buffering and pausing, topic IDs and incarnations,
+commits, rebalances — and one hand-off strategy (``ingest.strategy``) chosen once from the
+config: per record (``ingest.per_record``), per record with key chains for ordered destinations
+(``ingest.ordered``), or per offset range (``ingest.ranges``). The strategy takes buffered
+records and starts hand-offs in the window the loop lends it (``HandOffs``); the loop commits
+the offset tracker's safe points, which only finished hand-offs move.
+
+The references are Kafka Connect's ``SinkTask`` (``open``/``put``/``close`` per partition) and
+Arroyo's processing strategy (``submit``/``join``, rebuilt per assignment): ``dispatch`` is
+``put``, ``on_restart``/``on_revoke`` are ``close``, the loop's drain is ``join``. Unlike
+Arroyo's, the strategy lives as long as the loop and forgets per partition instead: hand-offs of
+a revoked partition may still finish after it is assigned again, and key chains span them.
+
+Lifecycle, in order:
 
 1. Subscribe with auto-commit off, read-committed by default, never creating topics.
 2. Poll. Fetched records wait in a per-partition buffer; a partition with buffered records is
@@ -13,13 +26,16 @@ Lifecycle, in order (as Kafka Connect's ``SinkTask``):
    records are handed off only once the offset it was positioned at is known to belong to the
    topic's current ID (``ingest.incarnations``); one committed for an earlier topic of the same
    name is passed over and the partition read from the beginning.
-4. Hand records off concurrently (at most ``kafka.max_in_flight`` at once), each starting its
-   workflow (``ingest.handoff``, whose failure contract says what happens when that fails).
+4. After every poll, the strategy takes buffered records whose partition's position is checked
+   and hands them off concurrently (at most ``kafka.max_in_flight`` at once: records, key
+   turns or ranges), each starting its workflow (``ingest.handoff``, whose failure contract
+   says what happens when that fails; ranges follow it too). A partition whose topic ID
+   changed, or whose position was reset, is restarted: the strategy drops what it holds of it.
 5. Every ``kafka.commit_interval``: commit each partition's safe point — the lowest offset
    still in flight, or one past the last record begun (see ``ingest.offsets``).
-6. On revoke: drop the revoked partitions' buffered records, wait (bounded) for their
-   hand-offs in flight, commit them unless their topic was deleted or recreated meanwhile,
-   forget them; the next owner reads the rest again.
+6. On revoke: drop the revoked partitions' buffered records (and the strategy what it holds of
+   them, never begun), wait (bounded) for their hand-offs in flight, commit them unless their
+   topic was deleted or recreated meanwhile, forget them; the next owner reads the rest again.
 7. On stop (SIGTERM): stop reading, wait (briefly) for hand-offs in flight, commit, leave the
    group, all within about 2 s; a stop while still connecting to Kafka ends the attempt.
 """
@@ -32,21 +48,21 @@ import contextlib
 import logging
 import time
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from temporalio.client import Client
 
 from courier import metrics
 from courier.config import CourierConfig
 from courier.stopping import unless_stopped
-from ingest.handoff import coordinates, hand_off, to_kafka_record
 from ingest.incarnations import commit_metadata, fetch_committed
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options, never_create_topics
 from ingest.offsets import OffsetTracker
-from ingest.ordered import ChainBroken, KeyChains, Turn, hand_off_ordered, ordered_chain
-from ingest.priority import DestinationLoad, record_priority
-from ingest.ranges import OpenRange, hand_off_range
-from ingest.routing import RouteDecision, Router
+from ingest.ordered import Ordered
+from ingest.per_record import PerRecord
+from ingest.priority import DestinationLoad
+from ingest.ranges import Ranges
+from ingest.strategy import Buffers, HandOffs, Strategy
 from ingest.topic_ids import TopicIdError, TopicIds
 
 log = logging.getLogger("courier.ingest")
@@ -60,25 +76,30 @@ STOP_KAFKA_S = 0.5
 MAX_BACKOFF_S = 30.0
 POLL_TIMEOUT_MS = 200
 MISSING_TOPIC_LOG_S = 30.0
-MAX_RANGES_PER_PARTITION = 4
+
+
+def strategy_for(config: CourierConfig, hand_offs: HandOffs, load: DestinationLoad) -> Strategy:
+    """The hand-off strategy of the configured mode."""
+    if config.ingest.mode == "batch":
+        return Ranges(hand_offs)
+    if any(destination.ordering == "key" for destination in config.destinations):
+        return Ordered(hand_offs, load)
+    return PerRecord(hand_offs, load)
 
 
 class Ingest:
-    """Consumes the configured topics and starts one workflow per record."""
+    """Consumes the configured topics and hands their records off through its strategy."""
 
     def __init__(self, config: CourierConfig, client: Client) -> None:
         self.config = config
         self.client = client
-        self.router = Router(config.routes)
         self.load = DestinationLoad(client, config)
         self.tracker = OffsetTracker()
         self.counts: collections.Counter[str] = collections.Counter()
         """Records by outcome (``started``, ``existing``, ``failed``, ``skipped``) and route."""
-        self._pending: dict[TopicPartition, collections.deque[ConsumerRecord]] = {}
-        self._epoch: collections.Counter[TopicPartition] = collections.Counter()
-        self._in_flight = 0
-        self._slot_freed = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.hand_offs = HandOffs(config, client, self.tracker, self.counts, self._handing_off_as)
+        self.strategy = strategy_for(config, self.hand_offs, self.load)
+        self._buffers: Buffers = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._topic_ids: TopicIds | None = None
         self._stopping = asyncio.Event()
@@ -89,14 +110,6 @@ class Ingest:
         self._moved = True
         """Whether the last dispatch started or gathered anything (else waiting records are
         blocked on hand-offs in flight or a missing topic, and the loop must not spin)."""
-        self._open_ranges: dict[TopicPartition, OpenRange] = {}
-        self._ranges_in_flight: collections.Counter[TopicPartition] = collections.Counter()
-        self._fresh: set[TopicPartition] = set()
-        """Batch mode: partitions where a range was started anew since assignment. Earlier
-        runs' ranges are contiguous from the committed offset, so past the first fresh start
-        none can follow, and ranges of the partition may be handed off several at a time."""
-        self._covered: dict[TopicPartition, int] = {}
-        """Batch mode: last offset of a partition that earlier runs' ranges cover."""
         self._seen_ids: dict[str, str] = {}
         """The last ID each topic was seen with (a topic that disappears keeps its entry)."""
         self._checked: dict[TopicPartition, str] = {}
@@ -104,8 +117,6 @@ class Ingest:
         handed off, and its offsets committed, only under that ID."""
         self._reposition: set[TopicPartition] = set()
         """Partitions restarted after their topic's ID changed, to be positioned anew."""
-        self._chains = KeyChains()
-        """Records of ordered destinations: each key's hand-offs one after the other."""
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this ingest owns right now."""
@@ -141,7 +152,7 @@ class Ingest:
             committer.cancel()
             if watching is not None:
                 watching.cancel()
-            await self._drain(STOP_DRAIN_S)
+            await self.hand_offs.drain(STOP_DRAIN_S)
             # Bounded: with Kafka gone, aiokafka would wait out its 40 s request timeout.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STOP_KAFKA_S):
@@ -159,20 +170,19 @@ class Ingest:
 
     async def _poll_once(self, consumer: AIOKafkaConsumer) -> None:
         await self._warn_missing_topics()
-        waiting = any(self._pending.values())
-        if self._in_flight >= self.config.kafka.max_in_flight or (waiting and not self._moved):
+        waiting = any(self._buffers.values())
+        due_ms = self.strategy.due_in_ms()
+        if self.hand_offs.full() or (waiting and not self._moved):
             # Records wait for a hand-off to finish: wait for one (briefly), but keep polling
             # so the group keeps us.
-            self._slot_freed.clear()
+            self.hand_offs.slot_freed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), POLL_TIMEOUT_MS / 1000)
+                await asyncio.wait_for(self.hand_offs.slot_freed.wait(), POLL_TIMEOUT_MS / 1000)
             timeout_ms = 0
         elif waiting:
             timeout_ms = 0
-        elif self._open_ranges:
-            timeout_ms = min(
-                POLL_TIMEOUT_MS, int(self.config.ingest.max_wait.total_seconds() * 1000)
-            )
+        elif due_ms is not None:
+            timeout_ms = min(POLL_TIMEOUT_MS, due_ms)
         else:
             timeout_ms = POLL_TIMEOUT_MS
         batches = await consumer.getmany(
@@ -182,16 +192,21 @@ class Ingest:
         fetched = False
         for tp, records in batches.items():
             if tp in owned and records:
-                self._pending.setdefault(tp, collections.deque()).extend(records)
+                self._buffers.setdefault(tp, collections.deque()).extend(records)
                 fetched = True
         now = time.monotonic()
-        if fetched or (any(self._pending.values()) and now - self._ids_checked >= 1.0):
+        if fetched or (any(self._buffers.values()) and now - self._ids_checked >= 1.0):
             self._ids_checked = now
             await self._check_topic_ids(consumer)
-        before = self._in_flight, sum(len(r) for r in self._pending.values())
-        self._dispatch_pending()
-        self._moved = before != (self._in_flight, sum(len(r) for r in self._pending.values()))
+        self._dispatch()
         self._pause_buffered(consumer)
+
+    def _dispatch(self) -> None:
+        """Let the strategy take buffered records; note whether anything moved."""
+        before = self.hand_offs.in_flight, sum(len(r) for r in self._buffers.values())
+        self.strategy.dispatch(self._buffers)
+        after = self.hand_offs.in_flight, sum(len(r) for r in self._buffers.values())
+        self._moved = before != after
 
     async def _warn_missing_topics(self) -> None:
         """Every 30 s, one WARNING per configured topic that does not exist."""
@@ -214,7 +229,7 @@ class Ingest:
 
     def _pause_buffered(self, consumer: AIOKafkaConsumer) -> None:
         owned = consumer.assignment()
-        buffered = {tp for tp, records in self._pending.items() if records and tp in owned}
+        buffered = {tp for tp, records in self._buffers.items() if records and tp in owned}
         paused = consumer.paused()
         if buffered - paused:
             consumer.pause(*(buffered - paused))
@@ -224,7 +239,7 @@ class Ingest:
     async def _check_topic_ids(self, consumer: AIOKafkaConsumer) -> None:
         """Refresh the IDs of the buffered topics; restart partitions of recreated topics."""
         assert self._topic_ids is not None
-        topics = {tp.topic for tp, records in self._pending.items() if records}
+        topics = {tp.topic for tp, records in self._buffers.items() if records}
         try:
             refresh = await self._topic_ids.refresh(topics)
         except (KafkaError, TopicIdError) as err:
@@ -305,195 +320,10 @@ class Ingest:
 
     def _restart_partition(self, tp: TopicPartition) -> None:
         """Forget what was read of ``tp``: buffered records, offsets, hand-offs in flight."""
-        self._pending.pop(tp, None)
-        self._open_ranges.pop(tp, None)
-        self._covered.pop(tp, None)
-        self._fresh.discard(tp)
+        self._buffers.pop(tp, None)
+        self.strategy.on_restart(tp)
         self._checked.pop(tp, None)
-        self._epoch[tp] += 1
-        self.tracker.forget({tp})
-
-    # ------------------------------------------------------------------------------ batch mode
-    def _gather_ranges(self) -> None:
-        """Move buffered records into each partition's open range (offsets and keys only)."""
-        assert self._topic_ids is not None
-        max_records = self.config.ingest.max_records
-        for tp, records in self._pending.items():
-            if not records:
-                continue
-            topic_id = self._handing_off_as(tp)
-            if topic_id is None:
-                continue
-            open_range = self._open_ranges.get(tp)
-            while records:
-                record = records[0]
-                expected = (
-                    open_range.offsets[-1] + 1
-                    if open_range is not None and open_range.offsets
-                    else self.tracker.next_offset(tp)
-                )
-                if expected is not None and record.offset < expected:
-                    # The partition was rewound (a reset or a seek): start afresh.
-                    self._epoch[tp] += 1
-                    self.tracker.forget({tp})
-                    self._covered.pop(tp, None)
-                    self._fresh.discard(tp)
-                    self._open_ranges.pop(tp, None)
-                    open_range = None
-                if record.offset <= self._covered.get(tp, -1):
-                    records.popleft()  # in a range an earlier run handed off already
-                    self.tracker.begin(tp, record.offset)
-                    self.tracker.finish(tp, record.offset)
-                    self.counts["existing"] += 1
-                    continue
-                if open_range is None:
-                    open_range = self._open_ranges[tp] = OpenRange()
-                if len(open_range.offsets) >= max_records:
-                    break
-                records.popleft()
-                open_range.add(record.offset, self._route_input(record, topic_id))
-
-    def _close_ranges(self) -> None:
-        """Hand off ranges that are full or waited long enough, one at a time per partition."""
-        assert self._topic_ids is not None
-        ingest = self.config.ingest
-        max_wait = ingest.max_wait.total_seconds()
-        for tp, open_range in list(self._open_ranges.items()):
-            if self._in_flight >= self.config.kafka.max_in_flight:
-                return
-            busy = self._ranges_in_flight[tp]
-            if busy and (tp not in self._fresh or busy >= MAX_RANGES_PER_PARTITION):
-                continue
-            if not open_range.ready(ingest.max_records, max_wait):
-                continue
-            topic_id = self._handing_off_as(tp)
-            if topic_id is None:
-                continue
-            del self._open_ranges[tp]
-            for offset in open_range.offsets:
-                self.tracker.begin(tp, offset)
-            self._in_flight += 1
-            self._ranges_in_flight[tp] += 1
-            task = asyncio.create_task(
-                self._hand_off_range(tp, open_range, topic_id, self._epoch[tp])
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _hand_off_range(
-        self, tp: TopicPartition, open_range: OpenRange, topic_id: str, epoch: int
-    ) -> None:
-        offsets = open_range.offsets
-        delay = 1.0
-        try:
-            while True:
-                try:
-                    result = await hand_off_range(
-                        self.client,
-                        self.config,
-                        self.router,
-                        topic=tp.topic,
-                        topic_id=topic_id,
-                        partition=tp.partition,
-                        offsets=offsets,
-                        keys=open_range.keys,
-                    )
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # a bug: never lose the range, never drop the error
-                    log.exception(
-                        "hand-off of %s/%d [%d..%d] failed; retrying",
-                        tp.topic,
-                        tp.partition,
-                        offsets[0],
-                        offsets[-1],
-                    )
-                    metrics.HAND_OFF_FAILURES.labels(tp.topic).inc()
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_BACKOFF_S)
-            for outcome, count in (
-                ("started", result.started),
-                ("existing", result.existing),
-                ("skipped", result.skipped),
-            ):
-                self.counts[outcome] += count
-                metrics.INGESTED.labels(tp.topic, outcome).inc(count)
-            if self._epoch[tp] == epoch:
-                for offset in offsets:
-                    self.tracker.finish(tp, offset)
-                if result.covered_until > offsets[-1]:
-                    self._cover(tp, result.covered_until)
-                elif result.started:
-                    self._fresh.add(tp)
-        finally:
-            self._in_flight -= 1
-            self._ranges_in_flight[tp] -= 1
-            self._slot_freed.set()
-
-    def _cover(self, tp: TopicPartition, last: int) -> None:
-        """Records up to ``last`` are in a range an earlier run handed off: skip them."""
-        self._covered[tp] = last
-        open_range = self._open_ranges.get(tp)
-        if open_range is None:
-            return
-        keep = [i for i, offset in enumerate(open_range.offsets) if offset > last]
-        for offset in open_range.offsets[: len(open_range.offsets) - len(keep)]:
-            self.tracker.begin(tp, offset)
-            self.tracker.finish(tp, offset)
-            self.counts["existing"] += 1
-        open_range.offsets = [open_range.offsets[i] for i in keep]
-        open_range.keys = [open_range.keys[i] for i in keep]
-        if not open_range.offsets:
-            del self._open_ranges[tp]
-
-    def _dispatch_pending(self) -> None:
-        """Start hand-offs for buffered records while the window has room, fairly."""
-        if self.config.ingest.mode == "batch":
-            self._gather_ranges()
-            self._close_ranges()
-            return
-        assert self._topic_ids is not None
-        window = self.config.kafka.max_in_flight
-        ready = [tp for tp, records in self._pending.items() if records]
-        while ready and self._in_flight < window:
-            for tp in list(ready):
-                records = self._pending[tp]
-                topic_id = self._handing_off_as(tp)
-                if topic_id is None:
-                    ready.remove(tp)
-                    continue
-                record = records.popleft()
-                if not records:
-                    ready.remove(tp)
-                self._begin(tp, record, topic_id)
-                if self._in_flight >= window:
-                    return
-
-    def _begin(self, tp: TopicPartition, record: ConsumerRecord, topic_id: str) -> None:
-        next_offset = self.tracker.next_offset(tp)
-        if next_offset is not None and record.offset < next_offset:
-            # The partition was rewound (a reset or a seek): start its offsets afresh.
-            self._epoch[tp] += 1
-            self.tracker.forget({tp})
-        self.tracker.begin(tp, record.offset)
-        self._in_flight += 1
-        # Claimed here, in offset order, so a key's records are signalled in that order.
-        decision = self.router.route(self._route_input(record, topic_id))
-        chain = ordered_chain(self.config, record, decision)
-        turn = self._chains.claim(chain) if chain is not None else None
-        task = asyncio.create_task(
-            self._hand_off(tp, record, topic_id, decision, self._epoch[tp], turn)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _route_input(self, record: ConsumerRecord, topic_id: str) -> bytes | RouteDecision | None:
-        """The record's key, or its decision already made when a rule needs the whole record."""
-        if not self.router.needs_record:
-            key: bytes | None = record.key
-            return key  # only the key is kept, as a batch range does
-        return self.router.decide(record.key, to_kafka_record(record, topic_id))
+        self.hand_offs.restart(tp)
 
     def _handing_off_as(self, tp: TopicPartition) -> str | None:
         """The topic ID ``tp``'s records are handed off under now; None while they must wait.
@@ -517,59 +347,6 @@ class Ingest:
                 "come back or be revoked",
                 topic,
             )
-
-    async def _hand_off(
-        self,
-        tp: TopicPartition,
-        record: ConsumerRecord,
-        topic_id: str,
-        decision: RouteDecision,
-        epoch: int,
-        turn: Turn | None = None,
-    ) -> None:
-        delay = 1.0
-        handed_off = False
-        try:
-            if turn is not None:
-                await turn.wait()
-            while True:
-                try:
-                    if decision.action == "skip":
-                        log.info("skipping %s: %s", coordinates(record), decision.reason)
-                        outcome = "skipped"
-                    else:
-                        destination = decision.destination
-                        priority = record_priority(
-                            self.config, destination, self.load.congested(destination)
-                        )
-                        result = await (hand_off_ordered if turn is not None else hand_off)(
-                            self.client, self.config, record, topic_id, decision, priority=priority
-                        )
-                        if result.failed_reason is not None:
-                            outcome = "failed"
-                        else:
-                            outcome = "started" if result.started else "existing"
-                        self.counts[f"to:{decision.destination or '(unroutable)'}"] += 1
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # a bug: never lose the record, never drop the error
-                    log.exception("hand-off of %s failed; retrying", coordinates(record))
-                    metrics.HAND_OFF_FAILURES.labels(record.topic).inc()
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_BACKOFF_S)
-            handed_off = True
-            self.counts[outcome] += 1
-            metrics.INGESTED.labels(tp.topic, outcome).inc()
-            if self._epoch[tp] == epoch:
-                self.tracker.finish(tp, record.offset)
-        except ChainBroken as err:  # only when hand-offs are abandoned: left uncommitted
-            log.warning("%s not handed off: %s", coordinates(record), err)
-        finally:
-            if turn is not None:
-                turn.release(handed_off)
-            self._in_flight -= 1
-            self._slot_freed.set()
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         kafka = self.config.kafka
@@ -669,24 +446,11 @@ class Ingest:
             except Exception:  # never let the committer die silently
                 log.exception("periodic commit failed; retrying at the next interval")
 
-    async def _drain(self, timeout: float) -> None:
-        pending = set(self._tasks)
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=timeout)
-            if still:
-                log.warning(
-                    "%d hand-offs unfinished after %.0fs; left uncommitted", len(still), timeout
-                )
-                for task in still:
-                    task.cancel()
-
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Drop buffered records of ``revoked``, finish (bounded) their hand-offs, commit."""
         for tp in revoked:
-            self._pending.pop(tp, None)
-            self._open_ranges.pop(tp, None)  # never begun: the next owner reads them again
-            self._covered.pop(tp, None)
-            self._fresh.discard(tp)
+            self._buffers.pop(tp, None)
+        self.strategy.on_revoke(revoked)
         loop = asyncio.get_running_loop()
         # Well inside the rebalance timeout (max_poll_interval), or the group evicts us.
         wait_s = min(DRAIN_TIMEOUT_S, self.config.kafka.max_poll_interval.total_seconds() / 3)
@@ -703,10 +467,9 @@ class Ingest:
         await self._refresh_ids({tp.topic for tp in revoked})
         await self.commit(revoked)
         for tp in revoked:
-            self._epoch[tp] += 1
+            self.hand_offs.restart(tp)
             self._checked.pop(tp, None)
             self._reposition.discard(tp)
-        self.tracker.forget(revoked)
 
     async def _refresh_ids(self, topics: set[str]) -> None:
         """Look up ``topics``' IDs now (bounded): a commit then skips deleted or recreated ones.

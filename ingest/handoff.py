@@ -22,6 +22,10 @@ partition's commit point pass the record:
 
 The size guard measures what Temporal measures: the workflow input encoded by the client's
 data converter, against ``temporal.max_input_bytes``.
+
+:func:`deliver` applies this contract to any hand-off: a record's workflow (here), its signal to
+its key's workflow (``ingest.ordered``), and a batch range's workflow (``ingest.ranges``), whose
+failed workflow lists each of its records with the reason.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from aiokafka import ConsumerRecord
 from temporalio.client import Client
@@ -52,6 +57,8 @@ from workflows.export_record import ExportRecord
 from workflows.types import Blob, ExportRecordInput, Header, KafkaRecord
 
 log = logging.getLogger("courier.ingest")
+
+T = TypeVar("T")
 
 _SEARCH_KEY_LIMIT = 256
 _REPEAT_LOG_S = 60.0
@@ -228,6 +235,27 @@ def coordinates(record: ConsumerRecord) -> str:
     return f"{record.topic}/{record.partition}/{record.offset}"
 
 
+@dataclass(frozen=True)
+class Subject:
+    """What one hand-off carries, for its log lines and metrics: a record or an offset range."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int | None = None
+    """The range's last offset; None for one record."""
+
+    @classmethod
+    def of(cls, record: ConsumerRecord) -> Subject:
+        """The subject of a hand-off of ``record``."""
+        return cls(record.topic, record.partition, record.offset)
+
+    def __str__(self) -> str:
+        if self.last is None:
+            return f"{self.topic}/{self.partition}/{self.first}"
+        return f"{self.topic}/{self.partition} [{self.first}..{self.last}]"
+
+
 class ThrottledLog:
     """Logs a repeating condition at most once a minute, saying how often it recurred."""
 
@@ -309,12 +337,12 @@ async def hand_off(
         return True
 
     started, failed_reason = await deliver(
-        record,
+        Subject.of(record),
         start,
         Attempt(
             what=f"starting {wid}",
             verb="start",
-            refused="workflow",
+            refused="the record's workflow",
             failure="its workflow fails",
             record_id=wid,
         ),
@@ -332,24 +360,25 @@ class Attempt:
     verb: str
     """``start`` or ``signal``: what Courier cannot do with workflows."""
     refused: str
-    """What Temporal may refuse: ``workflow`` or ``signal``."""
+    """What Temporal may refuse, e.g. ``the record's workflow``."""
     failure: str
     """What happens to a record that cannot be handed off, e.g. ``its workflow fails``."""
     record_id: str
+    """The workflow the failed hand-off would start, for the log line when even that fails."""
 
 
 async def deliver(
-    record: ConsumerRecord,
-    send: Callable[[str | None], Awaitable[bool]],
+    subject: Subject,
+    send: Callable[[str | None], Awaitable[T]],
     attempt: Attempt,
     *,
     max_backoff: float,
-) -> tuple[bool, str | None]:
+) -> tuple[T, str | None]:
     """Call ``send(failed_reason)`` until it returns, following this module's failure contract.
 
-    ``send(None)`` hands the record off; after something about the record itself failed,
-    ``send(reason)`` hands off its coordinates only, with the reason it fails. Returns what
-    ``send`` returned and the reason, if the record is handed off as failed.
+    ``send(None)`` hands the record (or range) off; after something about the subject itself
+    failed, ``send(reason)`` hands off its coordinates only, with the reason it fails. Returns
+    what ``send`` returned and the reason, if the subject is handed off as failed.
     """
     warning = ThrottledLog()
     delay = 0.5
@@ -358,7 +387,7 @@ async def deliver(
         try:
             return await send(failed_reason), failed_reason
         except RecordRejected as err:
-            failed_reason = _record_failure(record, str(err), attempt.failure)
+            failed_reason = _record_failure(subject, str(err), attempt.failure)
             continue
         except RPCError as err:
             if err.status in TRANSIENT_STATUSES:
@@ -371,8 +400,8 @@ async def deliver(
                 )
             elif err.status in RECORD_STATUSES and failed_reason is None:
                 failed_reason = _record_failure(
-                    record,
-                    f"Temporal refused the record's {attempt.refused}: {err.message}",
+                    subject,
+                    f"Temporal refused {attempt.refused}: {err.message}",
                     attempt.failure,
                 )
                 continue
@@ -384,7 +413,7 @@ async def deliver(
                     attempt.verb,
                     err.status.name,
                     err.message,
-                    coordinates(record),
+                    subject,
                 )
         except asyncio.CancelledError:
             raise
@@ -396,21 +425,21 @@ async def deliver(
                     attempt.record_id,
                     type(err).__name__,
                     err,
-                    coordinates(record),
+                    subject,
                 )
             else:
                 failed_reason = _record_failure(
-                    record, f"hand-off failed: {type(err).__name__}: {err}", attempt.failure
+                    subject, f"hand-off failed: {type(err).__name__}: {err}", attempt.failure
                 )
                 continue
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_backoff)
 
 
-def _record_failure(record: ConsumerRecord, reason: str, failure: str) -> str:
-    """Log and count a record that is handed off as failed instead of for its export."""
+def _record_failure(subject: Subject, reason: str, failure: str) -> str:
+    """Log and count a subject that is handed off as failed instead of for its export."""
     if len(reason) > _REASON_LIMIT:  # an error message may quote the very data that failed
         reason = reason[:_REASON_LIMIT] + "…"
-    log.error("%s cannot be handed off, %s: %s", coordinates(record), failure, reason)
-    metrics.HAND_OFF_FAILURES.labels(record.topic).inc()
+    log.error("%s cannot be handed off, %s: %s", subject, failure, reason)
+    metrics.HAND_OFF_FAILURES.labels(subject.topic).inc()
     return reason

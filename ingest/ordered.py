@@ -15,14 +15,20 @@ Failures follow the contract of ``ingest.handoff``: transient Temporal errors an
 misconfiguration are retried (the key and the partition wait); a record that cannot travel
 (too large even by reference, unencodable, refused) is signalled as its coordinates with the
 reason, and blocks its key visibly, like any record that fails for good.
+
+:class:`Ordered` is the loop's strategy in per-record mode when a destination keeps key order:
+per-record mode whose records of ordered destinations wait for their turn in their key's chain.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from temporalio.client import Client
 from temporalio.common import Priority, SearchAttributePair, TypedSearchAttributes
 
@@ -32,14 +38,20 @@ from courier.ids import key_workflow_id, workflow_id
 from ingest.handoff import (
     Attempt,
     HandOff,
+    Subject,
     checked_input,
     coordinates,
     deliver,
     failed_input,
 )
+from ingest.per_record import PerRecord
+from ingest.priority import DestinationLoad
 from ingest.routing import RouteDecision, key_text
+from ingest.strategy import HandOffs
 from workflows.export_key import RECORD_SIGNAL, ExportKey
 from workflows.types import ExportKeyInput, ExportRecordInput, OrderedRecord
+
+log = logging.getLogger("courier.ingest")
 
 _SEARCH_KEY_LIMIT = 256
 
@@ -172,15 +184,58 @@ async def hand_off_ordered(
         return True
 
     _, failed_reason = await deliver(
-        record,
+        Subject.of(record),
         signal,
         Attempt(
             what=f"signalling {coordinates(record)} to {wid}",
             verb="signal",
-            refused="signal",
+            refused="the record's signal",
             failure="it blocks its key",
             record_id=record_id,
         ),
         max_backoff=max_backoff,
     )
     return HandOff(wid, started=True, failed_reason=failed_reason)
+
+
+class Ordered(PerRecord):
+    """Per-record mode where each key of an ordered destination is handed off in offset order."""
+
+    def __init__(self, hand_offs: HandOffs, load: DestinationLoad) -> None:
+        super().__init__(hand_offs, load)
+        self.chains = KeyChains()
+        """Records of ordered destinations: each key's hand-offs one after the other."""
+
+    def _start(
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord,
+        topic_id: str,
+        decision: RouteDecision,
+        epoch: int,
+    ) -> Coroutine[Any, Any, None]:
+        chain = ordered_chain(self.hand_offs.config, record, decision)
+        if chain is None:
+            return super()._start(tp, record, topic_id, decision, epoch)
+        # Claimed here, in offset order, so a key's records are signalled in that order.
+        turn = self.chains.claim(chain)
+        return self._in_turn(turn, tp, record, topic_id, decision, epoch)
+
+    async def _in_turn(
+        self,
+        turn: Turn,
+        tp: TopicPartition,
+        record: ConsumerRecord,
+        topic_id: str,
+        decision: RouteDecision,
+        epoch: int,
+    ) -> None:
+        handed_off = False
+        try:
+            await turn.wait()
+            await self._hand_off(tp, record, topic_id, decision, epoch, hand_off_ordered)
+            handed_off = True
+        except ChainBroken as err:  # only when hand-offs are abandoned: left uncommitted
+            log.warning("%s not handed off: %s", coordinates(record), err)
+        finally:
+            turn.release(handed_off)

@@ -1,5 +1,6 @@
-"""Ingest against the real stack when records are unusual: transactions, unencodable inputs and
-inputs over the size limit (the hand-off failure contract of ``ingest.handoff``)."""
+"""Ingest against the real stack when records are unusual: transactions, unencodable inputs (a
+record's, a batch range's) and inputs over the size limit (the hand-off failure contract of
+``ingest.handoff``)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ from tests.integration.harness import (
     pipeline_config,
     wait_for_workflows,
 )
+from workflows.export_range import RANGE_FAILED_ERROR_TYPE
 from workflows.export_record import HAND_OFF_FAILED_ERROR_TYPE
+from workflows.types import ExportRangeInput, FailedRecord
 
 pytestmark = pytest.mark.integration
 
@@ -235,6 +238,98 @@ async def test_a_record_whose_input_cannot_be_encoded_fails_visibly_and_the_part
     cause = await failure_of(temporal_client, f"{query} AND CourierOffset = 5")
     assert "cannot encode the record" in cause.message, cause.message
     assert ingest.counts["failed"] == 1 and ingest.counts["started"] == 10
+    assert metrics.HAND_OFF_FAILURES.labels(topic)._value.get() == failures_before + 1
+
+
+# --- A batch range whose input cannot be encoded -------------------------------------------
+
+POISON_OFFSET = 5
+
+
+class RangePoisonCodec(PayloadCodec):
+    """Refuses to encode the input of a range that holds offset ``POISON_OFFSET``; decodes as is.
+
+    It reads the encoded JSON: a range's input lists its offsets per destination in ``slices``
+    (its failed workflow's input lists none there, so that one goes through).
+    """
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        for payload in payloads:
+            try:
+                data = json.loads(payload.data)
+            except ValueError:
+                continue
+            slices = data.get("slices") if isinstance(data, dict) else None
+            if any(POISON_OFFSET in piece.get("offsets", []) for piece in slices or []):
+                raise ValueError("this codec refuses the marked range")
+        return list(payloads)
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+
+async def range_input_of(client: Client, workflow_id: str) -> ExportRangeInput:
+    """The input of a range's workflow, from its history's first event."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    [found] = await client.data_converter.decode(started.input.payloads, [ExportRangeInput])
+    assert isinstance(found, ExportRangeInput)
+    return found
+
+
+async def test_a_range_whose_input_cannot_be_encoded_fails_visibly_and_the_partition_moves_on(
+    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
+) -> None:
+    client = await Client.connect(
+        stack_settings.temporal_address,
+        namespace=stack_settings.temporal_namespace,
+        data_converter=dataclasses.replace(DataConverter.default, payload_codec=RangePoisonCodec()),
+    )
+    out = tmp_path / "out.jsonl"
+    config = file_config(
+        stack_settings,
+        unique,
+        out,
+        ingest={"mode": "batch", "max_records": 4, "max_wait": "2s"},
+    )
+    topic, group = config.kafka.topics[0], config.kafka.group
+    bootstrap = stack_settings.kafka_bootstrap
+    await create_topic(bootstrap, topic, partitions=1)
+    keys = [f"rec-{i}" for i in range(11)]
+    await produce(bootstrap, topic, [(k.encode(), b"{}") for k in keys])
+    failures_before = metrics.HAND_OFF_FAILURES.labels(topic)._value.get()
+
+    query = f"WorkflowType = 'ExportRange' AND CourierTopic = '{topic}'"
+    async with courier_running(client, config) as ingest:
+        assert ingest is not None
+        await wait_for_workflows(
+            client, query, 1, status=WorkflowExecutionStatus.FAILED, timeout=TIMEOUT
+        )
+        await eventually(handed_off(ingest, len(keys)), timeout=TIMEOUT)
+        await wait_committed(bootstrap, group, topic, len(keys))
+        # Every other range's workflow completes: its records are exported.
+        total = (await temporal_client.count_workflows(query)).count
+        await wait_for_workflows(client, query, total - 1, timeout=TIMEOUT)
+
+    [failed_run] = [
+        wf async for wf in temporal_client.list_workflows(f"{query} AND ExecutionStatus = 'Failed'")
+    ]
+    failed = await range_input_of(temporal_client, failed_run.id)
+    reason = "hand-off failed: ValueError: this codec refuses the marked range"
+    offsets = list(range(failed.first_offset, failed.last_offset + 1))
+    assert POISON_OFFSET in offsets and failed.slices == []
+    assert failed.failed == [FailedRecord(o, f"file-{unique}", reason) for o in offsets]
+    with pytest.raises(WorkflowFailureError) as failure:
+        await temporal_client.get_workflow_handle(failed_run.id).result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == RANGE_FAILED_ERROR_TYPE
+    assert f"{len(offsets)} of {len(offsets)} records of {topic}/0" in cause.message
+    assert reason in cause.message, cause.message
+
+    # The partition moved on: every record outside the failed range is exported, once.
+    assert exported_keys(out) == sorted(k for i, k in enumerate(keys) if i not in offsets)
+    assert ingest.counts["failed"] == len(offsets)
+    assert ingest.counts["started"] == len(keys) - len(offsets)
     assert metrics.HAND_OFF_FAILURES.labels(topic)._value.get() == failures_before + 1
 
 

@@ -1,8 +1,8 @@
 """The ingest loop's bookkeeping (buffers, window, revokes, retries) with a fake consumer.
 
 No Kafka and no Temporal: a fake consumer stands in for aiokafka's, a fake ``TopicIds`` knows
-the topic's ID, and ``ingest.consumer.hand_off`` is replaced by hand-offs the test finishes when
-it wants. The loop is driven one step at a time (``_poll_once``, ``_dispatch_pending``,
+the topic's ID, and the per-record strategy's ``hand_off`` is replaced by hand-offs the test
+finishes when it wants. The loop is driven one step at a time (``_poll_once``, ``_dispatch``,
 ``on_revoked``), as ``Ingest.run`` and aiokafka's rebalance listener would call them.
 """
 
@@ -22,6 +22,7 @@ from temporalio.common import Priority
 
 from courier.config import CourierConfig, parse_config
 from ingest import consumer as consumer_module
+from ingest import per_record as per_record_module
 from ingest.consumer import Ingest
 from ingest.handoff import HandOff
 from ingest.routing import RouteDecision
@@ -180,7 +181,7 @@ async def settle() -> None:
 @pytest.fixture
 def hand_offs(monkeypatch: pytest.MonkeyPatch) -> FakeHandOffs:
     fake = FakeHandOffs()
-    monkeypatch.setattr(consumer_module, "hand_off", fake)
+    monkeypatch.setattr(per_record_module, "hand_off", fake)
     return fake
 
 
@@ -194,13 +195,13 @@ def make_ingest(owned: set[TopicPartition], max_in_flight: int = 16) -> tuple[In
 
 
 def buffer(ingest: Ingest, tp: TopicPartition, offsets: Iterable[int]) -> None:
-    ingest._pending.setdefault(tp, collections.deque()).extend(records(tp, offsets))
+    ingest._buffers.setdefault(tp, collections.deque()).extend(records(tp, offsets))
 
 
 async def cleanup(ingest: Ingest, hand_offs: FakeHandOffs) -> None:
     """Finish whatever is still waiting, so no task outlives the test."""
     await hand_offs.finish(hand_offs.calls)
-    assert not ingest._tasks
+    assert not ingest.hand_offs.tasks
 
 
 async def test_revoke_drops_buffered_records(hand_offs: FakeHandOffs) -> None:
@@ -209,21 +210,21 @@ async def test_revoke_drops_buffered_records(hand_offs: FakeHandOffs) -> None:
 
     await asyncio.wait_for(ingest.on_revoked({TP}), 1)
     fake.owned = {OTHER}
-    ingest._dispatch_pending()
+    ingest._dispatch()
     await settle()
 
     assert hand_offs.calls == []
-    assert ingest._in_flight == 0 and ingest.tracker.in_flight() == 0
-    assert not ingest._pending.get(TP)
+    assert ingest.hand_offs.in_flight == 0 and ingest.tracker.in_flight() == 0
+    assert not ingest._buffers.get(TP)
     assert fake.commits == []  # nothing of TP was handed off: nothing to commit
 
     # A partition still owned is dispatched as before.
     buffer(ingest, OTHER, range(3))
-    ingest._dispatch_pending()
+    ingest._dispatch()
     await settle()
     assert [(c.record.partition, c.offset) for c in hand_offs.calls] == [(1, 0), (1, 1), (1, 2)]
     await cleanup(ingest, hand_offs)
-    assert ingest._in_flight == 0
+    assert ingest.hand_offs.in_flight == 0
     await ingest.commit()
     assert fake.commits == [{OTHER: 3}]
 
@@ -234,10 +235,10 @@ async def test_revoke_with_hand_offs_in_flight_then_reassign_from_the_committed_
     monkeypatch.setattr(consumer_module, "DRAIN_TIMEOUT_S", 0.2)
     ingest, fake = make_ingest({TP})
     buffer(ingest, TP, range(4))
-    ingest._dispatch_pending()
+    ingest._dispatch()
     await settle()
     await hand_offs.finish(hand_offs.calls[:1])  # offset 0 is handed off, 1-3 are not
-    assert ingest._in_flight == 3
+    assert ingest.hand_offs.in_flight == 3
 
     # Temporal is slow: the revoke gives up waiting, commits only the safe point (1).
     with caplog.at_level(logging.WARNING, logger="courier.ingest"):
@@ -253,12 +254,12 @@ async def test_revoke_with_hand_offs_in_flight_then_reassign_from_the_committed_
     await settle()
     new = hand_offs.calls[len(hand_offs.calls) - 5 :]
     assert hand_offs.offsets(new) == [1, 2, 3, 4, 5]
-    assert ingest._in_flight == 8  # the old hand-offs still hold their slots
+    assert ingest.hand_offs.in_flight == 8  # the old hand-offs still hold their slots
     assert ingest.tracker.in_flight({TP}) == 5
 
     # The old hand-offs finishing must not mark the new epoch's offsets as handed off.
     await hand_offs.finish(old)
-    assert ingest._in_flight == 5
+    assert ingest.hand_offs.in_flight == 5
     assert ingest.tracker.in_flight({TP}) == 5
     assert ingest.tracker.commit_point(TP) == 1
     await ingest.commit()
@@ -267,7 +268,7 @@ async def test_revoke_with_hand_offs_in_flight_then_reassign_from_the_committed_
     await hand_offs.finish(new[1:])
     assert ingest.tracker.commit_point(TP) == 1  # offset 1 (new epoch) still in flight
     await hand_offs.finish(new[:1])
-    assert ingest._in_flight == 0 and not ingest._tasks
+    assert ingest.hand_offs.in_flight == 0 and not ingest.hand_offs.tasks
     await ingest.commit()
     assert fake.commits[-1] == {TP: 6}
 
@@ -275,7 +276,7 @@ async def test_revoke_with_hand_offs_in_flight_then_reassign_from_the_committed_
 async def test_revoke_waits_for_hand_offs_that_finish_in_time(hand_offs: FakeHandOffs) -> None:
     ingest, fake = make_ingest({TP})
     buffer(ingest, TP, range(3))
-    ingest._dispatch_pending()
+    ingest._dispatch()
     await settle()
 
     revoke = asyncio.create_task(ingest.on_revoked({TP}))
@@ -285,7 +286,7 @@ async def test_revoke_waits_for_hand_offs_that_finish_in_time(hand_offs: FakeHan
     await asyncio.wait_for(revoke, 1)
 
     assert fake.commits == [{TP: 3}]
-    assert ingest._in_flight == 0 and ingest.tracker.in_flight() == 0
+    assert ingest.hand_offs.in_flight == 0 and ingest.tracker.in_flight() == 0
 
 
 async def test_full_window_pauses_the_partition_until_its_buffer_is_empty(
@@ -297,7 +298,7 @@ async def test_full_window_pauses_the_partition_until_its_buffer_is_empty(
     await ingest._poll_once(fake)
     await settle()
     assert hand_offs.offsets() == [0, 1]
-    assert ingest._in_flight == 2 and len(ingest._pending[TP]) == 3
+    assert ingest.hand_offs.in_flight == 2 and len(ingest._buffers[TP]) == 3
     assert fake.paused() == {TP}
 
     # Window full: the loop still polls (stays in its group), within the poll timeout.
@@ -316,24 +317,24 @@ async def test_full_window_pauses_the_partition_until_its_buffer_is_empty(
     await asyncio.wait_for(poll, 1)
     assert loop.time() - started < 0.15
     await settle()
-    assert hand_offs.offsets() == [0, 1, 2] and ingest._in_flight == 2
+    assert hand_offs.offsets() == [0, 1, 2] and ingest.hand_offs.in_flight == 2
     assert fake.paused() == {TP}
 
     await hand_offs.finish(hand_offs.calls[1:3])
     await ingest._poll_once(fake)
     await settle()
     assert hand_offs.offsets() == [0, 1, 2, 3, 4]
-    assert not ingest._pending[TP]
+    assert not ingest._buffers[TP]
     assert fake.paused() == set()  # buffer empty: fetching resumes
 
     await hand_offs.finish(hand_offs.calls)
-    assert ingest._in_flight == 0
+    assert ingest.hand_offs.in_flight == 0
     await ingest.commit()
     assert fake.commits == [{TP: 5}]
 
 
 class _AsyncioWithoutSleep:
-    """``asyncio`` as ``ingest.consumer`` sees it, with sleeps noted instead of waited."""
+    """``asyncio`` as ``ingest.per_record`` sees it, with sleeps noted instead of waited."""
 
     def __init__(self) -> None:
         self.slept: list[float] = []
@@ -350,13 +351,13 @@ async def test_unexpected_hand_off_error_is_logged_retried_and_committed_past(
     hand_offs: FakeHandOffs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake_asyncio = _AsyncioWithoutSleep()
-    monkeypatch.setattr(consumer_module, "asyncio", fake_asyncio)
+    monkeypatch.setattr(per_record_module, "asyncio", fake_asyncio)
     hand_offs.failures = 1
     ingest, fake = make_ingest({TP})
     buffer(ingest, TP, [7])
 
     with caplog.at_level(logging.ERROR, logger="courier.ingest"):
-        ingest._dispatch_pending()
+        ingest._dispatch()
         await settle()
         assert len(hand_offs.calls) == 2  # failed once, retried
         await hand_offs.finish(hand_offs.calls)
@@ -366,7 +367,7 @@ async def test_unexpected_hand_off_error_is_logged_retried_and_committed_past(
     assert logged.exc_info is not None and "a bug in the hand-off" in str(logged.exc_info[1])
     assert fake_asyncio.slept == [1.0]
     assert ingest.counts["started"] == 1
-    assert ingest._in_flight == 0 and ingest.tracker.in_flight() == 0
+    assert ingest.hand_offs.in_flight == 0 and ingest.tracker.in_flight() == 0
     await ingest.commit()
     assert fake.commits == [{TP: 8}]
 
@@ -399,7 +400,7 @@ async def test_recreated_topic_restarts_from_the_committed_offset(
     await hand_offs.finish(old)  # the old topic's hand-offs finish late
     assert ingest.tracker.commit_point(TP) == 0
     await hand_offs.finish(new)
-    assert ingest._in_flight == 0
+    assert ingest.hand_offs.in_flight == 0
     await ingest.commit()
     assert fake.commits == [{TP: 2}]
 
@@ -407,7 +408,7 @@ async def test_recreated_topic_restarts_from_the_committed_offset(
 async def test_commits_carry_the_topic_id(hand_offs: FakeHandOffs) -> None:
     ingest, fake = make_ingest({TP})
     buffer(ingest, TP, range(2))
-    ingest._dispatch_pending()
+    ingest._dispatch()
     await settle()
     await hand_offs.finish(hand_offs.calls)
     await ingest.commit()
@@ -458,7 +459,7 @@ async def test_an_offset_committed_under_the_topics_own_id_or_none_is_kept(
 async def test_no_commit_for_a_topic_recreated_before_a_revoke(hand_offs: FakeHandOffs) -> None:
     ingest, fake = make_ingest({TP})
     buffer(ingest, TP, range(3))
-    ingest._dispatch_pending()
+    ingest._dispatch()
     await settle()
     await hand_offs.finish(hand_offs.calls)
     ingest._topic_ids = FakeTopicIds({TOPIC: "AAAAAAAAAAAAAAAAAAAAAA"})  # type: ignore[assignment]

@@ -12,11 +12,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from courier.config import ConfigError, CourierConfig, parse_config
 from courier.ids import key_workflow_id, parse_workflow_id, workflow_id
-from ingest import consumer as consumer_module
 from ingest import ordered as ordered_module
+from ingest import per_record as per_record_module
 from ingest.consumer import Ingest
 from ingest.handoff import HandOff
-from ingest.ordered import ChainBroken, KeyChains, hand_off_ordered
+from ingest.ordered import ChainBroken, KeyChains, Ordered, hand_off_ordered
 from ingest.routing import Router
 from tests.unit.test_handoff import FakeClient, record, unavailable
 from tests.unit.test_ingest_loop import (
@@ -99,8 +99,8 @@ def keyed(tp: TopicPartition, items: Iterable[tuple[int, str]]) -> list[Consumer
 @pytest.fixture
 def ordered_hand_offs(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeHandOffs, FakeHandOffs]:
     ordered, plain = FakeHandOffs(), FakeHandOffs()
-    monkeypatch.setattr(consumer_module, "hand_off_ordered", ordered)
-    monkeypatch.setattr(consumer_module, "hand_off", plain)
+    monkeypatch.setattr(ordered_module, "hand_off_ordered", ordered)
+    monkeypatch.setattr(per_record_module, "hand_off", plain)
     return ordered, plain
 
 
@@ -114,8 +114,8 @@ async def test_a_keys_records_are_handed_off_one_after_the_other(
     ingest._topic_ids = FakeTopicIds({TOPIC: TOPIC_ID})  # type: ignore[assignment]
     ingest._checked = {TP: TOPIC_ID}
     batch = keyed(TP, [(0, "a"), (1, "b"), (2, "a"), (3, "p1"), (4, "p1"), (5, "b"), (6, "a")])
-    ingest._pending[TP] = collections.deque(batch)
-    ingest._dispatch_pending()
+    ingest._buffers[TP] = collections.deque(batch)
+    ingest._dispatch()
     await settle()
     # Each ordered key's first record goes at once; unordered records all go at once.
     assert ordered.offsets() == [0, 1]
@@ -131,7 +131,8 @@ async def test_a_keys_records_are_handed_off_one_after_the_other(
     assert ordered.offsets() == [0, 1, 5, 2, 6]
     await ordered.finish(ordered.calls)
     assert ingest.tracker.commit_point(TP) == 7
-    assert len(ingest._chains) == 0  # finished chains are forgotten
+    assert isinstance(ingest.strategy, Ordered)
+    assert len(ingest.strategy.chains) == 0  # finished chains are forgotten
     await cleanup(ingest, ordered)
 
 
