@@ -35,7 +35,16 @@ class ExportError(Exception):
 
 
 class PermanentExportError(ExportError):
-    """The destination refused the record for good; the workflow fails without retrying."""
+    """The record cannot be exported; the workflow fails without retrying.
+
+    ``reached`` is False when it failed before anything was sent to the destination (a mapping
+    that fails for it): that says nothing about the destination, so rate control does not
+    count it as an answer.
+    """
+
+    def __init__(self, reason: str, *, reached: bool = True) -> None:
+        super().__init__(reason)
+        self.reached = reached
 
 
 class RetryableExportError(ExportError):

@@ -136,6 +136,7 @@ class ExportActivity:
             if batch.by_reference:
                 records, superseded = await self._read_back(records)
                 if superseded:
+                    self.outcomes.not_reached += 1
                     return ExportResult(
                         destination=self.name,
                         written=0,
@@ -241,6 +242,8 @@ class ExportActivity:
             for o in todo
             if o in fetched.records
         ]
+        if absent and not items:
+            self.outcomes.not_reached += 1  # nothing of it went to the destination
         confirmed_before_now = len(confirmed)
         keys: set[str] = set()
         try:
@@ -343,7 +346,9 @@ class ExportActivity:
         return result, None
 
     def _permanent(self, reason: str) -> ApplicationError:
+        """A record's failure before it reached the destination (read back from Kafka)."""
         metrics.record_failure(self.name, kind="permanent", count=1)
+        self.outcomes.not_reached += 1
         log.warning("%s: permanent failure: %s", self.name, reason)
         return ApplicationError(reason, type=PERMANENT_ERROR_TYPE, non_retryable=True)
 
@@ -375,7 +380,10 @@ class ExportActivity:
         """Raise the Temporal error for a destination's export error (counted and logged)."""
         if isinstance(err, PermanentExportError):
             metrics.record_failure(self.name, kind="permanent", count=len(records))
-            self.outcomes.answered += 1  # refused for good, but up
+            if err.reached:
+                self.outcomes.answered += 1  # refused for good, but up
+            else:
+                self.outcomes.not_reached += 1
             log.warning("%s: permanent failure: %s", self.name, err.reason)
             raise ApplicationError(
                 err.reason, type=PERMANENT_ERROR_TYPE, non_retryable=True

@@ -174,7 +174,9 @@ class FileDestination:
             return record_line(item, self._line)
         except MappingError as err:
             r = item.record
-            raise PermanentExportError(f"{r.topic}/{r.partition}/{r.offset}: {err.reason}") from err
+            raise PermanentExportError(
+                f"{r.topic}/{r.partition}/{r.offset}: {err.reason}", reached=False
+            ) from err
 
     def preview(self, item: OutgoingRecord) -> dict[str, object]:
         """The line this record would get, without writing it (``courier map``)."""

@@ -421,7 +421,7 @@ class MappedColumns:
             except MappingError as err:
                 r = item.record
                 raise PermanentExportError(
-                    f"{r.topic}/{r.partition}/{r.offset}: {err.reason}"
+                    f"{r.topic}/{r.partition}/{r.offset}: {err.reason}", reached=False
                 ) from err
             for array, cell in zip(arrays, row.values(), strict=True):
                 array.append(cell)

@@ -442,6 +442,10 @@ class RestDestination:
         ]
         if errors:
             error = _worst(errors, len(batch), not_sent)
+            if isinstance(error, PermanentExportError) and len(batch) > 1:
+                error.reached = any(isinstance(r, int) for r in results) or any(
+                    not isinstance(e, PermanentExportError) or e.reached for e in errors
+                )
             if isinstance(error, ExportError):
                 error.confirmed = frozenset(
                     item.idempotency_key
@@ -524,7 +528,9 @@ class RestDestination:
             request = self.build_request(client, item)
         except MappingError as err:
             r = item.record
-            raise PermanentExportError(f"{r.topic}/{r.partition}/{r.offset}: {err.reason}") from err
+            raise PermanentExportError(
+                f"{r.topic}/{r.partition}/{r.offset}: {err.reason}", reached=False
+            ) from err
         try:
             response = await client.send(request, stream=True)
             try:

@@ -130,6 +130,7 @@ class RateControl:
             answered=window.answered,
             unavailable=window.unavailable,
             throttled=window.throttled,
+            not_reached=window.not_reached,
             last_error=window.last_error,
             configured_limit=self.configured_limit,
             circuit_breaker=self.settings.circuit_breaker,

@@ -33,6 +33,10 @@ from dataclasses import dataclass, replace
 
 from courier.rates import format_rate
 
+MAX_DRAIN_RATE = 50.0
+"""Activities/s at most while an open circuit passes records that fail before reaching the
+destination, when the destination has no limit of its own."""
+
 
 @dataclass(frozen=True)
 class OutcomeReport:
@@ -46,6 +50,8 @@ class OutcomeReport:
     """Attempts that found the destination unreachable, timing out or answering 5xx."""
     throttled: int = 0
     """Attempts answered 429."""
+    not_reached: int = 0
+    """Attempts that failed before reaching the destination (record gone, mapping failed)."""
     last_error: str = ""
     configured_limit: float | None = None
     """The worker's configured queue rate (activities/s); None is unlimited."""
@@ -76,6 +82,9 @@ class ControlState:
     last_adjusted: float | None = None
     rate_before_open: float | None = None
     unlimited_start: float | None = None
+    draining: bool = False
+    """Circuit open, and attempts fail before reaching the destination: the queue goes faster
+    than the probe rate until one reaches it again."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,10 @@ class RateController:
         if s.mode == "open":
             if report.answered:
                 self._close(now)
+            elif report.unavailable or report.throttled:
+                self._probe(cfg, now)
+            elif report.not_reached:
+                self._drain(now)
             return
         if report.circuit_breaker and s.consecutive_unavailable >= cfg.failure_threshold:
             s.rate_before_open = s.rate if s.mode == "adaptive" else None
@@ -175,6 +188,30 @@ class RateController:
                 s.rate = raised
                 s.version += 1
 
+    def _drain(self, now: float) -> None:
+        """Let the records that fail before reaching the destination through faster.
+
+        They spend the queue's rate, a probe each, without telling anything about the
+        destination; so the rate doubles every report of such attempts alone (up to the ceiling,
+        or ``MAX_DRAIN_RATE``) and drops back to the probe rate at the next attempt that reaches
+        the destination and finds it still down.
+        """
+        s = self.state
+        top = self.ceiling() or MAX_DRAIN_RATE
+        rate = min(top, max(2 * (s.rate or 0.0), 1.0))
+        if rate != s.rate or not s.draining:
+            s.rate = rate
+            s.draining = True
+            s.version += 1
+
+    def _probe(self, cfg: RateControlSettings, now: float) -> None:
+        """Back to the probe rate after draining (an attempt reached the still-down destination)."""
+        s = self.state
+        if s.draining:
+            s.rate = 1.0 / cfg.probe_interval_s
+            s.draining = False
+            s.version += 1
+
     def _close(self, now: float) -> None:
         s = self.state
         if s.rate_before_open is not None:
@@ -185,6 +222,7 @@ class RateController:
 
     def _change(self, mode: str, rate: float | None, now: float, reason: str) -> None:
         s = self.state
+        s.draining = False
         if s.mode != mode:
             s.since = now
         s.mode = mode
@@ -197,8 +235,13 @@ def describe_decision(state: ControlState) -> str:
     """One line for a decision, e.g. ``circuit open since 12:03:04 UTC, probing every 5s; …``."""
     since = time.strftime("%H:%M:%S UTC", time.gmtime(state.since))
     if state.mode == "open":
-        probe = f"{1 / state.rate:.0f}s" if state.rate else "?"
         error = state.last_error or state.reason
+        if state.draining:
+            return (
+                f"circuit open since {since}, passing records that fail before reaching it at "
+                f"{format_rate(state.rate)}; last error: {error}"
+            )
+        probe = f"{1 / state.rate:.0f}s" if state.rate else "?"
         return f"circuit open since {since}, probing every {probe}; last error: {error}"
     if state.mode == "adaptive":
         top = format_rate(ceiling(state))  # "unlimited" when there is none

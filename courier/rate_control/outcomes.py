@@ -21,16 +21,19 @@ class AttemptOutcomes:
     """Written, or refused for good: either way the destination is up."""
     unavailable: int = 0
     throttled: int = 0
+    not_reached: int = 0
+    """Failed before reaching the destination (record gone from Kafka, a mapping failing for
+    it): they say nothing about the destination."""
     last_error: str = ""
     started: float = field(default_factory=time.monotonic)
 
     def take(self) -> AttemptOutcomes:
         """The counts so far; starts a new window."""
         window = replace(self)
-        self.answered = self.unavailable = self.throttled = 0
+        self.answered = self.unavailable = self.throttled = self.not_reached = 0
         self.last_error = ""
         self.started = time.monotonic()
         return window
 
     def __bool__(self) -> bool:
-        return bool(self.answered or self.unavailable or self.throttled)
+        return bool(self.answered or self.unavailable or self.throttled or self.not_reached)

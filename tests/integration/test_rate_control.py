@@ -9,6 +9,9 @@ import time
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.records_to_delete import RecordsToDelete
 from temporalio.client import Client
 
 from courier.ops.status import destination_statuses
@@ -199,3 +202,62 @@ async def test_a_worker_restarted_during_an_open_circuit_closes_it_on_an_answere
 
 async def _starts_with(value: Any, prefix: str) -> bool:
     return str(await value).startswith(prefix)
+
+
+async def test_records_gone_from_kafka_do_not_hold_up_the_probes_of_an_open_circuit(
+    stack_settings: Any, temporal_client: Client, unique: str
+) -> None:
+    """120 records deleted from Kafka wait behind an open circuit with 10 live ones.
+
+    At one probe per interval the deleted ones would take 120 probes before the live ones; they
+    fail at once without reaching the destination, so the queue lets them through faster, and
+    the live records reach the recovered endpoint within a few probe intervals.
+    """
+    name, bootstrap = f"gone-{unique}", stack_settings.kafka_bootstrap
+    async with Receiver() as receiver:
+        receiver.script("/gone", then=503)
+        config = pipeline_config(
+            stack_settings,
+            unique,
+            destinations=[
+                {
+                    "name": name,
+                    "kind": "rest",
+                    "url": f"{receiver.url}/gone/{{key}}",
+                    "retry": FAST_RETRY,
+                    "rate_control": {"probe_interval": "2s", "failure_threshold": 3},
+                }
+            ],
+            routes={"default": name},
+            ingest={"payloads": "reference"},
+        )
+        topic = config.kafka.topics[0]
+        await create_topic(bootstrap, topic, partitions=1)
+
+        async def mode() -> str:
+            statuses = {s.name: s for s in await destination_statuses(temporal_client, config)}
+            return statuses[name].rate_control
+
+        async with courier_running(temporal_client, config):
+            await produce(bootstrap, topic, [(f"open-{i}".encode(), b"{}") for i in range(3)])
+            await eventually(lambda: _starts_with(mode(), "circuit open since"), timeout=60)
+            await produce(bootstrap, topic, [(f"gone-{i}".encode(), b"{}") for i in range(120)])
+            await produce(bootstrap, topic, [(f"live-{i}".encode(), b"{}") for i in range(10)])
+            await wait_for_workflows(temporal_client, f"CourierTopic = '{topic}'", 133, status=None)
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+            await admin.start()
+            try:  # what retention does, sooner: all but the live records are gone
+                await admin.delete_records(
+                    {TopicPartition(topic, 0): RecordsToDelete(before_offset=123)}
+                )
+            finally:
+                await admin.close()
+            receiver.script("/gone", then=200)
+            live = [f"/gone/live-{i}" for i in range(10)]
+
+            async def all_live_arrived() -> bool:
+                return {r.path for r in receiver.effect_requests("/gone/live-")} == set(live)
+
+            # 123 records at one probe per 2 s would take over 4 minutes.
+            await eventually(all_live_arrived, timeout=90)
+    assert receiver.effects("/gone/gone-") == 0

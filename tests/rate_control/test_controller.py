@@ -114,3 +114,35 @@ def test_a_circuit_opened_while_adaptive_closes_to_the_lowered_rate() -> None:
     assert c.state.mode == "open"
     c.observe(report(answered=1), now=6.0)
     assert (c.state.mode, c.state.rate) == ("adaptive", 5.0)
+
+
+def not_reached(n: int, limit: float | None = 10.0) -> OutcomeReport:
+    return OutcomeReport(worker="w1", window_s=1.0, not_reached=n, configured_limit=limit)
+
+
+def test_records_failing_before_the_destination_do_not_hold_up_the_probes() -> None:
+    """An open circuit lets them through ever faster, up to the ceiling, without closing."""
+    c = controller()
+    c.observe(report(unavailable=5), now=0.0)
+    rates = []
+    for t in range(1, 7):
+        c.observe(not_reached(3), now=float(t))
+        rates.append(c.state.rate)
+    assert c.state.mode == "open" and c.state.draining
+    assert rates == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]  # doubling, up to the configured limit
+    assert "passing records that fail before reaching it at 10/s" in describe_decision(c.state)
+    # An attempt reaches the destination, still down: back to one probe per interval.
+    c.observe(report(unavailable=1), now=8.0)
+    assert (c.state.mode, c.state.rate, c.state.draining) == ("open", 0.2, False)
+    # One answered: the circuit closes as ever.
+    c.observe(report(answered=1), now=9.0)
+    assert (c.state.mode, c.state.rate, c.state.draining) == ("normal", None, False)
+
+
+def test_records_failing_before_the_destination_never_open_or_close_a_circuit() -> None:
+    c = controller()
+    c.observe(not_reached(50), now=0.0)
+    assert c.state.mode == "normal" and c.state.version == 0
+    c.observe(report(unavailable=5), now=1.0)
+    c.observe(not_reached(5, limit=None), now=2.0)
+    assert c.state.mode == "open" and c.state.rate == 1.0  # no limit: from 1/s, up to 50/s
