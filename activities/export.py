@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 from temporalio import activity
@@ -100,6 +100,24 @@ async def heartbeating(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def attempt_timed_out() -> bool:
+    """Whether the running activity was cancelled because its attempt timed out.
+
+    The worker learns of a start-to-close timeout as the server no longer knowing the task
+    (``not_found``), so the attempt's age tells that apart from a workflow that ended.
+    """
+    details = activity.cancellation_details()
+    if details is None:
+        return False
+    if details.timed_out:
+        return True
+    info = activity.info()
+    timeout = info.start_to_close_timeout
+    if not details.not_found or not timeout:
+        return False
+    return datetime.now(UTC) - info.started_time >= timeout * 0.9
 
 
 def confirmed_before() -> set[int]:
@@ -178,18 +196,31 @@ class ExportActivity:
         async def pace(count: int) -> None:
             if await self.pacer.wait(count, until=until) or timeout is None:
                 return
+            rate, source = self.pacer.rate, self.pacer.source
             now = loop.time()
-            if now - self._unpaced_logged >= UNPACED_LOG_S:
-                self._unpaced_logged = now
-                log.warning(
-                    "%s: the rest of an export goes out faster than %s: pacing it would outlast "
-                    "half its attempt timeout (%s); the rate was lowered after the batch was cut "
-                    "(courier limit, adaptive rate): set rate_limit in the config, so an export "
-                    "carries one second of it, or raise timeouts.attempt",
-                    self.name,
-                    format_rate(self.pacer.rate),
-                    format_duration(timeout),
+            if rate is None or now - self._unpaced_logged < UNPACED_LOG_S:
+                return
+            self._unpaced_logged = now
+            if source.startswith("rate control"):
+                level, advice = logging.INFO, "nothing to do: the batch was cut at a higher rate"
+            elif source.startswith("an operator's limit"):
+                level, advice = (
+                    logging.WARNING,
+                    "the batch was cut at a higher rate: set rate_limit in the config, so a "
+                    "batch carries one second of it, or raise timeouts.attempt",
                 )
+            else:
+                level, advice = logging.WARNING, "raise timeouts.attempt or lower batch_size"
+            log.log(
+                level,
+                "%s: the rest of an export goes out unpaced: pacing it at %s, %s, would outlast "
+                "half its attempt timeout (%s); %s",
+                self.name,
+                format_rate(rate),
+                source,
+                format_duration(timeout),
+                advice,
+            )
 
         return pace
 
@@ -273,11 +304,17 @@ class ExportActivity:
     async def _unexpected_errors_retried(self, where: str, count: int) -> AsyncIterator[None]:
         """Log, count and retry errors no destination or source classified (bugs, mostly).
 
-        The first of each error type is logged with its traceback, the others in one line.
+        The first of each error type is logged with its traceback, the others in one line. An
+        attempt Temporal ends for its timeout is logged (repeats are summarised) and counted
+        as the destination not answering.
         """
         try:
             yield
         except ApplicationError:
+            raise
+        except asyncio.CancelledError:
+            if attempt_timed_out():
+                self._timed_out(where, count)
             raise
         except Exception as err:
             metrics.record_failure(self.name, kind="unexpected", count=count)
@@ -294,6 +331,24 @@ class ExportActivity:
                 extra={"destination": self.name, "record": where},
             )
             raise ApplicationError(f"unexpected {kind}: {err}", type=UNEXPECTED_ERROR_TYPE) from err
+
+    def _timed_out(self, where: str, count: int) -> None:
+        info = activity.info()
+        timeout = info.start_to_close_timeout
+        reason = (
+            f"{where}: no answer within the attempt timeout"
+            f"{f' ({format_duration(timeout)}, timeouts.attempt)' if timeout else ''}"
+        )
+        metrics.record_failure(self.name, kind="retryable", count=count)
+        self.outcomes.unavailable += 1
+        self.outcomes.last_error = reason
+        log.warning(
+            "%s: attempt %d timed out, will retry: %s",
+            self.name,
+            info.attempt,
+            reason,
+            extra={"destination": self.name, "record": where},
+        )
 
     def _check_destination(self, destination: str) -> None:
         if destination != self.name:

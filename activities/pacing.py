@@ -40,10 +40,14 @@ class Pacer:
 
     def __init__(self) -> None:
         self.rate: float | None = None
+        self.source = "the destination's rate_limit"
+        """What sets the rate, for messages: the config, an operator's limit, rate control."""
         self._limiter: AsyncLimiter | None = None
 
-    def set_rate(self, rate: float | None) -> None:
-        """Change the pace (records/s); None turns pacing off."""
+    def set_rate(self, rate: float | None, source: str | None = None) -> None:
+        """Change the pace (records/s); None turns pacing off. ``source`` says what set it."""
+        if source is not None:
+            self.source = source
         if rate == self.rate:
             return
         self.rate = rate

@@ -35,6 +35,8 @@ class QueueState:
     rate_limit_source: str
     """``override`` (``courier limit`` or rate control), ``worker`` (the workers' config) or
     ``none``."""
+    rate_limit_author: str = ""
+    """Who set the override in force (``set_rate_limit``'s ``identity``); empty without one."""
 
 
 async def describe(client: Client, task_queue: str) -> QueueState:
@@ -66,6 +68,11 @@ async def describe(client: Client, task_queue: str) -> QueueState:
         worker_identities=live,
         rate_limit=effective.requests_per_second if source != "none" else None,
         rate_limit_source=source,
+        rate_limit_author=(
+            response.config.queue_rate_limit.metadata.update_identity
+            if source == "override"
+            else ""
+        ),
     )
 
 

@@ -205,7 +205,11 @@ class RateControl:
         self.applied_version = decision.version
         metrics.CIRCUIT_OPEN.labels(self.name).set(1 if decision.mode == "open" else 0)
         metrics.RATE_OVERRIDE.labels(self.name).set(decision.rate or 0)
-        if decision.mode != self.mode or (decision.mode == "adaptive" and "lowered" in line):
+        if self.mode == "open" and decision.mode != "open":
+            # Its own event, at once: a recovery is no warning, and must not wait in the
+            # summary of repeated warnings.
+            log.info("%s: %s", self.name, decision.reason, extra={"destination": self.name})
+        elif decision.mode != self.mode or (decision.mode == "adaptive" and "lowered" in line):
             log.warning("%s: %s", self.name, line, extra={"destination": self.name})
         self.mode = decision.mode
 

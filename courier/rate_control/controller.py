@@ -82,6 +82,8 @@ class ControlState:
     last_adjusted: float | None = None
     rate_before_open: float | None = None
     unlimited_start: float | None = None
+    probes: int = 0
+    """Attempts that reached the destination since the circuit opened."""
     draining: bool = False
     """Circuit open, and attempts fail before reaching the destination: the queue goes faster
     than the probe rate until one reaches it again."""
@@ -144,6 +146,7 @@ class RateController:
         elif report.unavailable:
             s.consecutive_unavailable += report.unavailable
         if s.mode == "open":
+            s.probes += report.answered + report.unavailable + report.throttled
             if report.answered:
                 self._close(now)
             elif report.unavailable or report.throttled:
@@ -153,6 +156,7 @@ class RateController:
             return
         if report.circuit_breaker and s.consecutive_unavailable >= cfg.failure_threshold:
             s.rate_before_open = s.rate if s.mode == "adaptive" else None
+            s.probes = 0
             self._change(
                 "open",
                 1.0 / cfg.probe_interval_s,
@@ -214,10 +218,11 @@ class RateController:
 
     def _close(self, now: float) -> None:
         s = self.state
+        closed = f"circuit closed after {now - s.since:.0f}s, {s.probes} probes"
         if s.rate_before_open is not None:
-            self._change("adaptive", s.rate_before_open, now, "circuit closed; rate still lowered")
+            self._change("adaptive", s.rate_before_open, now, f"{closed}; rate still lowered")
         else:
-            self._change("normal", self.ceiling_override(), now, "")
+            self._change("normal", self.ceiling_override(), now, closed)
         s.rate_before_open = None
 
     def _change(self, mode: str, rate: float | None, now: float, reason: str) -> None:

@@ -17,7 +17,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from activities.pacing import Pacer
-from courier.task_queues import describe
+from courier.rate_control.client import RATE_CONTROL_IDENTITY
+from courier.task_queues import QueueState, describe
 
 log = logging.getLogger("courier.worker")
 
@@ -43,6 +44,15 @@ async def keep_pace(
         await asyncio.sleep(PACE_REFRESH_S if pacer.rate else PACE_REFRESH_UNLIMITED_S)
 
 
+def rate_source(queue: QueueState) -> str:
+    """What sets the queue's rate, in words for a message."""
+    if queue.rate_limit_source != "override":
+        return "the destination's rate_limit"
+    if queue.rate_limit_author.startswith(RATE_CONTROL_IDENTITY):
+        return "rate control (an open circuit's probes, or a rate lowered after 429s)"
+    return "an operator's limit (courier limit)"
+
+
 async def set_share(
     client: Client, task_queue: str, pacer: Pacer, configured: float | None
 ) -> None:
@@ -51,7 +61,7 @@ async def set_share(
         queue = await describe(client, task_queue)
         rate = queue.rate_limit if queue.rate_limit_source != "none" else configured
         workers = len(queue.worker_identities | {client.identity})
-        pacer.set_rate(rate / workers if rate else None)
+        pacer.set_rate(rate / workers if rate else None, rate_source(queue))
     except (RPCError, RuntimeError) as err:
         log.warning("%s: cannot read the queue's rate limit: %s", task_queue, err)
     except Exception:  # a bug: say so, keep the last pace, keep going

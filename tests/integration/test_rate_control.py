@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.records_to_delete import RecordsToDelete
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from courier.ops.status import destination_statuses
 from courier.task_queues import describe
@@ -261,3 +262,49 @@ async def test_records_gone_from_kafka_do_not_hold_up_the_probes_of_an_open_circ
             # 123 records at one probe per 2 s would take over 4 minutes.
             await eventually(all_live_arrived, timeout=90)
     assert receiver.effects("/gone/gone-") == 0
+
+
+async def test_attempts_that_time_out_are_logged_and_shown_as_the_last_error(
+    stack_settings: Any, temporal_client: Client, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An endpoint slower than the attempt timeout: Temporal ends each attempt; the worker
+    says so, and rate control hears of it (the destination's last error)."""
+    name = f"slow-{unique}"
+    caplog.set_level(logging.WARNING, logger="activities.export")
+    async with Receiver() as receiver:
+        receiver.script("/slow", delay=3.0)
+        config = pipeline_config(
+            stack_settings,
+            unique,
+            destinations=[
+                {
+                    "name": name,
+                    "kind": "rest",
+                    "url": f"{receiver.url}/slow/{{key}}",
+                    "retry": {**FAST_RETRY, "maximum_attempts": 2},
+                    "timeouts": {"attempt": "1s"},
+                }
+            ],
+            routes={"default": name},
+        )
+        topic = config.kafka.topics[0]
+        await create_topic(stack_settings.kafka_bootstrap, topic)
+        await produce(stack_settings.kafka_bootstrap, topic, [(b"k0", b"{}")])
+        async with courier_running(temporal_client, config):
+            await wait_for_workflows(
+                temporal_client,
+                f"CourierDestination = '{name}'",
+                1,
+                status=WorkflowExecutionStatus.FAILED,
+                timeout=60,
+            )
+
+            async def last_error() -> str:
+                statuses = {s.name: s for s in await destination_statuses(temporal_client, config)}
+                control = statuses[name].control
+                return control.last_error if control is not None else ""
+
+            error = await eventually(last_error, timeout=30)
+    assert "no answer within the attempt timeout (1s, timeouts.attempt)" in error
+    said = [r.getMessage() for r in caplog.records if "timed out, will retry" in r.getMessage()]
+    assert said and said[0].startswith(f"{name}: attempt 1 timed out, will retry: "), said

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -177,3 +178,17 @@ async def test_a_worker_that_knows_no_decision_asks_the_controller_whether_one_i
     await control._worth_reporting(answered)
     # Seen without a decision, the controller is not asked again for a while.
     assert handle.queries == (2 if reported else 1)
+
+
+async def test_a_closed_circuit_is_logged_at_once_as_its_own_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="courier.worker")
+    outcomes = AttemptOutcomes()
+    control = rate_control(FakeClient(FakeHandle([], outcomes)), outcomes)
+    await control.apply(ControlState(mode="open", rate=0.2, version=1, last_error="503"))
+    closed = "circuit closed after 40s, 8 probes"
+    await control.apply(ControlState(mode="normal", version=2, reason=closed))
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "courier.worker"]
+    assert lines[0][0] == "WARNING" and "circuit open since" in lines[0][1]
+    assert lines[1] == ("INFO", f"api: {closed}")

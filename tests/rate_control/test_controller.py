@@ -146,3 +146,12 @@ def test_records_failing_before_the_destination_never_open_or_close_a_circuit() 
     c.observe(report(unavailable=5), now=1.0)
     c.observe(not_reached(5, limit=None), now=2.0)
     assert c.state.mode == "open" and c.state.rate == 1.0  # no limit: from 1/s, up to 50/s
+
+
+def test_closing_the_circuit_says_how_long_it_was_open_and_how_many_probes_it_took() -> None:
+    c = controller()
+    c.observe(report(unavailable=5), now=100.0)
+    c.observe(report(unavailable=1), now=105.0)
+    c.observe(report(answered=1), now=112.0)
+    assert c.state.mode == "normal"
+    assert c.state.reason == "circuit closed after 12s, 2 probes"

@@ -2,11 +2,13 @@
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
+from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -150,7 +152,26 @@ async def test_pacing_stops_at_half_the_attempt_timeout_and_says_so(
     assert len(destination.written) == 20
     warnings = [r.getMessage() for r in caplog.records if r.name == "activities.export"]
     assert len(warnings) == 1, warnings  # said once, not per attempt
-    assert "faster than 1/s" in warnings[0] and "half its attempt timeout (1s)" in warnings[0]
+    assert warnings[0] == (
+        "dest: the rest of an export goes out unpaced: pacing it at 1/s, the destination's "
+        "rate_limit, would outlast half its attempt timeout (1s); raise timeouts.attempt or "
+        "lower batch_size"
+    )
+
+
+async def test_pacing_by_rate_control_is_said_to_be_nothing_to_fix(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="activities.export")
+    activity = ExportActivity("dest", FakeDestination())
+    activity.pacer.set_rate(1, "rate control (an open circuit's probes, or a rate lowered ...)")
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, start_to_close_timeout=timedelta(seconds=1))
+    await env.run(activity.export, records(10))
+    said = [r for r in caplog.records if r.name == "activities.export"]
+    assert [r.levelname for r in said] == ["INFO"]
+    assert "pacing it at 1/s, rate control (an open circuit's probes" in said[0].getMessage()
+    assert said[0].getMessage().endswith("nothing to do: the batch was cut at a higher rate")
 
 
 class FakeSource:
@@ -249,3 +270,32 @@ async def test_a_record_compacted_away_before_it_was_read_is_not_exported() -> N
         "not exported: t/0/7 was compacted away before it was read (a later record of its key "
         "replaced it)"
     )
+
+
+async def test_an_attempt_that_times_out_is_logged_and_counted_as_no_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    activity = ExportActivity("dest", SlowDestination())
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, start_to_close_timeout=timedelta(seconds=30))
+    running = asyncio.create_task(env.run(activity.export, batch()))
+    await asyncio.sleep(0.1)
+    env.cancel(ActivityCancellationDetails(timed_out=True))
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert (activity.outcomes.unavailable, activity.outcomes.answered) == (1, 0)
+    reason = "t/0/7: no answer within the attempt timeout (30s, timeouts.attempt)"
+    assert activity.outcomes.last_error == reason
+    said = [r.getMessage() for r in caplog.records if r.name == "activities.export"]
+    assert said == [f"dest: attempt 1 timed out, will retry: {reason}"]
+
+
+async def test_a_cancelled_attempt_is_no_timeout() -> None:
+    activity = ExportActivity("dest", SlowDestination())
+    env = ActivityEnvironment()
+    running = asyncio.create_task(env.run(activity.export, batch()))
+    await asyncio.sleep(0.1)
+    env.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert not activity.outcomes
