@@ -49,7 +49,7 @@ import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError
 from temporalio.client import Client
 
 from courier import metrics
@@ -75,6 +75,8 @@ STOP_KAFKA_S = 0.5
 """On stop, the longest the last commit, and leaving the group, may take each."""
 MAX_BACKOFF_S = 30.0
 POLL_TIMEOUT_MS = 200
+POSITION_TIMEOUT_S = 0.2
+"""The longest a commit waits for a partition's position (known at once, unless resetting)."""
 MISSING_TOPIC_LOG_S = 30.0
 
 
@@ -419,6 +421,7 @@ class Ingest:
             return
         owned = self._consumer.assignment() if partitions is None else partitions
         assert self._topic_ids is not None
+        await self._pass_control_records(owned)
         offsets = {
             tp: off
             for tp, off in self.tracker.committable().items()
@@ -436,6 +439,30 @@ class Ingest:
         self.tracker.mark_committed(offsets)
         metrics.COMMITS.inc()
         log.debug("committed %s", {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
+
+    async def _pass_control_records(self, partitions: set[TopicPartition]) -> None:
+        """Let the commit point of an idle partition pass the control records after its last
+        record (a transaction's commit or abort marker, aborted records skipped under
+        read_committed): they are never handed off, and without this the committed offset
+        stayed below the log end, and the lag above 0, for good."""
+        assert self._consumer is not None and self._topic_ids is not None
+        for tp in partitions:
+            point = self.tracker.commit_point(tp)
+            if (
+                point is None
+                or self.tracker.in_flight({tp})
+                or self._buffers.get(tp)
+                or self.strategy.holds(tp)
+                or self._checked.get(tp) != self._topic_ids.get(tp.topic)
+            ):
+                continue
+            try:
+                async with asyncio.timeout(POSITION_TIMEOUT_S):
+                    position = await self._consumer.position(tp)
+            except (TimeoutError, KafkaError, IllegalStateError):
+                continue
+            if position > point:
+                self.tracker.advance(tp, position)
 
     async def _commit_periodically(self) -> None:
         interval = self.config.kafka.commit_interval.total_seconds()

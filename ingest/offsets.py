@@ -46,6 +46,13 @@ class OffsetTracker:
         if part is not None:
             part.in_flight.pop(offset, None)
 
+    def advance(self, tp: TopicPartition, offset: int) -> None:
+        """Nothing of ``tp`` before ``offset`` is left to hand off (the offsets between are
+        control records): its commit point may move there once nothing is in flight."""
+        part = self._partitions.get(tp)
+        if part is not None and not part.in_flight and (part.next_offset or 0) < offset:
+            part.next_offset = offset
+
     def commit_point(self, tp: TopicPartition) -> int | None:
         """The offset to commit for ``tp`` (the next one to read), or None if nothing is safe."""
         part = self._partitions.get(tp)

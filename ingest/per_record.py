@@ -74,6 +74,10 @@ class PerRecord:
                 if shared.full():
                     return
 
+    def holds(self, tp: TopicPartition) -> bool:
+        """Never: a record's hand-off begins when it is taken from its buffer."""
+        return False
+
     def due_in_ms(self) -> int | None:
         """Never: every record taken is handed off at once."""
         return None

@@ -404,6 +404,10 @@ class Ranges:
         self._gather(buffers)
         self._close()
 
+    def holds(self, tp: TopicPartition) -> bool:
+        """Whether ``tp`` has an open range (its records' hand-off begins when it closes)."""
+        return tp in self._open
+
     def due_in_ms(self) -> int | None:
         """While a range is open: its ``max_wait``, after which it is handed off unfilled."""
         if not self._open:

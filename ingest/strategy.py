@@ -44,6 +44,9 @@ class Strategy(Protocol):
     def due_in_ms(self) -> int | None:
         """How soon :meth:`dispatch` is due with no new record (None: only when one comes)."""
 
+    def holds(self, tp: TopicPartition) -> bool:
+        """Whether it holds records of ``tp`` whose hand-off has not begun yet."""
+
     def on_restart(self, tp: TopicPartition) -> None:
         """Forget what is held of ``tp``: it is read again from a new position."""
 

@@ -181,6 +181,37 @@ async def test_read_uncommitted_exports_aborted_transactions_too(
     assert exported_keys(out) == sorted(ABORTED_KEYS + COMMITTED_KEYS)
 
 
+@pytest.mark.parametrize("mode", ["per_record", "batch"])
+async def test_a_topic_ending_in_an_aborted_transaction_is_committed_to_its_end(
+    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path, mode: str
+) -> None:
+    """Ten records in a committed transaction (0-9, marker 10), then five in an aborted one
+    (11-15, marker 16): nothing after offset 9 is ever handed off, yet the group's offset must
+    reach the log's end (17), or its lag never returns to 0."""
+    out = tmp_path / "out.jsonl"
+    config = file_config(stack_settings, unique, out, ingest={"mode": mode, "max_wait": "200ms"})
+    topic, group = config.kafka.topics[0], config.kafka.group
+    bootstrap = stack_settings.kafka_bootstrap
+    await create_topic(bootstrap, topic, partitions=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=f"tx-{unique}", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        async with producer.transaction():
+            for i in range(10):
+                await producer.send_and_wait(topic, key=f"committed-{i}".encode(), value=b"{}")
+        await producer.begin_transaction()
+        for i in range(5):
+            await producer.send_and_wait(topic, key=f"aborted-{i}".encode(), value=b"{}")
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    async with courier_running(temporal_client, config):
+        await wait_committed(bootstrap, group, topic, 17)
+    assert exported_keys(out) == COMMITTED_KEYS
+
+
 # --- A record whose input cannot be encoded ------------------------------------------------
 
 

@@ -65,6 +65,8 @@ class FakeConsumer:
         self.commits: list[dict[TopicPartition, int]] = []
         self.committed_offsets: dict[TopicPartition, int] = {}
         self.committed_metadata: dict[TopicPartition, str] = {}
+        self.positions: dict[TopicPartition, int] = {}
+        """The consumer's position per partition (unset: 0, never past a commit point)."""
         self.seeks: list[tuple[TopicPartition, int | None]] = []
 
     def assignment(self) -> set[TopicPartition]:
@@ -85,6 +87,9 @@ class FakeConsumer:
         self.poll_timeouts.append(timeout_ms)
         await asyncio.sleep(0)
         return self.batches.pop(0) if self.batches else {}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions.get(tp, 0)
 
     @property
     def _coordinator(self) -> FakeConsumer:
@@ -465,3 +470,22 @@ async def test_no_commit_for_a_topic_recreated_before_a_revoke(hand_offs: FakeHa
     ingest._topic_ids = FakeTopicIds({TOPIC: "AAAAAAAAAAAAAAAAAAAAAA"})  # type: ignore[assignment]
     await asyncio.wait_for(ingest.on_revoked({TP}), 1)
     assert fake.commits == []
+
+
+async def test_an_idle_partition_commits_past_the_control_records_after_its_last_record(
+    hand_offs: FakeHandOffs,
+) -> None:
+    """Offsets 0-4 are records, 5 a transaction marker: the consumer's position is 6."""
+    ingest, fake = make_ingest({TP})
+    buffer(ingest, TP, range(5))
+    ingest._dispatch()
+    await settle()
+    fake.positions[TP] = 6
+    await ingest.commit()
+    assert fake.commits == [{TP: 0}]  # hand-offs in flight: not past the first
+    await hand_offs.finish(hand_offs.calls[:4])
+    await ingest.commit()
+    assert fake.commits[-1] == {TP: 4}  # offset 4 still in flight: not past it
+    await hand_offs.finish(hand_offs.calls)
+    await ingest.commit()
+    assert fake.commits[-1] == {TP: 6}
