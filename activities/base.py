@@ -133,6 +133,13 @@ class DestinationConfig(BaseModel):
         default_factory=RateControlConfig,
         description="Circuit breaker and adaptive rate (section destinations[].rate_control).",
     )
+    tombstones: Literal["export", "skip"] = Field(
+        default="export",
+        description="Records with a null value (tombstones: how a compacted topic says a key "
+        "was deleted). `export`: sent like any other record (a JSON envelope carries "
+        '`"value": null` and no `value_encoding`; PostgreSQL value columns are NULL). `skip`: '
+        "not sent; the record's export completes, saying it was skipped.",
+    )
     ordering: Literal["none", "key"] = Field(
         default="none",
         description="`none`: records are exported concurrently, two records of one key in "

@@ -132,11 +132,17 @@ class ExportActivity:
     """Runs one destination's writes; one instance per destination per worker process."""
 
     def __init__(
-        self, name: str, destination: Destination, source: RecordSource | None = None
+        self,
+        name: str,
+        destination: Destination,
+        source: RecordSource | None = None,
+        *,
+        skip_tombstones: bool = False,
     ) -> None:
         self.name = name
         self.destination = destination
         self.source = source
+        self.skip_tombstones = skip_tombstones
         self.outcomes = AttemptOutcomes()
         self.pacer = Pacer()
         self._unpaced_logged = -UNPACED_LOG_S
@@ -161,6 +167,13 @@ class ExportActivity:
                         detail=f"not exported: {superseded}",
                         attempt=activity.info().attempt,
                     )
+            if self.skip_tombstones and all(r.record.value is None for r in records):
+                return ExportResult(
+                    destination=self.name,
+                    written=0,
+                    detail="skipped: a tombstone (null value; tombstones: skip)",
+                    attempt=activity.info().attempt,
+                )
             detail = await self._write(records, pace)
         return ExportResult(
             destination=self.name,
@@ -273,6 +286,9 @@ class ExportActivity:
             for o in todo
             if o in fetched.records
         ]
+        tombstones = [i for i in items if i.record.value is None] if self.skip_tombstones else []
+        if tombstones:
+            items = [i for i in items if i.record.value is not None]
         if absent and not items:
             self.outcomes.not_reached += 1  # nothing of it went to the destination
         confirmed_before_now = len(confirmed)
@@ -292,6 +308,8 @@ class ExportActivity:
             else:
                 failed.extend(FailedRecord(i.record.offset, self.name, reason) for i in part)
         skipped = f", {len(superseded)} superseded (compacted away)" if superseded else ""
+        if tombstones:
+            skipped += f", {len(tombstones)} tombstones skipped"
         return RangeBatchResult(
             destination=self.name,
             written=written,

@@ -47,7 +47,9 @@ async def serving(
     destination = await open_destination(config, name, reporter)
     since = time.time()
     try:
-        activity = ExportActivity(name, destination, source)
+        activity = ExportActivity(
+            name, destination, source, skip_tombstones=dest_config.tombstones == "skip"
+        )
         metrics.DESTINATION_CONNECTED.labels(name).set(1)
         tasks = [asyncio.create_task(reporter.keep_connected(since))]
         # Pace from the first attempt: at a share of the rate among the workers already

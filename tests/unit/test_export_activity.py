@@ -299,3 +299,50 @@ async def test_a_cancelled_attempt_is_no_timeout() -> None:
     with pytest.raises(asyncio.CancelledError):
         await running
     assert not activity.outcomes
+
+
+def tombstone(offset: int) -> OutgoingRecord:
+    return OutgoingRecord(f"courier/g/t/0/{offset}", KafkaRecord("t", 0, offset, None, None, 0))
+
+
+async def test_tombstones_are_exported_unless_skipped() -> None:
+    exporting = FakeDestination()
+    result = await ActivityEnvironment().run(
+        ExportActivity("dest", exporting).export, ExportBatch("dest", [tombstone(3)])
+    )
+    assert exporting.written == ["courier/g/t/0/3"] and result.written == 1
+
+    skipping = FakeDestination()
+    activity = ExportActivity("dest", skipping, skip_tombstones=True)
+    result = await ActivityEnvironment().run(activity.export, ExportBatch("dest", [tombstone(3)]))
+    assert skipping.written == [] and result.written == 0
+    assert result.detail == "skipped: a tombstone (null value; tombstones: skip)"
+
+
+class TombstoneSource(FakeSource):
+    """Odd offsets are tombstones."""
+
+    async def fetch(
+        self, *, topic: str, topic_id: str, partition: int, offsets: Sequence[int]
+    ) -> Fetched:
+        fetched = await super().fetch(
+            topic=topic, topic_id=topic_id, partition=partition, offsets=offsets
+        )
+        records = {
+            o: dataclasses.replace(r, value=None) if o % 2 else r
+            for o, r in fetched.records.items()
+        }
+        return dataclasses.replace(fetched, records=records)
+
+
+async def test_a_range_skips_its_tombstones_when_told() -> None:
+    destination = FakeDestination()
+    activity = ExportActivity(
+        "dest",
+        destination,
+        TombstoneSource(0),  # type: ignore[arg-type]
+        skip_tombstones=True,
+    )
+    result = await ActivityEnvironment().run(activity.export_range, range_batch(range(6)))
+    assert [k.rsplit("/", 1)[1] for k in destination.written] == ["0", "2", "4"]
+    assert result.written == 3 and result.detail == "3 written, 0 failed, 3 tombstones skipped"
