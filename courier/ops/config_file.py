@@ -12,6 +12,28 @@ from courier.config_lint import lint_file
 from courier.ops.output import Output
 from courier.rates import format_rate
 
+PER_RECORD_ADVISED = 20.0
+"""Records/s in all above which ``config check`` advises batch mode: per-record mode carried
+13–37 records/s in all on a 2-core machine with the Temporal dev server (README, "Per-record or
+batch mode"; docs/benchmarks.md), every record costing the server a workflow and an activity."""
+
+
+def rate_estimate(config: CourierConfig) -> str:
+    """What the destinations' rate limits add up to, and which mode suits it."""
+    limited = [d.rate_limit for d in config.destinations if d.rate_limit is not None]
+    unlimited = len(config.destinations) - len(limited)
+    total = sum(limited)
+    line = f"rate limits add up to {format_rate(total)}"
+    if unlimited:
+        line += f", and {unlimited} destination(s) have none"
+    heavy = unlimited or total > PER_RECORD_ADVISED
+    if config.ingest.mode == "per_record" and heavy:
+        line += (
+            f"; per-record mode carried 13–37 records/s in all on a 2-core benchmark machine: "
+            f"above about {format_rate(PER_RECORD_ADVISED)} in all, set ingest.mode: batch"
+        )
+    return line
+
 
 def check(config: CourierConfig, path: Path, out: Output) -> int:
     """Print the valid config's destinations as a table, then its routes in one line."""
@@ -36,6 +58,7 @@ def check(config: CourierConfig, path: Path, out: Output) -> int:
         f"routes: {rules or '(none)'}; default: {config.routes.default or '(none)'}; "
         f"unmatched: {config.routes.unmatched}"
     )
+    out.out.print(rate_estimate(config), highlight=False, markup=False)
     for warning in lint_file(path, config):
         out.warning(warning)
     return 0

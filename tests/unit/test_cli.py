@@ -152,3 +152,24 @@ def test_config_check_warns_about_a_valid_config_that_routes_nowhere(tmp_path: P
     result = runner.invoke(app, ["config", "check", "-c", str(path)])
     assert result.exit_code == 0, result.output
     assert "warning: routes: no rules and no default, so every record fails" in result.output
+
+
+def test_config_check_estimates_the_record_rate_and_advises_a_mode(tmp_path: Path) -> None:
+    path = tmp_path / "courier.yaml"
+    path.write_text(
+        "kafka: {topics: [orders], group: g}\n"
+        "destinations:\n"
+        "  - {name: a, kind: rest, url: 'http://127.0.0.1:9/a', rate_limit: 20}\n"
+        "  - {name: b, kind: rest, url: 'http://127.0.0.1:9/b', rate_limit: 50}\n"
+        "routes: {default: a}\n"
+    )
+    result = runner.invoke(app, ["config", "check", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "rate limits add up to 70/s; per-record mode carried 13–37 records/s in all on a 2-core "
+        "benchmark machine: above about 20/s in all, set ingest.mode: batch"
+    ) in " ".join(result.stdout.split())
+    batch = path.read_text().replace("routes:", "ingest: {mode: batch}\nroutes:")
+    path.write_text(batch)
+    result = runner.invoke(app, ["config", "check", "-c", str(path)])
+    assert "rate limits add up to 70/s\n" in result.stdout
