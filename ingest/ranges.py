@@ -47,6 +47,8 @@ from workflows.types import ExportRangeInput, FailedRecord, RangeSlice
 log = logging.getLogger("courier.ingest")
 
 LAST_OFFSET_MEMO = "last_offset"
+RECORDS_MEMO = "records"
+"""Memo of a range: how many of its records go to each destination (``courier status``)."""
 MAX_RANGES_PER_PARTITION = 4
 MAX_BACKOFF_S = 30.0
 FAILED_RANGE_REASONS_BYTES = 1_000_000
@@ -341,7 +343,13 @@ async def launch_range(
                 task_queue=config.temporal.workflow_task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=attributes,
-                memo={LAST_OFFSET_MEMO: workflow_input.last_offset},
+                memo={
+                    LAST_OFFSET_MEMO: workflow_input.last_offset,
+                    RECORDS_MEMO: {
+                        piece.destination.name: len(piece.offsets)
+                        for piece in workflow_input.slices
+                    },
+                },
                 static_summary=summary[:200],
             )
             return None

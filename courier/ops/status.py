@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +21,7 @@ from courier.rate_control.controller import ControlState, describe_decision
 from courier.rate_control.workflow import CONTROL_QUERY, WORKERS_QUERY, destination_state_id
 from courier.rates import format_rate
 from courier.task_queues import QueueState, describe
+from ingest.ranges import RECORDS_MEMO
 from workflows.types import WorkerReport
 
 STALE_AFTER_S = 100.0
@@ -90,16 +92,46 @@ async def worker_reports(
     return [r for r in reports if r.reported_at >= horizon], control
 
 
+async def range_records(client: Client, config: CourierConfig) -> dict[str, Counter[str]]:
+    """Batch mode: the records of running and completed ranges, by status and destination.
+
+    Each range's memo says how many of its records go to each destination (ranges started
+    before it did are not counted).
+    """
+    query = (
+        f"WorkflowType = 'ExportRange' AND TaskQueue = '{config.temporal.workflow_task_queue}' "
+        "AND (ExecutionStatus = 'Running' OR ExecutionStatus = 'Completed')"
+    )
+    totals: dict[str, Counter[str]] = {"Running": Counter(), "Completed": Counter()}
+    async for execution in client.list_workflows(query):
+        counts: dict[str, int] = await execution.memo_value(
+            RECORDS_MEMO, {}, type_hint=dict[str, int]
+        )
+        totals[execution.status.name.title() if execution.status else "Running"].update(counts)
+    return totals
+
+
 async def destination_statuses(client: Client, config: CourierConfig) -> list[DestinationStatus]:
-    """The status of every configured destination, in config order."""
+    """The status of every configured destination, in config order.
+
+    Its columns count records in both modes: workflows of records (``ExportRecord``), and in
+    batch mode the records of its ranges (a record of a completed range that failed for good
+    has a failed ``ExportRecord`` of its own, and counts as failed, not done).
+    """
     result = []
+    ranges = await range_records(client, config) if config.ingest.mode == "batch" else None
     for dest in config.destinations:
         queue = await describe(client, dest.task_queue)
-        counts = await client.count_workflows(  # records' workflows, not ordered keys'
-            f"{sa.DESTINATION.name} = '{dest.name}' AND WorkflowType != 'ExportKey' "
+        counts = await client.count_workflows(  # records' workflows, not ordered keys' or ranges'
+            f"{sa.DESTINATION.name} = '{dest.name}' AND WorkflowType = 'ExportRecord' "
             "GROUP BY ExecutionStatus"
         )
         by_status = {str(g.group_values[0]): g.count for g in counts.groups}
+        if ranges is not None:
+            failed = by_status.get("Failed", 0)
+            by_status["Running"] = by_status.get("Running", 0) + ranges["Running"][dest.name]
+            done = ranges["Completed"][dest.name] - failed
+            by_status["Completed"] = by_status.get("Completed", 0) + max(0, done)
         workers: list[WorkerReport] = []
         control = None
         unknown = None

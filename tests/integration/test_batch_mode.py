@@ -27,6 +27,7 @@ from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ids import workflow_id
 from courier.ops import failures, replay
+from courier.ops.status import destination_statuses
 from courier.serving.pacing import PACE_REFRESH_S
 from courier.task_queues import describe
 from devtools.receiver import ReceivedRequest, Receiver
@@ -783,3 +784,30 @@ async def test_a_retried_batch_sends_only_the_records_without_a_confirmed_effect
     assert receiver.duplicates("/part") == 0, "records whose effect was confirmed were re-sent"
     sent = sorted(r.path for r in receiver.requests)
     assert sent == sorted([f"/part/k{i}" for i in range(10)] + ["/part/k3", "/part/k7"])
+
+
+async def test_status_counts_records_not_ranges(
+    stack_settings: Any, temporal_client: Client, unique: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    config = pipeline_config(
+        stack_settings,
+        unique,
+        destinations=[{"name": f"file-{unique}", "kind": "file", "path": str(out)}],
+        routes={"default": f"file-{unique}"},
+        ingest=batch(max_records=10),
+    )
+    topic = config.kafka.topics[0]
+    await create_topic(stack_settings.kafka_bootstrap, topic, partitions=1)
+    await produce(
+        stack_settings.kafka_bootstrap, topic, [(f"k{i}".encode(), b"{}") for i in range(30)]
+    )
+    async with courier_running(temporal_client, config):
+        await eventually(lambda: ranges_settled(temporal_client, topic), timeout=60)
+
+        async def done() -> int | None:
+            (status,) = await destination_statuses(temporal_client, config)
+            return status.completed if status.completed == 30 else None
+
+        await eventually(done, timeout=30)
+    assert await count(temporal_client, ranges_query(topic, "Completed")) == 3
