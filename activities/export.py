@@ -126,7 +126,7 @@ class ExportActivity:
             pace = self._attempt_pace()
             records = batch.records
             if batch.by_reference:
-                records = await self._read_back(records)
+                records = await self._read_back(records, with_keys=batch.with_keys)
             detail = await self._write(records, pace)
         return ExportResult(
             destination=self.name,
@@ -251,8 +251,11 @@ class ExportActivity:
             )
         return self.source
 
-    async def _read_back(self, records: Sequence[OutgoingRecord]) -> list[OutgoingRecord]:
-        """The records of a by-reference ``ExportRecord``, read from Kafka and checked."""
+    async def _read_back(
+        self, records: Sequence[OutgoingRecord], *, with_keys: bool = True
+    ) -> list[OutgoingRecord]:
+        """The records of a by-reference ``ExportRecord``, read from Kafka and checked (their
+        topic's ID, and ``with_keys`` their keys)."""
         result = []
         for item in records:
             ref = item.record
@@ -269,7 +272,7 @@ class ExportActivity:
                 raise self._permanent(
                     f"{ref.topic}/{ref.partition}/{ref.offset}: {fetched.missing}"
                 )
-            if record.key != ref.key:
+            if with_keys and record.key != ref.key:
                 raise self._permanent(
                     f"{ref.topic}/{ref.partition}/{ref.offset} now has another key than at "
                     "hand-off: the topic changed under Courier"

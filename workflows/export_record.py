@@ -1,5 +1,9 @@
 """The ``ExportRecord`` workflow: hand one record to its destination's task queue.
 
+In batch mode a record that fails for good in its range gets an ``ExportRecord`` too (started
+by the range, ``failed_in_range`` set): its first run fails at once with the range's reason; a
+replay (a reset: a new run) exports the record by reference like any other.
+
 Deterministic: everything it needs (destination policy, retry policy, timeouts) comes from its
 input, so config changes never break running workflows, and it imports nothing with side
 effects.
@@ -22,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         ExportReceipt,
         ExportRecordInput,
         ExportResult,
+        KafkaRecord,
         OutgoingRecord,
     )
 
@@ -59,6 +64,14 @@ def failure_reason(err: ActivityError) -> str:
     return cause.message if isinstance(cause, ApplicationError) else str(cause or err)
 
 
+def export_failure(record: KafkaRecord, destination: str, reason: str) -> str:
+    """The reason an ``ExportRecord`` fails with when its export failed."""
+    return (
+        f"export of {record.topic}/{record.partition}/{record.offset} to {destination} "
+        f"failed: {reason}"
+    )
+
+
 @workflow.defn(name="ExportRecord")
 class ExportRecord:
     """Exports one Kafka record to the destination its key was routed to."""
@@ -78,7 +91,16 @@ class ExportRecord:
                 non_retryable=True,
             )
         policy = input.destination
-        workflow_id = workflow.info().workflow_id
+        info = workflow.info()
+        workflow_id = info.workflow_id
+        in_range = input.failed_in_range
+        if in_range is not None and info.run_id == info.first_execution_run_id:
+            # A reset (courier replay) is a new run: it exports the record instead.
+            raise ApplicationError(
+                export_failure(record, policy.name, in_range.reason),
+                type=EXPORT_FAILED_ERROR_TYPE,
+                non_retryable=True,
+            )
         try:
             result = await workflow.execute_activity(
                 EXPORT_ACTIVITY,
@@ -90,6 +112,7 @@ class ExportRecord:
                         )
                     ],
                     by_reference=input.by_reference,
+                    with_keys=in_range is None,
                 ),
                 task_queue=policy.task_queue,
                 start_to_close_timeout=timedelta(seconds=policy.start_to_close_s),
@@ -99,10 +122,8 @@ class ExportRecord:
                 result_type=ExportResult,
             )
         except ActivityError as err:
-            reason = failure_reason(err)
             raise ApplicationError(
-                f"export of {record.topic}/{record.partition}/{record.offset} "
-                f"to {policy.name} failed: {reason}",
+                export_failure(record, policy.name, failure_reason(err)),
                 type=EXPORT_FAILED_ERROR_TYPE,
                 non_retryable=True,
             ) from err

@@ -1,7 +1,8 @@
 """``courier show``: one record's journey, from Kafka through its workflow to its destination.
 
-Given a workflow ID or ``TOPIC/PARTITION/OFFSET``, it finds the record's workflow (per-record
-mode: the record's own ID; batch mode: the range that holds the offset), reads the record
+Given a workflow ID or ``TOPIC/PARTITION/OFFSET``, it finds the record's workflow (its own ID:
+per-record mode, and in batch mode a record that failed for good; else the batch range that
+holds the offset), reads the record
 (from the workflow input when it travelled inline, else from Kafka), routes its key with the
 current rules, and reads the workflow's history of every run (a replay starts a new run): each
 export activity's attempts, the last error before each last attempt, how it ended, and the
@@ -514,6 +515,14 @@ def _record_input(journey: Journey, input: ExportRecordInput, run_id: str) -> No
     if input.hand_off_failure is not None:
         journey.record_problem = f"never handed off: {input.hand_off_failure}"
         return
+    failed = input.failed_in_range
+    if failed is not None:
+        note = (
+            f"failed in batch range {failed.range_id}: {failed.reason} (the first run of the "
+            "record's own workflow fails with it; courier replay exports the record alone)"
+        )
+        if note not in journey.notes:  # every run's history starts with the same input
+            journey.notes.append(note)
     if input.by_reference:
         return  # read from Kafka afterwards
     journey.record, journey.source = _view(input.record, "workflow input"), input.record
