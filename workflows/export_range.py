@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         UNROUTABLE_ERROR_TYPE,
         ExportRecord,
         failure_reason,
+        failure_type,
         heartbeat_timeout,
         retry_policy,
         total_timeout,
@@ -215,9 +216,7 @@ class ExportRange:
                 result_type=RangeBatchResult,
             )
         except ActivityError as err:
-            reason = failure_reason(err)
-            cause = err.cause
-            error_type = getattr(cause, "type", None) or type(cause or err).__name__
+            reason, error_type = failure_reason(err), failure_type(err)
             attempts = (
                 policy.retry.maximum_attempts
                 if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED

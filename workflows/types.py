@@ -123,6 +123,27 @@ class ExportRecordInput:
 
 
 @dataclass(frozen=True)
+class DeadLetterInput:
+    """Input of the ``dead_letter`` activity: a record that failed for good, and why."""
+
+    record: KafkaRecord
+    by_reference: bool
+    """``record`` holds the coordinates only: the record is read from Kafka."""
+    destination: str | None
+    """The destination it failed at; None: it had no route."""
+    idempotency_key: str
+    """The record's identity at the destinations (its workflow ID unless a re-drive gave
+    another); dead-letter consumers deduplicate on it."""
+    error_type: str
+    """e.g. ``PermanentExportError``, ``Unroutable``, ``HandOffFailed``."""
+    reason: str
+    attempts: int | None = None
+    """Export attempts before the failure; None: read from the workflow's history."""
+    range_id: str | None = None
+    """The batch-mode range the record failed in, if it did."""
+
+
+@dataclass(frozen=True)
 class OutgoingRecord:
     """One record handed to a destination, with the idempotency key of its export."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,8 @@ from tests.integration.harness import courier_running, pipeline_config, wait_for
 pytestmark = pytest.mark.integration
 
 COURIER = str(Path(sys.executable).with_name("courier"))
+# The command runs the code under test (a checkout's own, when PYTHONPATH points at it).
+PYTHONPATH = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
 
 
 async def courier(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
@@ -31,7 +34,7 @@ async def courier(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin", **PYTHONPATH},
     )
     out, err = await process.communicate(stdin)
     assert process.returncode is not None
