@@ -32,7 +32,24 @@ class ExportError(Exception):
 
 
 class PermanentExportError(ExportError):
-    """The destination refused the record for good; the workflow fails without retrying."""
+    """The destination refused the record for good; the workflow fails without retrying.
+
+    A destination that writes a batch record by record may say, for a batch that partly
+    failed, which records it wrote (``written``) and which it refused for good (``refused``:
+    idempotency key → reason), so that only the others are sent again. Without them the batch
+    is split until the records that fail are found.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        written: frozenset[str] = frozenset(),
+        refused: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.written = written
+        self.refused = refused or {}
 
 
 class RetryableExportError(ExportError):

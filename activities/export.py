@@ -292,7 +292,12 @@ class ExportActivity:
         try:
             detail = await self.destination.write(records, pace=pace)
         except PermanentExportError as err:
-            metrics.record_failure(self.name, kind="permanent", count=len(records))
+            written = sum(1 for r in records if r.idempotency_key in err.written)
+            metrics.record_failure(self.name, kind="permanent", count=len(records) - written)
+            if written:
+                metrics.record_success(
+                    self.name, count=written, seconds=time.perf_counter() - started
+                )
             self.outcomes.answered += 1  # refused for good, but up
             log.warning("%s: permanent failure: %s", self.name, err.reason)
             raise ApplicationError(
@@ -317,10 +322,13 @@ class ExportActivity:
     async def _write_isolating_failures(
         self, items: list[OutgoingRecord], pace: Pace
     ) -> list[tuple[list[OutgoingRecord], str | None]]:
-        """Write ``items``; on a permanent failure split them until the bad records are alone.
+        """Write ``items``; on a permanent failure find the bad records, sending none twice.
 
-        Returns ``(records, None)`` for written parts and ``(records, reason)`` for records that
-        failed for good. Retryable failures raise: the whole batch is retried (idempotently).
+        A destination that says which records it wrote and which it refused (see
+        ``PermanentExportError``) has only the others sent again; one that cannot say has the
+        batch split until the bad records are alone. Returns ``(records, None)`` for written
+        parts and ``(records, reason)`` for records that failed for good. Retryable failures
+        raise: the whole batch is retried (idempotently).
         """
         if not items:
             return []
@@ -332,6 +340,21 @@ class ExportActivity:
                 raise
             if len(items) == 1:
                 return [(items, err.message)]
+            told = err.__cause__
+            known = (
+                told.written | told.refused.keys()
+                if isinstance(told, PermanentExportError)
+                else set()
+            )
+            rest = [i for i in items if i.idempotency_key not in known]
+            if isinstance(told, PermanentExportError) and len(rest) < len(items):
+                written = [i for i in items if i.idempotency_key in told.written]
+                refused = [i for i in items if i.idempotency_key in told.refused]
+                return [
+                    *([(written, None)] if written else []),
+                    *(([i], told.refused[i.idempotency_key]) for i in refused),
+                    *await self._write_isolating_failures(rest, pace),
+                ]
         middle = len(items) // 2
         return [
             *await self._write_isolating_failures(items[:middle], pace),

@@ -427,7 +427,23 @@ class RestDestination:
             r for r in results if isinstance(r, BaseException) and not isinstance(r, _NotSent)
         ]
         if errors:
-            raise _worst(errors, len(batch), not_sent)
+            worst = _worst(errors, len(batch), not_sent)
+            if isinstance(worst, PermanentExportError) and len(batch) > 1:
+                # Say what had its effect, so only the rest is ever sent again.
+                raise PermanentExportError(
+                    worst.reason,
+                    written=frozenset(
+                        item.idempotency_key
+                        for item, result in zip(batch, results, strict=True)
+                        if isinstance(result, int)
+                    ),
+                    refused={
+                        item.idempotency_key: result.reason
+                        for item, result in zip(batch, results, strict=True)
+                        if isinstance(result, PermanentExportError)
+                    },
+                )
+            raise worst
         counts = Counter(r for r in results if isinstance(r, int))
         return ", ".join(
             f"HTTP {status}" if n == 1 and len(batch) == 1 else f"{n} × HTTP {status}"

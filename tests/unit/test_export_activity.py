@@ -13,8 +13,9 @@ from temporalio.testing import ActivityEnvironment
 from activities.base import Pace, no_pace
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.export import ExportActivity
+from activities.source import Fetched
 from courier import metrics
-from workflows.types import Blob, ExportBatch, KafkaRecord, OutgoingRecord
+from workflows.types import Blob, ExportBatch, KafkaRecord, OutgoingRecord, RangeBatch
 
 
 class FakeDestination:
@@ -150,3 +151,51 @@ async def test_pacing_stops_at_half_the_attempt_timeout_and_says_so(
     warnings = [r.getMessage() for r in caplog.records if r.name == "activities.export"]
     assert len(warnings) == 1, warnings  # said once, not per attempt
     assert "faster than 1/s" in warnings[0] and "half its attempt timeout (1s)" in warnings[0]
+
+
+class PartlyRefusing(FakeDestination):
+    """Writes record by record, refusing keys in ``bad``; says which it wrote and refused."""
+
+    def __init__(self, bad: set[str], tell: bool) -> None:
+        super().__init__()
+        self.bad, self.tell = bad, tell
+        self.sent: list[str] = []
+
+    async def write(self, batch: Sequence[OutgoingRecord], *, pace: Pace = no_pace) -> str:
+        keys = [item.idempotency_key for item in batch]
+        self.sent += keys
+        refused = {k: f"{k} refused" for k in keys if k in self.bad}
+        written = frozenset(k for k in keys if k not in self.bad)
+        self.written += sorted(written)
+        if refused:
+            if not self.tell or len(batch) == 1:
+                raise PermanentExportError(next(iter(refused.values())))
+            raise PermanentExportError("some refused", written=written, refused=refused)
+        return f"{len(batch)} written"
+
+
+class Source:
+    async def fetch(self, **kwargs: object) -> Fetched:
+        offsets = list(kwargs["offsets"])  # type: ignore[call-overload]
+        return Fetched(
+            {o: KafkaRecord("t", 0, o, None, Blob.of(b"v"), 0, topic_id="ID") for o in offsets}, ""
+        )
+
+
+@pytest.mark.parametrize("tell", [True, False])
+async def test_a_partly_refused_batch_sends_no_record_twice_when_the_destination_says(
+    tell: bool,
+) -> None:
+    bad = {"courier/g/t@ID/0/3", "courier/g/t@ID/0/17"}
+    destination = PartlyRefusing(bad, tell)
+    activity = ExportActivity("dest", destination, Source())
+    result = await ActivityEnvironment().run(
+        activity.export_range, RangeBatch("dest", "g", "t", "ID", 0, list(range(20)))
+    )
+    assert (result.written, sorted(f.offset for f in result.failed)) == (18, [3, 17])
+    assert {f.reason for f in result.failed} == {f"{k} refused" for k in bad}
+    if tell:
+        assert len(destination.sent) == 20, "each record sent once"
+        assert len(destination.written) == 18
+    else:  # split: the good halves are sent again (their idempotency keys make it harmless)
+        assert len(destination.sent) > 20
