@@ -39,6 +39,7 @@ from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options
 from ingest.ranges import LAST_OFFSET_MEMO
 from ingest.routing import Router
 from ingest.topic_ids import TopicIds
+from workflows.export_record import DEAD_LETTER_ACTIVITY
 from workflows.types import (
     Blob,
     ExportRangeInput,
@@ -398,7 +399,13 @@ async def _read_run(
             if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
                 done = event.activity_task_completed_event_attributes
                 sched_id, outcome, error = done.scheduled_event_id, "completed", None
-                detail = await _detail(client, done.result, is_range, offset)
+                sched = scheduled.get(sched_id)
+                kind_name = (
+                    sched[0].activity_task_scheduled_event_attributes.activity_type.name
+                    if sched
+                    else ""
+                )
+                detail = await _detail(client, done.result, is_range, offset, kind_name)
             elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
                 failed = event.activity_task_failed_event_attributes
                 sched_id, outcome, error = (
@@ -495,7 +502,12 @@ def _pending(journey: Journey, pending: Any, run_id: str) -> None:
                 break
 
 
-async def _detail(client: Client, result: Any, is_range: bool, offset: int) -> str | None:
+async def _detail(
+    client: Client, result: Any, is_range: bool, offset: int, activity_type: str
+) -> str | None:
+    if activity_type == DEAD_LETTER_ACTIVITY:
+        written: str = await _decode(client, result, str)
+        return f"dead letter: {written}"
     if is_range:
         batch: RangeBatchResult = await _decode(client, result, RangeBatchResult)
         for failed in batch.failed:
