@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord
 from temporalio.testing import ActivityEnvironment
+from typer.testing import CliRunner
 
 from activities.source import Fetched
+from courier.cli import app
 from courier.config import ConfigError, parse_config
+from courier.ops import dead_letters
 from ingest import dead_letter as dl
 from ingest.kafka import producer_options
 from workflows.types import Blob, DeadLetterInput, Header, KafkaRecord
@@ -171,3 +175,78 @@ async def test_a_record_by_reference_that_is_gone_is_written_without_its_bytes()
     [(topic, record, context)] = sent
     assert topic == "dead" and record is None
     assert (dl.RECORD_MISSING, b"no longer in Kafka") in context
+
+
+def entry(identity: str, *, reason: str, at: datetime, destination: str | None = "api") -> Any:
+    context = dl.FailureContext(identity, "run", 1, at, at)
+    letter = DeadLetterInput(
+        record=RECORD,
+        by_reference=False,
+        destination=destination,
+        idempotency_key=identity,
+        error_type="PermanentExportError",
+        reason=reason,
+    )
+    headers = dl.entry_headers(RECORD, dl.context_headers(letter, context, None))
+    message = ConsumerRecord("dead", 0, 0, 0, 0, b"o-1", b"v", None, 3, 1, headers)
+    return dl.parse_entry(message)
+
+
+def test_entries_group_by_destination_and_reason_each_record_once() -> None:
+    t0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+    entries = [
+        entry("a", reason="POST /x/o-1 answered 400", at=t0),
+        entry("a", reason="POST /x/o-1 answered 400", at=t0 + timedelta(hours=1)),
+        entry("b", reason="POST /x/o-1 answered 400", at=t0 + timedelta(minutes=5)),
+        entry("c", reason="no route", at=t0, destination=None),
+    ]
+    latest = dead_letters.latest_by_identity(entries)
+    assert sorted((e.idempotency_key, e.last_failure) for e in latest) == [
+        ("a", t0 + timedelta(hours=1)),
+        ("b", t0 + timedelta(minutes=5)),
+        ("c", t0),
+    ]
+    groups = dead_letters.group_entries(latest)
+    assert [(g.destination, g.count, g.reason) for g in groups] == [
+        ("api", 2, "POST /x/{key} answered 400"),
+        ("(no route)", 1, "no route"),
+    ]
+    assert groups[0].last_seen == t0 + timedelta(hours=1) and groups[0].example_id == "a"
+
+
+def test_a_selection_takes_a_destination_and_a_window_of_last_failures() -> None:
+    t0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+    one = entry("a", reason="x", at=t0)
+    assert dead_letters.Selection().matches(one)
+    assert not dead_letters.Selection(destination="other").matches(one)
+    assert dead_letters.Selection(since=t0, until=t0 + timedelta(seconds=1)).matches(one)
+    assert not dead_letters.Selection(until=t0).matches(one)
+    assert not dead_letters.Selection(since=t0 + timedelta(seconds=1)).matches(one)
+
+
+def test_since_and_until_take_a_period_ago_or_a_time() -> None:
+    now = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+    assert dead_letters.parse_when("90m", now=now) == now - timedelta(minutes=90)
+    assert dead_letters.parse_when("2026-11-27T08:00:00Z") == now - timedelta(hours=1)
+    assert dead_letters.parse_when("2026-11-27T08:00:00") == now - timedelta(hours=1)
+    with pytest.raises(ValueError, match="neither a period"):
+        dead_letters.parse_when("yesterday")
+    assert dead_letters.replay_group(config({}), "r1") == "g-dead-letter-r1"
+
+
+EXAMPLE = str(Path(__file__).parents[2] / "config" / "example.yaml")
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--until", "1h"], "--until goes with --dead-letter TOPIC"),
+        (["--dry-run"], "--dry-run goes with --dead-letter TOPIC"),
+        (["--dead-letter", "d", "--query", "x"], "--query does not go with --dead-letter"),
+        (["--dead-letter", "d", "--since", "soon"], "neither a period"),
+        (["--dead-letter", "d", "--run-id", "a b"], "run ID 'a b' is not valid"),
+    ],
+)
+def test_replay_options_of_the_dead_letter_are_checked(args: list[str], said: str) -> None:
+    result = CliRunner().invoke(app, ["replay", "-c", EXAMPLE, *args])
+    assert result.exit_code == 2 and said in result.output, result.output

@@ -12,8 +12,8 @@ started its failed records' ``ExportRecord`` workflows and completed, such a rec
 (dead-lettered, Failed) and its replayed run (exported), and a per-record export that failed
 and was dead-lettered. (The replayed run's ``originalExecutionRunId`` is its own run ID: the
 replayer takes a history's run ID from it, where a worker knows the run it serves, and the
-workflow tells a replayed run by it.) A workflow change that would break workflows started by those releases
-and still running fails here.
+workflow tells a replayed run by it.) A workflow change that would break workflows started by
+those releases and still running fails here.
 """
 
 from __future__ import annotations
