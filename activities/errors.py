@@ -24,20 +24,24 @@ Cause = Literal["throttled", "unavailable", "other"]
 
 
 class ExportError(Exception):
-    """Root of the errors a destination raises."""
+    """Root of the errors a destination raises.
 
-    def __init__(self, reason: str) -> None:
+    A destination that writes a batch record by record may say, for a batch that partly
+    failed, which records it wrote (``written``: their idempotency keys), so that only the
+    others are ever sent again.
+    """
+
+    def __init__(self, reason: str, *, written: frozenset[str] = frozenset()) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.written = written
 
 
 class PermanentExportError(ExportError):
     """The destination refused the record for good; the workflow fails without retrying.
 
-    A destination that writes a batch record by record may say, for a batch that partly
-    failed, which records it wrote (``written``) and which it refused for good (``refused``:
-    idempotency key → reason), so that only the others are sent again. Without them the batch
-    is split until the records that fail are found.
+    Of a batch, it may also say which records it refused for good (``refused``: idempotency
+    key → reason); without that the batch is split until the records that fail are found.
     """
 
     def __init__(
@@ -47,8 +51,7 @@ class PermanentExportError(ExportError):
         written: frozenset[str] = frozenset(),
         refused: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(reason)
-        self.written = written
+        super().__init__(reason, written=written)
         self.refused = refused or {}
 
 
@@ -56,8 +59,13 @@ class RetryableExportError(ExportError):
     """A transient failure; ``retry_after`` (seconds) overrides the next backoff when set."""
 
     def __init__(
-        self, reason: str, *, retry_after: float | None = None, cause: Cause = "other"
+        self,
+        reason: str,
+        *,
+        retry_after: float | None = None,
+        cause: Cause = "other",
+        written: frozenset[str] = frozenset(),
     ) -> None:
-        super().__init__(reason)
+        super().__init__(reason, written=written)
         self.retry_after = retry_after
         self.cause: Cause = cause

@@ -13,17 +13,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.base import Destination, Pace
-from activities.errors import PermanentExportError, RetryableExportError
+from activities.errors import ExportError, PermanentExportError, RetryableExportError
 from activities.pacing import Pacer
-from activities.source import RecordSource
+from activities.source import Fetched, RecordSource
 from courier import metrics
 from courier.durations import format_duration
 from courier.ids import workflow_id
@@ -53,8 +54,9 @@ UNPACED_LOG_S = 300.0
 
 
 @contextlib.asynccontextmanager
-async def heartbeating() -> AsyncIterator[None]:
-    """Heartbeat the running activity in the background (if it has a heartbeat timeout).
+async def heartbeating(details: Callable[[], Sequence[Any]] = tuple) -> AsyncIterator[None]:
+    """Heartbeat the running activity in the background (if it has a heartbeat timeout), with
+    ``details()`` as the heartbeat's details.
 
     A worker that dies stops heartbeating, so Temporal retries its attempts elsewhere after
     the heartbeat timeout rather than the whole attempt timeout.
@@ -67,7 +69,7 @@ async def heartbeating() -> AsyncIterator[None]:
 
     async def beat() -> None:
         while True:
-            activity.heartbeat()
+            activity.heartbeat(*details())
             await asyncio.sleep(interval)
 
     task = asyncio.create_task(beat())
@@ -141,8 +143,18 @@ class ExportActivity:
         self._check_destination(batch.destination)
         span = f"[{batch.offsets[0]}..{batch.offsets[-1]}]" if batch.offsets else "[]"
         where = f"{batch.topic}/{batch.partition}/{span}"
-        async with heartbeating(), self._unexpected_errors_retried(where, len(batch.offsets)):
-            return await self._export_range(batch, self._attempt_pace())
+        # Offsets whose effect is confirmed, kept in the heartbeat's details: a retried
+        # attempt sends only the others.
+        confirmed = confirmed_before()
+        async with (
+            heartbeating(lambda: [sorted(confirmed)]),
+            self._unexpected_errors_retried(where, len(batch.offsets)),
+        ):
+            try:
+                return await self._export_range(batch, self._attempt_pace(), confirmed)
+            except BaseException:
+                activity.heartbeat(sorted(confirmed))  # the next attempt's starting point
+                raise
 
     def _attempt_pace(self) -> Pace:
         """This attempt's pace: the worker's, until ``PACE_BUDGET`` of the attempt's time is
@@ -169,17 +181,23 @@ class ExportActivity:
 
         return pace
 
-    async def _export_range(self, batch: RangeBatch, pace: Pace) -> RangeBatchResult:
-        fetched = await self._source().fetch(
-            topic=batch.topic,
-            topic_id=batch.topic_id,
-            partition=batch.partition,
-            offsets=batch.offsets,
+    async def _export_range(
+        self, batch: RangeBatch, pace: Pace, confirmed: set[int]
+    ) -> RangeBatchResult:
+        """Write the range's records not in ``confirmed``; add those written to it."""
+        todo = [o for o in batch.offsets if o not in confirmed]
+        fetched = (
+            await self._source().fetch(
+                topic=batch.topic,
+                topic_id=batch.topic_id,
+                partition=batch.partition,
+                offsets=todo,
+            )
+            if todo
+            else Fetched({}, "")
         )
         failed = [
-            FailedRecord(o, self.name, fetched.missing)
-            for o in batch.offsets
-            if o not in fetched.records
+            FailedRecord(o, self.name, fetched.missing) for o in todo if o not in fetched.records
         ]
         items = [
             OutgoingRecord(
@@ -192,11 +210,16 @@ class ExportActivity:
                 ),
                 record=fetched.records[o],
             )
-            for o in batch.offsets
+            for o in todo
             if o in fetched.records
         ]
-        written = 0
-        for part, reason in await self._write_isolating_failures(items, pace):
+        written = len(batch.offsets) - len(todo)
+        keys: set[str] = set()
+        try:
+            parts = await self._write_isolating_failures(items, pace, keys)
+        finally:
+            confirmed.update(i.record.offset for i in items if i.idempotency_key in keys)
+        for part, reason in parts:
             if reason is None:
                 written += len(part)
             else:
@@ -292,19 +315,16 @@ class ExportActivity:
         try:
             detail = await self.destination.write(records, pace=pace)
         except PermanentExportError as err:
-            written = sum(1 for r in records if r.idempotency_key in err.written)
-            metrics.record_failure(self.name, kind="permanent", count=len(records) - written)
-            if written:
-                metrics.record_success(
-                    self.name, count=written, seconds=time.perf_counter() - started
-                )
+            self._count_written(records, err, started)
+            metrics.record_failure(self.name, kind="permanent", count=_unwritten(records, err))
             self.outcomes.answered += 1  # refused for good, but up
             log.warning("%s: permanent failure: %s", self.name, err.reason)
             raise ApplicationError(
                 err.reason, type=PERMANENT_ERROR_TYPE, non_retryable=True
             ) from err
         except RetryableExportError as err:
-            metrics.record_failure(self.name, kind="retryable", count=len(records))
+            self._count_written(records, err, started)
+            metrics.record_failure(self.name, kind="retryable", count=_unwritten(records, err))
             if err.cause == "throttled":
                 self.outcomes.throttled += 1
             elif err.cause == "unavailable":
@@ -319,8 +339,16 @@ class ExportActivity:
         self.outcomes.answered += 1
         return detail
 
+    def _count_written(
+        self, records: Sequence[OutgoingRecord], err: ExportError, started: float
+    ) -> None:
+        """Count the records a partly failed batch wrote, as the destination said."""
+        written = len(records) - _unwritten(records, err)
+        if written:
+            metrics.record_success(self.name, count=written, seconds=time.perf_counter() - started)
+
     async def _write_isolating_failures(
-        self, items: list[OutgoingRecord], pace: Pace
+        self, items: list[OutgoingRecord], pace: Pace, written: set[str]
     ) -> list[tuple[list[OutgoingRecord], str | None]]:
         """Write ``items``; on a permanent failure find the bad records, sending none twice.
 
@@ -328,19 +356,25 @@ class ExportActivity:
         ``PermanentExportError``) has only the others sent again; one that cannot say has the
         batch split until the bad records are alone. Returns ``(records, None)`` for written
         parts and ``(records, reason)`` for records that failed for good. Retryable failures
-        raise: the whole batch is retried (idempotently).
+        raise: the batch is retried (idempotently). ``written`` gets the idempotency key of every
+        record whose effect is confirmed, also when a retryable failure is raised.
         """
         if not items:
             return []
         try:
             await self._write(items, pace)
+            written.update(i.idempotency_key for i in items)
             return [(items, None)]
         except ApplicationError as err:
+            told = err.__cause__
+            if isinstance(told, ExportError):
+                written.update(
+                    i.idempotency_key for i in items if i.idempotency_key in told.written
+                )
             if err.type != PERMANENT_ERROR_TYPE:
                 raise
             if len(items) == 1:
                 return [(items, err.message)]
-            told = err.__cause__
             known = (
                 told.written | told.refused.keys()
                 if isinstance(told, PermanentExportError)
@@ -348,15 +382,28 @@ class ExportActivity:
             )
             rest = [i for i in items if i.idempotency_key not in known]
             if isinstance(told, PermanentExportError) and len(rest) < len(items):
-                written = [i for i in items if i.idempotency_key in told.written]
+                done = [i for i in items if i.idempotency_key in told.written]
                 refused = [i for i in items if i.idempotency_key in told.refused]
                 return [
-                    *([(written, None)] if written else []),
+                    *([(done, None)] if done else []),
                     *(([i], told.refused[i.idempotency_key]) for i in refused),
-                    *await self._write_isolating_failures(rest, pace),
+                    *await self._write_isolating_failures(rest, pace, written),
                 ]
         middle = len(items) // 2
         return [
-            *await self._write_isolating_failures(items[:middle], pace),
-            *await self._write_isolating_failures(items[middle:], pace),
+            *await self._write_isolating_failures(items[:middle], pace, written),
+            *await self._write_isolating_failures(items[middle:], pace, written),
         ]
+
+
+def _unwritten(records: Sequence[OutgoingRecord], err: ExportError) -> int:
+    """Records of a failed batch the destination did not say it wrote."""
+    return sum(1 for r in records if r.idempotency_key not in err.written)
+
+
+def confirmed_before() -> set[int]:
+    """Offsets an earlier attempt of this range activity wrote (its last heartbeat's details)."""
+    details = activity.info().heartbeat_details
+    if details and isinstance(details[0], list):
+        return {int(offset) for offset in details[0]}
+    return set()

@@ -48,7 +48,7 @@ from pydantic import (
 
 from activities.base import DestinationConfig, Pace, no_pace
 from activities.encoding import record_envelope
-from activities.errors import Cause, PermanentExportError, RetryableExportError
+from activities.errors import Cause, ExportError, PermanentExportError, RetryableExportError
 from activities.mapping import (
     Expression,
     MappingError,
@@ -428,21 +428,18 @@ class RestDestination:
         ]
         if errors:
             worst = _worst(errors, len(batch), not_sent)
-            if isinstance(worst, PermanentExportError) and len(batch) > 1:
-                # Say what had its effect, so only the rest is ever sent again.
-                raise PermanentExportError(
-                    worst.reason,
-                    written=frozenset(
-                        item.idempotency_key
-                        for item, result in zip(batch, results, strict=True)
-                        if isinstance(result, int)
-                    ),
-                    refused={
-                        item.idempotency_key: result.reason
-                        for item, result in zip(batch, results, strict=True)
-                        if isinstance(result, PermanentExportError)
-                    },
+            if isinstance(worst, ExportError) and len(batch) > 1:  # a new error: say more
+                # What had its effect, so only the rest is ever sent again.
+                outcomes = list(zip(batch, results, strict=True))
+                worst.written = frozenset(
+                    i.idempotency_key for i, r in outcomes if isinstance(r, int)
                 )
+                if isinstance(worst, PermanentExportError):
+                    worst.refused = {
+                        i.idempotency_key: r.reason
+                        for i, r in outcomes
+                        if isinstance(r, PermanentExportError)
+                    }
             raise worst
         counts = Counter(r for r in results if isinstance(r, int))
         return ", ".join(

@@ -766,3 +766,43 @@ async def test_batch_mode_failed_records_get_their_own_workflows_and_are_replaye
     assert len(receiver.times("/p/bad-")) == bad_requests + len(bad), "only the bad records again"
     assert len(receiver.times("/p/good-")) == good_requests, "a good record sent again"
     assert rest_keys(receiver, "/p/good-") == good
+
+
+async def test_a_retried_range_sends_only_the_records_without_an_effect(
+    stack_settings: Any, temporal_client: Client, unique: str
+) -> None:
+    keys = [f"ok-{i}" for i in range(19)] + ["flaky-1"]
+    async with Receiver() as receiver:
+        receiver.script("/p/flaky-", first=[503])  # unavailable once, then fine
+        name = f"api-{unique}"
+        config = pipeline_config(
+            stack_settings,
+            unique,
+            destinations=[
+                {
+                    "name": name,
+                    "kind": "rest",
+                    "url": f"{receiver.url}/p/{{key}}",
+                    "retry": FAST_RETRY,
+                }
+            ],
+            routes={"default": name},
+            ingest=batch(50),
+        )
+        topic = config.kafka.topics[0]
+        await create_topic(stack_settings.kafka_bootstrap, topic, partitions=1)
+        await produce(stack_settings.kafka_bootstrap, topic, [(k.encode(), b"{}") for k in keys])
+        async with courier_running(temporal_client, config) as ingest:
+
+            async def settled() -> bool:
+                return await caught_up(ingest, len(keys)) and await ranges_settled(
+                    temporal_client, topic
+                )
+
+            await eventually(settled, timeout=60)
+        assert [wf.status.name for wf in await ranges(temporal_client, topic) if wf.status] == [
+            "COMPLETED"
+        ]
+    assert receiver.effects("/p/") == 20
+    assert len(receiver.times("/p/ok-")) == 19, "a record with an effect was sent again"
+    assert len(receiver.times("/p/flaky-")) == 2

@@ -199,3 +199,43 @@ async def test_a_partly_refused_batch_sends_no_record_twice_when_the_destination
         assert len(destination.written) == 18
     else:  # split: the good halves are sent again (their idempotency keys make it harmless)
         assert len(destination.sent) > 20
+
+
+class FlakyOnce(FakeDestination):
+    """Writes record by record; ``flaky`` keys are unavailable on their first try."""
+
+    def __init__(self, flaky: set[str]) -> None:
+        super().__init__()
+        self.flaky = set(flaky)
+        self.sent: list[str] = []
+
+    async def write(self, batch: Sequence[OutgoingRecord], *, pace: Pace = no_pace) -> str:
+        keys = [item.idempotency_key for item in batch]
+        self.sent += keys
+        failing = self.flaky & set(keys)
+        self.flaky -= failing
+        written = frozenset(k for k in keys if k not in failing)
+        self.written += sorted(written)
+        if failing:
+            raise RetryableExportError("503", cause="unavailable", written=written)
+        return f"{len(batch)} written"
+
+
+async def test_a_retried_range_sends_only_records_without_a_confirmed_effect() -> None:
+    destination = FlakyOnce({"courier/g/t@ID/0/4"})
+    activity = ExportActivity("dest", destination, Source())
+    batch = RangeBatch("dest", "g", "t", "ID", 0, list(range(10)))
+    env = ActivityEnvironment()
+    beats: list[tuple[object, ...]] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+    with pytest.raises(ApplicationError) as err:
+        await env.run(activity.export_range, batch)
+    assert err.value.type == "RetryableExportError"
+    assert beats[-1] == ([0, 1, 2, 3, 5, 6, 7, 8, 9],), "the confirmed offsets, for the retry"
+
+    # The retry (Temporal hands it the last heartbeat's details) sends the one record left.
+    env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=list(beats[-1]))
+    result = await env.run(activity.export_range, batch)
+    assert (result.written, result.failed) == (10, [])
+    assert destination.sent.count("courier/g/t@ID/0/4") == 2
+    assert len(destination.sent) == 11 and len(destination.written) == 10
