@@ -277,7 +277,8 @@ class ReplaySummary:
     unroutable: list[str] = field(default_factory=list)
     foreign: int = 0
     errors: list[str] = field(default_factory=list)
-    first: list[DeadLetterEntry] = field(default_factory=list)
+    first: list[tuple[DeadLetterEntry, str]] = field(default_factory=list)
+    """A dry run's first entries to start, each with the destination it would go to."""
 
 
 class DeadLetterReplay:
@@ -364,7 +365,7 @@ class DeadLetterReplay:
             return
         if summary.dry_run:
             if len(summary.first) < SHOWN_ENTRIES:
-                summary.first.append(entry)
+                summary.first.append((entry, decision.destination))
             summary.started += 1
             return
         wid = entry.workflow_id or entry.idempotency_key
@@ -501,11 +502,11 @@ def _report(summary: ReplaySummary, out: Output) -> None:
             highlight=False,
         )
         if summary.first:
-            table = Table("record", "destination", "identity", "failed", "reason")
-            for e in summary.first:
+            table = Table("record", "to", "identity", "failed", "reason")
+            for e, destination in summary.first:
                 table.add_row(
                     e.coordinates,
-                    e.destination or "(no route)",
+                    destination,
                     e.idempotency_key,
                     e.last_failure.isoformat(timespec="seconds") if e.last_failure else "-",
                     e.reason,
