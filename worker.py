@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -23,6 +24,7 @@ from courier.config import CourierConfig
 from courier.rate_control.workflow import DestinationState
 from courier.rates import format_rate
 from courier.serving.destination import serving
+from ingest.dead_letter import DeadLetters
 from ingest.fetch import KafkaRecordSource
 from workflows.export_key import ExportKey
 from workflows.export_range import ExportRange
@@ -48,13 +50,17 @@ def control_worker(client: Client, config: CourierConfig) -> Worker:
     )
 
 
-def workflow_worker(client: Client, config: CourierConfig) -> Worker:
-    """The worker of the export workflows, ordered keys' included (no activities, eager off)."""
+def workflow_worker(
+    client: Client, config: CourierConfig, activities: Sequence[Callable[..., Any]] = ()
+) -> Worker:
+    """The worker of the export workflows, ordered keys' included (eager activities off), and
+    of ``activities`` that must not run on a destination's queue (the dead letters)."""
     return Worker(
         client,
         task_queue=config.temporal.workflow_task_queue,
         # DestinationState too: runs started before it had its own queue continue here.
         workflows=[ExportRecord, ExportRange, ExportKey, DestinationState],
+        activities=activities,
         # Eager activities would run on this worker, bypassing the destination's queue limit.
         disable_eager_activity_execution=True,
         max_concurrent_workflow_tasks=200,
@@ -115,5 +121,8 @@ async def run_workers(
                 group.create_task(serve_destination(client, config, name, source))
             group.create_task(control_worker(client, config).run())
             if workflows:
-                group.create_task(workflow_worker(client, config).run())
+                dead_letters = DeadLetters(config, source)
+                stack.push_async_callback(dead_letters.close)
+                worker = workflow_worker(client, config, [dead_letters.dead_letter])
+                group.create_task(worker.run())
                 log.info("workflow worker on queue %s", config.temporal.workflow_task_queue)

@@ -158,7 +158,7 @@ class ExportActivity:
             pace = self._attempt_pace()
             records = batch.records
             if batch.by_reference:
-                records, superseded = await self._read_back(records)
+                records, superseded = await self._read_back(records, with_keys=batch.with_keys)
                 if superseded:
                     self.outcomes.not_reached += 1
                     return ExportResult(
@@ -385,10 +385,11 @@ class ExportActivity:
         return self.source
 
     async def _read_back(
-        self, records: Sequence[OutgoingRecord]
+        self, records: Sequence[OutgoingRecord], *, with_keys: bool = True
     ) -> tuple[list[OutgoingRecord], str | None]:
-        """The records of a by-reference ``ExportRecord``, read from Kafka and checked, or why
-        none is exported: compaction replaced it with a later record of its key."""
+        """The records of a by-reference ``ExportRecord``, read from Kafka and checked (their
+        topic's ID, and ``with_keys`` their keys), or why none is exported: compaction replaced
+        it with a later record of its key."""
         result = []
         for item in records:
             ref = item.record
@@ -410,7 +411,7 @@ class ExportActivity:
                 raise self._permanent(
                     f"{ref.topic}/{ref.partition}/{ref.offset}: {fetched.missing}"
                 )
-            if record.key != ref.key:
+            if with_keys and record.key != ref.key:
                 raise self._permanent(
                     f"{ref.topic}/{ref.partition}/{ref.offset} now has another key than at "
                     "hand-off: the topic changed under Courier"

@@ -290,6 +290,65 @@ class WorkersConfig(_Strict):
     )
 
 
+TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
+"""A Kafka topic's name (letters, digits and ``._-``)."""
+
+
+class DeadLetterKafka(_Strict):
+    """Another Kafka cluster for the dead-letter topics: its brokers, TLS and SASL."""
+
+    bootstrap_servers: str = Field(description="Comma-separated host:port list of its brokers.")
+    security: KafkaSecurity = Field(
+        default_factory=KafkaSecurity,
+        description="Its TLS and SASL settings, as in section kafka.security.",
+    )
+
+
+class DeadLetterConfig(_Strict):
+    """Dead-letter topics: where a record that fails for good is written before its workflow fails.
+
+    The record goes byte for byte, with its failure's context in headers (docs/operations.md).
+    """
+
+    topic: TopicName | None = Field(
+        default=None,
+        description="The dead-letter topic of every destination, and of records that had no "
+        "route or could not be handed off; unset: none (except those in `destinations`).",
+    )
+    destinations: dict[str, TopicName | None] = Field(
+        default_factory=dict,
+        description="Per destination name: its own dead-letter topic instead of `topic`, or "
+        "null for none.",
+    )
+    kafka: DeadLetterKafka | None = Field(
+        default=None,
+        description="The cluster the topics are on; unset: the one of section kafka (its "
+        "brokers, TLS and SASL).",
+    )
+
+    def topic_for(self, destination: str | None) -> str | None:
+        """The dead-letter topic of a destination's records (None: a record with no route)."""
+        if destination is not None and destination in self.destinations:
+            return self.destinations[destination]
+        return self.topic
+
+    def topics(self) -> set[str]:
+        """Every dead-letter topic configured."""
+        found = {t for t in self.destinations.values() if t is not None}
+        return found | ({self.topic} if self.topic else set())
+
+    def cluster(self, kafka: KafkaConfig) -> KafkaConfig:
+        """Connection settings of the dead-letter cluster: ``kafka``'s, or the own ones."""
+        if self.kafka is None:
+            return kafka
+        return kafka.model_copy(
+            update={
+                "bootstrap_servers": self.kafka.bootstrap_servers,
+                "security": self.kafka.security,
+            }
+        )
+
+
 class CourierConfig(_Strict):
     """The whole Courier configuration."""
 
@@ -308,6 +367,10 @@ class CourierConfig(_Strict):
     )
     workers: WorkersConfig = Field(
         default_factory=WorkersConfig, description="How worker processes start and stop."
+    )
+    dead_letter: DeadLetterConfig = Field(
+        default_factory=DeadLetterConfig,
+        description="Where records that fail for good are written (section dead_letter).",
     )
     kubernetes: KubernetesConfig = Field(
         default_factory=KubernetesConfig,
@@ -341,6 +404,26 @@ class CourierConfig(_Strict):
                 f"ingest.mode: batch cannot keep the order of a key (ordering: key on "
                 f"{', '.join(ordered)}); use ingest.mode: per_record, or ordering: none"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _dead_letters_resolve(self) -> CourierConfig:
+        dead = self.dead_letter
+        known = {d.name for d in self.destinations}
+        unknown = sorted(set(dead.destinations) - known)
+        if unknown:
+            raise ValueError(
+                f"dead_letter.destinations: unknown destination {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        if dead.kafka is None:
+            pattern = re.compile(self.kafka.topic_pattern) if self.kafka.topic_pattern else None
+            for topic in sorted(dead.topics()):
+                if topic in self.kafka.topics or (pattern and pattern.match(topic)):
+                    raise ValueError(
+                        f"dead_letter: topic {topic!r} is one ingest consumes: its records "
+                        "would be exported again; use another topic"
+                    )
         return self
 
     def destination(self, name: str) -> DestinationConfig:

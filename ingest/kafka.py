@@ -81,6 +81,13 @@ def consumer_options(kafka: KafkaConfig, *, group: bool = True) -> dict[str, obj
     return options
 
 
+def producer_options(kafka: KafkaConfig) -> dict[str, object]:
+    """aiokafka producer options for the configured brokers and security (TLS, SASL)."""
+    options = consumer_options(kafka, group=False)
+    del options["isolation_level"]  # a consumer's read semantics
+    return options
+
+
 def _ssl_context(sec: KafkaSecurity) -> ssl.SSLContext | None:
     if sec.protocol not in ("SSL", "SASL_SSL"):
         return None

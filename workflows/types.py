@@ -86,6 +86,19 @@ class DestinationPolicy:
 
 
 @dataclass(frozen=True)
+class RangeFailure:
+    """Why a record of a batch-mode range failed for good, given to its own ``ExportRecord``."""
+
+    range_id: str
+    """The workflow ID of the range the record failed in."""
+    reason: str
+    error_type: str
+    """The failure's type, e.g. ``PermanentExportError``."""
+    attempts: int = 0
+    """Export attempts the failure came after (0: none, or not known)."""
+
+
+@dataclass(frozen=True)
 class ExportRecordInput:
     """Input of the ``ExportRecord`` workflow.
 
@@ -104,6 +117,30 @@ class ExportRecordInput:
     idempotency_key: str | None = None
     """The key the destination sees; unset: the workflow ID. A re-drive sets the record's own
     workflow ID here, so the re-exported record keeps its original idempotency key."""
+    failed_in_range: RangeFailure | None = None
+    """Set when the record failed in a batch-mode range: the workflow's first run fails at once
+    with this reason; a replay (a new run) exports the record by reference, coordinates only."""
+
+
+@dataclass(frozen=True)
+class DeadLetterInput:
+    """Input of the ``dead_letter`` activity: a record that failed for good, and why."""
+
+    record: KafkaRecord
+    by_reference: bool
+    """``record`` holds the coordinates only: the record is read from Kafka."""
+    destination: str | None
+    """The destination it failed at; None: it had no route."""
+    idempotency_key: str
+    """The record's identity at the destinations (its workflow ID unless a re-drive gave
+    another); dead-letter consumers deduplicate on it."""
+    error_type: str
+    """e.g. ``PermanentExportError``, ``Unroutable``, ``HandOffFailed``."""
+    reason: str
+    attempts: int | None = None
+    """Export attempts before the failure; None: read from the workflow's history."""
+    range_id: str | None = None
+    """The batch-mode range the record failed in, if it did."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +159,9 @@ class ExportBatch:
     records: list[OutgoingRecord]
     by_reference: bool = False
     """The records carry coordinates and keys only: read them from Kafka before writing."""
+    with_keys: bool = True
+    """By reference: the references carry the records' keys, checked against what Kafka holds
+    (a record that failed in a range carries its coordinates only)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +191,11 @@ class FailedRecord:
     offset: int
     destination: str | None
     reason: str
+    error_type: str | None = None
+    """The failure's type; None: ``PermanentExportError`` (or ``Unroutable`` without a
+    destination)."""
+    attempts: int = 0
+    """Export attempts the failure came after (0: none, or not known)."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +225,18 @@ class ExportRangeInput:
     slices: list[RangeSlice]
     failed: list[FailedRecord] = field(default_factory=list)
     """Records that failed at ingest already (no route under ``unmatched: fail``)."""
+    continued: RangeContinued | None = None
+    """Set on a run that continued as new only to start failed records' workflows."""
+
+
+@dataclass(frozen=True)
+class RangeContinued:
+    """What a range's earlier runs did, carried to a run that starts more failed records'
+    workflows (a run starts a bounded number, so its history stays small)."""
+
+    exported: int
+    to_start: list[FailedRecord]
+    """Failed records whose workflows are still to be started."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,12 @@ import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 
-from temporalio.client import Client, WorkflowQueryFailedError, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -118,9 +123,26 @@ async def find_blocked(client: Client, identifier: str) -> BlockedKey:
         state = await key_state(client, execution.id)
         if state.blocked is not None and state.blocked.idempotency_key == identifier:
             return BlockedKey(execution.id, state)
+    if await _is_failed_export(client, identifier):
+        raise BlockedKeyError(
+            f"{identifier} is a failed export, not a record a key waits on: nothing is held back "
+            "by it; fix the cause and run courier replay to export it again"
+        )
     raise BlockedKeyError(
         f"no key is blocked at {identifier} (it may have been skipped or replayed already; "
         "courier status lists blocked keys)"
+    )
+
+
+async def _is_failed_export(client: Client, workflow_id: str) -> bool:
+    """Whether ``workflow_id`` names a record's own workflow whose latest run failed."""
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError:
+        return False
+    return (
+        description.workflow_type == "ExportRecord"
+        and description.status == WorkflowExecutionStatus.FAILED
     )
 
 

@@ -2,9 +2,12 @@
 
 Failed exports are the Failed ``ExportRecord`` and ``ExportRange`` runs of this deployment's
 workflow queue that are still their workflow's latest run (a replayed run's old Failed run stays
-listed in Temporal; it is not a failure any more). A range counts each of its failed records,
-from the list its failure carries. Reasons are grouped with the record's coordinates and key
-replaced by ``{record}`` and ``{key}``, so one cause is one line however many records it hit.
+listed in Temporal; it is not a failure any more). In batch mode a record that fails for good
+has its own Failed ``ExportRecord``, as in per-record mode; a range that failed before that
+(an earlier release) counts each of its failed records, from the list its failure carries.
+Reasons are grouped with the record's coordinates and key replaced by ``{record}`` and
+``{key}``, so one cause is one line however many records it hit; keys that are not in the
+search attributes (records by reference of a range, encrypted payloads) are read from Kafka.
 """
 
 from __future__ import annotations
@@ -145,10 +148,10 @@ async def find_failures(
     return sorted((f for f in found if f is not None), key=lambda f: f.closed)
 
 
-async def _range_keys(
+async def _keys_from_kafka(
     source: KafkaRecordSource, execution: WorkflowExecution, offsets: list[int]
 ) -> dict[int, str]:
-    """The keys of a range's failed records, read from Kafka (none if it cannot be read)."""
+    """The keys of a workflow's failed records, read from Kafka (none if it cannot be read)."""
     if not offsets:
         return {}
     try:
@@ -206,7 +209,7 @@ async def _failed_export(
             for f in (result.failed if isinstance(result, ExportRangeResult) else [])
             if not destination or (f.destination or "(no route)") == destination
         ]
-        keys = await _range_keys(source, execution, [f.offset for f in failed_here])
+        keys = await _keys_from_kafka(source, execution, [f.offset for f in failed_here])
         for failed in failed_here:
             coordinates = f"{topic}/{partition}/{failed.offset}"
             reason = generalise(failed.reason, coordinates, keys.get(failed.offset))
@@ -214,11 +217,15 @@ async def _failed_export(
                 FailedRecord(failed.destination or "(no route)", reason, failed.reason, coordinates)
             )
     else:
-        coordinates = f"{topic}/{partition}/{attrs.get(sa.OFFSET)}"
+        offset = attrs.get(sa.OFFSET)
+        coordinates = f"{topic}/{partition}/{offset}"
+        key = attrs.get(sa.RECORD_KEY)
+        if key is None and offset is not None:
+            key = (await _keys_from_kafka(source, execution, [offset])).get(offset)
         records.append(
             FailedRecord(
                 attrs.get(sa.DESTINATION) or "(no route)",
-                generalise(failure.message, coordinates, attrs.get(sa.RECORD_KEY)),
+                generalise(failure.message, coordinates, key),
                 failure.message,
                 coordinates,
             )

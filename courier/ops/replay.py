@@ -1,10 +1,12 @@
 """Replaying failed exports: reset each Failed export run to its first workflow task.
 
 The reset run keeps the workflow ID (so every record keeps its idempotency key) and exports
-again; the failed run stays listed in the Temporal UI. A batch-mode ``ExportRange`` is reset
-whole: its records that were exported already are written again with the same idempotency
-keys, so the file and PostgreSQL sinks skip them and REST endpoints see a repeated
-``Idempotency-Key``; only the records that failed have a new effect.
+again; the failed run stays listed in the Temporal UI. In batch mode a record that failed for
+good has its own ``ExportRecord`` (see ``workflows.export_range``), whose reset exports that
+record alone. A Failed ``ExportRange`` of an earlier release is reset whole: its records that
+were exported already are written again with the same idempotency keys, so the file and
+PostgreSQL sinks skip them and REST endpoints see a repeated ``Idempotency-Key``; only the
+records that failed have a new effect.
 
 A key blocked by a record that failed for good (``ordering: key``) is not a Failed run: its
 ``ExportKey`` workflow gets the update ``retry`` and exports the record again, under the same

@@ -1,7 +1,8 @@
 """``courier show``: one record's journey, from Kafka through its workflow to its destination.
 
-Given a workflow ID or ``TOPIC/PARTITION/OFFSET``, it finds the record's workflow (per-record
-mode: the record's own ID; batch mode: the range that holds the offset), reads the record
+Given a workflow ID or ``TOPIC/PARTITION/OFFSET``, it finds the record's workflow (its own ID:
+per-record mode, and in batch mode a record that failed for good; else the batch range that
+holds the offset), reads the record
 (from the workflow input when it travelled inline, else from Kafka), routes its key with the
 current rules, and reads the workflow's history of every run (a replay starts a new run): each
 export activity's attempts, the last error before each last attempt, how it ended, and the
@@ -38,6 +39,7 @@ from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options
 from ingest.ranges import LAST_OFFSET_MEMO
 from ingest.routing import Router
 from ingest.topic_ids import TopicIds
+from workflows.export_record import DEAD_LETTER_ACTIVITY
 from workflows.types import (
     Blob,
     ExportRangeInput,
@@ -397,7 +399,13 @@ async def _read_run(
             if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
                 done = event.activity_task_completed_event_attributes
                 sched_id, outcome, error = done.scheduled_event_id, "completed", None
-                detail = await _detail(client, done.result, is_range, offset)
+                sched = scheduled.get(sched_id)
+                kind_name = (
+                    sched[0].activity_task_scheduled_event_attributes.activity_type.name
+                    if sched
+                    else ""
+                )
+                detail = await _detail(client, done.result, is_range, offset, kind_name)
             elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
                 failed = event.activity_task_failed_event_attributes
                 sched_id, outcome, error = (
@@ -494,7 +502,12 @@ def _pending(journey: Journey, pending: Any, run_id: str) -> None:
                 break
 
 
-async def _detail(client: Client, result: Any, is_range: bool, offset: int) -> str | None:
+async def _detail(
+    client: Client, result: Any, is_range: bool, offset: int, activity_type: str
+) -> str | None:
+    if activity_type == DEAD_LETTER_ACTIVITY:
+        written: str = await _decode(client, result, str)
+        return f"dead letter: {written}"
     if is_range:
         batch: RangeBatchResult = await _decode(client, result, RangeBatchResult)
         for failed in batch.failed:
@@ -514,6 +527,14 @@ def _record_input(journey: Journey, input: ExportRecordInput, run_id: str) -> No
     if input.hand_off_failure is not None:
         journey.record_problem = f"never handed off: {input.hand_off_failure}"
         return
+    failed = input.failed_in_range
+    if failed is not None:
+        note = (
+            f"failed in batch range {failed.range_id}: {failed.reason} (the first run of the "
+            "record's own workflow fails with it; courier replay exports the record alone)"
+        )
+        if note not in journey.notes:  # every run's history starts with the same input
+            journey.notes.append(note)
     if input.by_reference:
         return  # read from Kafka afterwards
     journey.record, journey.source = _view(input.record, "workflow input"), input.record

@@ -278,10 +278,15 @@ async def command(client: Client, config: CourierConfig, out: Output) -> int:
         out.warning(warning)
     ranges = await range_status(client, config)
     if ranges.running or ranges.completed or ranges.failed:
+        failed = (
+            f", {ranges.failed} failed ({ranges.failed_records} records could not be exported)"
+            if ranges.failed
+            else ""
+        )
         out.out.print(
-            f"batch mode ranges: {ranges.running} running, {ranges.completed} done, "
-            f"{ranges.failed} failed ({ranges.failed_records} records could not be exported; "
-            "per-destination record counts: the courier_records_exported metric)"
+            f"batch mode ranges: {ranges.running} running, {ranges.completed} done{failed}; "
+            "a record that failed for good has its own Failed workflow (courier failures); "
+            "per-destination record counts: the courier_records_exported metric"
         )
     for ordered in await ordered_statuses(client, config):
         out.out.print(

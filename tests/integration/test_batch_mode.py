@@ -22,11 +22,15 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecution, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 
 from courier import search_attributes as sa
 from courier.config import CourierConfig
 from courier.ids import workflow_id
 from courier.ops import failures, replay
+from courier.ops.blocked import BlockedKeyError
+from courier.ops.show import show
+from courier.ops.skip import skip
 from courier.ops.status import destination_statuses
 from courier.serving.pacing import PACE_REFRESH_S
 from courier.task_queues import describe
@@ -650,7 +654,7 @@ async def test_batch_mode_down_destination_never_holds_back_a_healthy_one(
         await terminate_running(temporal_client, topic)
 
 
-async def test_batch_mode_failed_records_fail_their_range_and_are_replayed_once(
+async def test_batch_mode_failed_records_get_their_own_workflows_and_are_replayed_once(
     stack_settings: Any, temporal_client: Client, unique: str
 ) -> None:
     bad_at = {3, 8, 12, 17}
@@ -679,10 +683,114 @@ async def test_batch_mode_failed_records_fail_their_range_and_are_replayed_once(
         )
         tid = await topic_id(stack_settings.kafka_bootstrap, topic)
         expected = expected_keys(group, topic, tid, keys, sent)
-        bad_offsets = {md.offset for k, md in zip(keys, sent, strict=True) if k.startswith("bad")}
+        offsets = {k: md.offset for k, md in zip(keys, sent, strict=True)}
         good = {k: v for k, v in expected.items() if k.startswith("good-")}
         bad = {k: v for k, v in expected.items() if k.startswith("bad-")}
+        records_query = f"WorkflowType = 'ExportRecord' AND CourierTopic = '{topic}'"
 
+        async with courier_running(temporal_client, config) as ingest:
+
+            async def settled() -> bool:
+                return (
+                    await caught_up(ingest, len(keys))
+                    and await ranges_settled(temporal_client, topic)
+                    and await count(
+                        temporal_client, f"{records_query} AND ExecutionStatus = 'Failed'"
+                    )
+                    == len(bad)
+                )
+
+            await eventually(settled, timeout=60)
+
+            # The ranges complete, counting their failed records; none fails.
+            assert not await ranges(temporal_client, topic, "Failed")
+            done = await ranges(temporal_client, topic, "Completed")
+            assert sum(wf.typed_search_attributes.get(sa.FAILED_COUNT) or 0 for wf in done) == 4
+            # Each bad record has its own Failed workflow, under the ID per-record mode gives it.
+            records = [wf async for wf in temporal_client.list_workflows(records_query)]
+            assert sorted(wf.id for wf in records) == sorted(bad.values())
+            for wf in records:
+                assert wf.status is not None and wf.status.name == "FAILED"
+                attrs = wf.typed_search_attributes
+                assert attrs.get(sa.DESTINATION) == name and attrs.get(sa.TOPIC) == topic
+                with pytest.raises(WorkflowFailureError) as failure:
+                    await temporal_client.get_workflow_handle(wf.id).result(follow_runs=False)
+                cause = failure.value.cause
+                assert isinstance(cause, ApplicationError) and cause.type == "ExportFailed"
+                message, offset = cause.message, attrs.get(sa.OFFSET)
+                assert message.startswith(f"export of {topic}/0/{offset} to {name} failed: "), (
+                    message
+                )
+                assert "422" in message, message
+            # The good records were delivered, once each; the bad ones not.
+            assert rest_keys(receiver, "/p/good-") == good
+            assert receiver.effects("/p/bad-") == 0
+            good_requests = len(receiver.times("/p/good-"))
+            bad_requests = len(receiver.times("/p/bad-"))
+
+            # courier show opens a failed record's own workflow; skip says there is no key to
+            # skip, as for a per-record failure.
+            bad_3 = offsets["bad-3"]
+            journey = await show(temporal_client, config, f"{topic}/0/{bad_3}")
+            assert (journey.workflow_id, journey.workflow_type) == (bad["bad-3"], "ExportRecord")
+            assert journey.status == "FAILED" and journey.destination == name
+            assert journey.failure is not None and "422" in journey.failure
+            assert journey.record is not None and journey.record.source == "Kafka"
+            assert journey.record.key.text == "bad-3"
+            assert any("failed in batch range" in note for note in journey.notes), journey.notes
+            with pytest.raises(BlockedKeyError, match="is a failed export"):
+                await skip(temporal_client, bad["bad-3"])
+
+            # courier failures lists the records, one workflow each; replay re-exports them alone.
+            found = await failures.find_failures(
+                temporal_client, config, destination=name, extra=f"CourierTopic = '{topic}'"
+            )
+            assert sorted(r.coordinates for f in found for r in f.records) == sorted(
+                f"{topic}/0/{offsets[k]}" for k in bad
+            )
+            assert {f.execution.id for f in found} == set(bad.values())
+            receiver.script("/p/bad-", then=200)
+            for export in found:
+                await replay.replay(temporal_client, export.execution, reason="test: fixed")
+
+            async def replayed() -> bool:
+                return await count(
+                    temporal_client, f"{records_query} AND ExecutionStatus = 'Completed'"
+                ) == len(bad) and receiver.effects("/p/bad-") >= len(bad)
+
+            await eventually(replayed, timeout=60)
+            assert await failures.find_failures(temporal_client, config, destination=name) == []
+
+    assert rest_keys(receiver, "/p/bad-") == bad, "each bad record has its effect once"
+    assert len(receiver.times("/p/bad-")) == bad_requests + len(bad), "only the bad records again"
+    assert len(receiver.times("/p/good-")) == good_requests, "a good record sent again"
+    assert rest_keys(receiver, "/p/good-") == good
+
+
+async def test_a_retried_range_sends_only_the_records_without_an_effect(
+    stack_settings: Any, temporal_client: Client, unique: str
+) -> None:
+    keys = [f"ok-{i}" for i in range(19)] + ["flaky-1"]
+    async with Receiver() as receiver:
+        receiver.script("/p/flaky-", first=[503])  # unavailable once, then fine
+        name = f"api-{unique}"
+        config = pipeline_config(
+            stack_settings,
+            unique,
+            destinations=[
+                {
+                    "name": name,
+                    "kind": "rest",
+                    "url": f"{receiver.url}/p/{{key}}",
+                    "retry": FAST_RETRY,
+                }
+            ],
+            routes={"default": name},
+            ingest=batch(50),
+        )
+        topic = config.kafka.topics[0]
+        await create_topic(stack_settings.kafka_bootstrap, topic, partitions=1)
+        await produce(stack_settings.kafka_bootstrap, topic, [(k.encode(), b"{}") for k in keys])
         async with courier_running(temporal_client, config) as ingest:
 
             async def settled() -> bool:
@@ -691,99 +799,12 @@ async def test_batch_mode_failed_records_fail_their_range_and_are_replayed_once(
                 )
 
             await eventually(settled, timeout=60)
-
-            failed = await ranges(temporal_client, topic, "Failed")
-            assert failed, "no range failed"
-            inputs = {i.first_offset: i for i in await range_inputs(temporal_client, topic)}
-            named: list[int] = []
-            for wf in failed:
-                first = wf.typed_search_attributes.get(sa.OFFSET)
-                assert first is not None
-                mine = set(range_offsets(inputs[first])) & bad_offsets
-                assert mine, f"range {wf.id} has no bad record but failed"
-                assert wf.typed_search_attributes.get(sa.FAILED_COUNT) == len(mine)
-                with pytest.raises(WorkflowFailureError) as failure:
-                    await temporal_client.get_workflow_handle(wf.id, run_id=wf.run_id).result(
-                        follow_runs=False
-                    )
-                message = str(failure.value.cause)
-                assert f"{len(mine)} of " in message, message
-                for offset in mine:
-                    assert f"offset {offset} ({name})" in message, message
-                    assert "422" in message, message
-                named += mine
-            assert sorted(named) == sorted(bad_offsets)
-            total_count = sum(wf.typed_search_attributes.get(sa.FAILED_COUNT) or 0 for wf in failed)
-            assert total_count == len(bad_at)
-            # The good records of the same ranges were delivered, once each; the bad ones not.
-            assert rest_keys(receiver, "/p/good-") == good
-            assert receiver.effects("/p/bad-") == 0
-            good_effects = receiver.effects("/p/good-")
-
-            # Fix the endpoint and replay the failed ranges.
-            receiver.script("/p/bad-", then=200)
-            selector = (
-                "WorkflowType = 'ExportRange' AND ExecutionStatus = 'Failed' "
-                f"AND CourierTopic = '{topic}'"
-            )
-            to_replay = [wf async for wf in temporal_client.list_workflows(selector)]
-            assert {wf.id for wf in to_replay} == {wf.id for wf in failed}
-            # `courier replay -d NAME --query ...` selects the same runs.
-            found = await failures.find_failures(
-                temporal_client, config, destination=name, extra=f"CourierTopic = '{topic}'"
-            )
-            cli_ids = {f.execution.id for f in found}
-            assert cli_ids == {wf.id for wf in failed}
-            for wf in to_replay:
-                await replay.replay(temporal_client, wf, reason="test: endpoint fixed")
-
-            async def replayed() -> bool:
-                completed = {wf.id for wf in await ranges(temporal_client, topic, "Completed")}
-                return len(completed) == len(inputs) and receiver.effects("/p/bad-") >= len(bad)
-
-            await eventually(replayed, timeout=60)
-
-    assert rest_keys(receiver, "/p/bad-") == bad, "each bad record has its effect once"
-    assert receiver.effects("/p/bad-") == len(bad)
-    assert receiver.effects("/p/good-") == good_effects == len(good), "a good record twice"
-    assert rest_keys(receiver, "/p/good-") == good
-
-
-async def test_a_retried_batch_sends_only_the_records_without_a_confirmed_effect(
-    stack_settings: Any, temporal_client: Client, unique: str
-) -> None:
-    """Two of a batch's ten requests get 503: its retry sends those two, not all ten again."""
-    name = f"part-{unique}"
-    async with Receiver() as receiver:
-        for key in ("k3", "k7"):
-            receiver.script(f"/part/{key}", first=[503])
-        config = pipeline_config(
-            stack_settings,
-            unique,
-            destinations=[
-                {
-                    "name": name,
-                    "kind": "rest",
-                    "url": f"{receiver.url}/part/{{key}}",
-                    "retry": FAST_RETRY,
-                    "batch_size": 10,
-                }
-            ],
-            routes={"default": name},
-            ingest=batch(max_records=10),
-        )
-        topic = config.kafka.topics[0]
-        await create_topic(stack_settings.kafka_bootstrap, topic, partitions=1)
-        await produce(
-            stack_settings.kafka_bootstrap, topic, [(f"k{i}".encode(), b"{}") for i in range(10)]
-        )
-        async with courier_running(temporal_client, config):
-            await eventually(lambda: ranges_settled(temporal_client, topic), timeout=60)
-    assert await count(temporal_client, ranges_query(topic, "Completed")) == 1
-    assert receiver.effects("/part") == 10
-    assert receiver.duplicates("/part") == 0, "records whose effect was confirmed were re-sent"
-    sent = sorted(r.path for r in receiver.requests)
-    assert sent == sorted([f"/part/k{i}" for i in range(10)] + ["/part/k3", "/part/k7"])
+        assert [wf.status.name for wf in await ranges(temporal_client, topic) if wf.status] == [
+            "COMPLETED"
+        ]
+    assert receiver.effects("/p/") == 20
+    assert len(receiver.times("/p/ok-")) == 19, "a record with an effect was sent again"
+    assert len(receiver.times("/p/flaky-")) == 2
 
 
 async def test_status_counts_records_not_ranges(

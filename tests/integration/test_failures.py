@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,8 @@ from tests.integration.harness import courier_running, pipeline_config, wait_for
 pytestmark = pytest.mark.integration
 
 COURIER = str(Path(sys.executable).with_name("courier"))
+# The command runs the code under test (a checkout's own, when PYTHONPATH points at it).
+PYTHONPATH = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
 
 
 async def courier(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
@@ -31,7 +34,7 @@ async def courier(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin", **PYTHONPATH},
     )
     out, err = await process.communicate(stdin)
     assert process.returncode is not None
@@ -113,7 +116,7 @@ async def test_failures_grouped_then_replayed(
     assert receiver.effects("/bad") == 0
 
 
-async def test_batch_mode_failures_count_records_and_replay_the_range(
+async def test_batch_mode_failures_are_the_records_own_workflows_and_replay_them_alone(
     stack_settings: Any, temporal_client: Client, unique: str
 ) -> None:
     async with Receiver() as receiver:
@@ -133,17 +136,23 @@ async def test_batch_mode_failures_count_records_and_replay_the_range(
         query = f"CourierTopic = '{topic}'"
         async with courier_running(temporal_client, config):
             await wait_for_workflows(
-                temporal_client, query, 1, status=WorkflowExecutionStatus.FAILED
+                temporal_client, query, 3, status=WorkflowExecutionStatus.FAILED
+            )
+            await wait_for_workflows(
+                temporal_client, f"{query} AND WorkflowType = 'ExportRange'", 1
             )
             exports = await find_failures(temporal_client, config, destination=name)
             [only] = group(exports)
-            assert (only.destination, only.count, len(only.workflow_ids)) == (name, 3, 1)
+            assert (only.destination, only.count, len(only.workflow_ids)) == (name, 3, 3)
+            assert "{key}" in only.reason and "{record}" not in only.reason, only.reason
             assert sorted(r.coordinates for e in exports for r in e.records) == [
                 f"{topic}/0/1",
                 f"{topic}/0/3",
                 f"{topic}/0/4",
             ]
+            assert {e.execution.workflow_type for e in exports} == {"ExportRecord"}
             receiver.script("/r/bad", then=200)
+            requests = len(receiver.times("/r/"))
             from courier.ops.replay import replay_all
 
             done: list[str] = []
@@ -153,7 +162,10 @@ async def test_batch_mode_failures_count_records_and_replay_the_range(
                 reason="test",
                 on_done=lambda e, err: done.append(e.id),
             )
-            assert failed == 0 and len(done) == 1
-            await wait_for_workflows(temporal_client, query, 1)
+            assert failed == 0 and len(done) == 3
+            await wait_for_workflows(
+                temporal_client, f"{query} AND WorkflowType = 'ExportRecord'", 3
+            )
             assert await find_failures(temporal_client, config) == []
     assert receiver.effects("/r/") == 5
+    assert len(receiver.times("/r/")) == requests + 3, "only the failed records again"

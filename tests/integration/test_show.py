@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from tests.integration.harness import courier_running, pipeline_config, wait_for
 pytestmark = pytest.mark.integration
 
 COURIER = str(Path(sys.executable).with_name("courier"))
+# The command runs the code under test (a checkout's own, when PYTHONPATH points at it).
+PYTHONPATH = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
 
 
 async def test_show_inline_record_with_retries(
@@ -134,7 +137,7 @@ async def _courier(*args: str) -> str:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", **PYTHONPATH},
     )
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()

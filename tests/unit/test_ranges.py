@@ -122,7 +122,7 @@ async def test_an_unexpected_error_starting_a_range_gives_a_failed_range(
     assert sleeps == []  # about the range itself: not retried
     failed = started_input(client)
     assert client.calls[-1]["id"] == WID  # under the range's own ID: found again after a crash
-    assert client.calls[-1]["memo"] == {"last_offset": 2}
+    assert client.calls[-1]["memo"] == {"last_offset": 2, "records": {}}
     assert failed.slices == [] and (failed.first_offset, failed.last_offset) == (0, 2)
     reason = "hand-off failed: ValueError: cannot encode this one"
     assert failed.failed == [
