@@ -23,7 +23,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from courier import metrics
-from courier.config import CourierConfig
+from courier.rate_control.config import RateControlConfig
 from courier.rate_control.controller import ControlState, OutcomeReport, describe_decision
 from courier.rate_control.outcomes import AttemptOutcomes
 from courier.rate_control.workflow import CONTROL_QUERY, OUTCOMES_UPDATE, destination_state_id
@@ -52,8 +52,11 @@ class RateControl:
     def __init__(
         self,
         client: Client,
-        config: CourierConfig,
+        *,
         name: str,
+        task_queue: str,
+        configured_limit: float | None,
+        settings: RateControlConfig,
         outcomes: AttemptOutcomes,
         on_state_lost: Callable[[], Awaitable[None]],
     ) -> None:
@@ -61,9 +64,9 @@ class RateControl:
         self.client = client
         self.name = name
         self.outcomes = outcomes
-        self.task_queue = config.destination(name).task_queue
-        self.configured_limit = config.destination(name).rate_limit
-        self.settings = config.destination(name).rate_control
+        self.task_queue = task_queue
+        self.configured_limit = configured_limit
+        self.settings = settings
         self.handle = client.get_workflow_handle(destination_state_id(self.task_queue))
         self.applied_version = 0
         self.mode = "normal"

@@ -66,7 +66,15 @@ async def serving(
             async def state_lost() -> None:
                 await reporter.send(connected=True, since=since)
 
-            control = RateControl(client, config, name, activity.outcomes, state_lost)
+            control = RateControl(
+                client,
+                name=name,
+                task_queue=dest_config.task_queue,
+                configured_limit=dest_config.rate_limit,
+                settings=dest_config.rate_control,
+                outcomes=activity.outcomes,
+                on_state_lost=state_lost,
+            )
             tasks.append(asyncio.create_task(control.run()))
         try:
             yield activity

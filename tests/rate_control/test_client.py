@@ -69,11 +69,14 @@ async def state_lost() -> None:
 
 def rate_control(client: FakeClient, outcomes: AttemptOutcomes) -> RateControl:
     """The destination ``api``'s rate control over ``client`` (no state reporter)."""
+    api = CONFIG.destination("api")
     return RateControl(
         client,  # type: ignore[arg-type]
-        CONFIG,
-        "api",
-        outcomes,
+        name="api",
+        task_queue=api.task_queue,
+        configured_limit=api.rate_limit,
+        settings=api.rate_control,
+        outcomes=outcomes,
         on_state_lost=state_lost,
     )
 
