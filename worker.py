@@ -20,9 +20,9 @@ from temporalio.worker import Worker
 from activities.export import ExportActivity
 from activities.pacing import activity_slots
 from activities.source import RecordSource
-from courier.config import CourierConfig
+from courier.config.model import CourierConfig
+from courier.core.rates import format_rate
 from courier.rate_control.workflow import DestinationState
-from courier.rates import format_rate
 from courier.serving.destination import serving
 from ingest.dead_letter import DeadLetters
 from ingest.fetch import KafkaRecordSource

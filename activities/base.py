@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from courier.durations import Duration
+from courier.core.durations import Duration
 from courier.rate_control.config import RateControlConfig
 from workflows.types import DestinationPolicy, OutgoingRecord, RetrySpec
 

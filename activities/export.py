@@ -36,11 +36,11 @@ from activities.base import Destination, Pace
 from activities.errors import ExportError, PermanentExportError, RetryableExportError
 from activities.pacing import Pacer
 from activities.source import Fetched, RecordSource
-from courier import metrics
-from courier.durations import format_duration
-from courier.ids import workflow_id
+from courier.core import metrics
+from courier.core.durations import format_duration
+from courier.core.ids import workflow_id
+from courier.core.rates import format_rate
 from courier.rate_control.outcomes import AttemptOutcomes
-from courier.rates import format_rate
 from workflows.export_range import EXPORT_RANGE_ACTIVITY
 from workflows.export_record import EXPORT_ACTIVITY, PERMANENT_ERROR_TYPE
 from workflows.types import (

@@ -56,7 +56,7 @@ from activities.mapping import (
     check_mappings,
     record_data,
 )
-from courier.durations import Duration, format_duration
+from courier.core.durations import Duration, format_duration
 from workflows.types import OutgoingRecord
 
 URL_PLACEHOLDERS = ("key", "topic", "partition", "offset")

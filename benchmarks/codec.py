@@ -15,7 +15,7 @@ import time
 
 from temporalio.api.common.v1 import Payload
 
-from courier.codec import AesGcmCodec
+from courier.core.codec import AesGcmCodec
 
 SIZES = (1024, 65_536, 1_000_000)
 RUNS = 5

@@ -1,4 +1,4 @@
-"""Courier pipelines, run in this process via ``courier.service.run_service``.
+"""Courier pipelines, run in this process via ``courier.app.service.run_service``.
 
 - ``courier-batch-file`` / ``courier-batch-file-fsync-never`` / ``courier-batch-postgres``:
   ``ingest: {mode: batch, max_records: 500, max_wait: 200ms}`` and one destination with
@@ -40,8 +40,8 @@ from benchmarks.common import (
     wait_until,
 )
 from benchmarks.histories import history_stats
-from courier.config import CourierConfig, parse_config
-from courier.service import run_service
+from courier.app.service import run_service
+from courier.config.model import CourierConfig, parse_config
 from devtools.stack.settings import StackSettings
 from ingest.consumer import Ingest
 

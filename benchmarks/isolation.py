@@ -65,8 +65,8 @@ from temporalio.client import Client
 
 from benchmarks.common import CpuMeter, cpu_between, free_port
 from benchmarks.kafka_io import create_topic, delete_topic
-from courier.config import CourierConfig, parse_config
-from courier.task_queues import describe
+from courier.config.model import CourierConfig, parse_config
+from courier.core.task_queues import describe
 from devtools.receiver import Receiver
 from devtools.stack.settings import REPO_ROOT, StackSettings, settings_from_env
 

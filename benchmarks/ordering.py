@@ -29,8 +29,8 @@ from aiokafka import AIOKafkaProducer
 from temporalio.client import Client
 
 from benchmarks.kafka_io import create_topic, delete_topic
-from courier.config import parse_config
-from courier.service import run_service
+from courier.app.service import run_service
+from courier.config.model import parse_config
 from devtools.receiver import Receiver
 from devtools.stack.settings import StackSettings, settings_from_env
 from ingest.consumer import Ingest

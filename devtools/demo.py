@@ -36,9 +36,9 @@ from temporalio.client import Client, WorkflowHandle
 from activities.files import FileConfig
 from activities.postgres import PostgresConfig, qualified_table
 from activities.rest import RestConfig
-from courier.config import CourierConfig, load_config
-from courier.ids import workflow_id
-from courier.rates import format_rate
+from courier.config.model import CourierConfig, load_config
+from courier.core.ids import workflow_id
+from courier.core.rates import format_rate
 from devtools import stack as stack_control
 from devtools import topics
 from devtools.receiver import Receiver
@@ -459,8 +459,8 @@ async def run_demo(
     console: Console | None = None,
 ) -> DemoResult:
     """Run the whole demo (see the module docstring) and return what it observed."""
-    from courier.service import run_service
-    from courier.temporal import connect
+    from courier.app.service import run_service
+    from courier.temporal.client import connect
     from ingest.consumer import Ingest
 
     console = console or Console()
@@ -606,7 +606,7 @@ def main(
     keep_stack: bool = False,
 ) -> int:
     """Run the demo from the command line; the exit code is 0 if every record was exported."""
-    from courier.config import ConfigError
+    from courier.config.model import ConfigError
     from devtools.stack import StackError
 
     console = Console()

@@ -52,9 +52,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError
 from temporalio.client import Client
 
-from courier import metrics
-from courier.config import CourierConfig
-from courier.stopping import unless_stopped
+from courier.config.model import CourierConfig
+from courier.core import metrics
+from courier.core.stopping import unless_stopped
 from ingest.incarnations import commit_metadata, fetch_committed
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options, never_create_topics
 from ingest.offsets import OffsetTracker

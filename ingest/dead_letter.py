@@ -56,7 +56,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.source import RecordSource
-from courier.config import CourierConfig
+from courier.config.model import CourierConfig
 from ingest.kafka import check_brokers, producer_options
 from workflows.export_record import DEAD_LETTER_ACTIVITY, EXPORT_ACTIVITY
 from workflows.types import DeadLetterInput, KafkaRecord

@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 
 from activities.errors import RetryableExportError
 from activities.source import Fetched
-from courier.config import KafkaConfig
+from courier.config.model import KafkaConfig
 from ingest.handoff import to_kafka_record
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options
 from ingest.topic_ids import TopicIdError, TopicIds

@@ -48,10 +48,10 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from courier import metrics
-from courier import search_attributes as sa
-from courier.config import CourierConfig
-from courier.ids import workflow_id
+from courier.config.model import CourierConfig
+from courier.core import metrics
+from courier.core import search_attributes as sa
+from courier.core.ids import workflow_id
 from ingest.routing import RouteDecision, key_text
 from workflows.export_record import ExportRecord
 from workflows.types import Blob, ExportRecordInput, Header, KafkaRecord

@@ -33,7 +33,7 @@ from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
-from courier.config import KafkaConfig, KafkaSecurity
+from courier.config.model import KafkaConfig, KafkaSecurity
 
 _CREATE_TOPICS: ContextVar[bool] = ContextVar("courier_kafka_create_topics", default=True)
 

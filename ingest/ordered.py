@@ -32,9 +32,9 @@ from aiokafka import ConsumerRecord, TopicPartition
 from temporalio.client import Client
 from temporalio.common import Priority, SearchAttributePair, TypedSearchAttributes
 
-from courier import search_attributes as sa
-from courier.config import CourierConfig
-from courier.ids import key_workflow_id, workflow_id
+from courier.config.model import CourierConfig
+from courier.core import search_attributes as sa
+from courier.core.ids import key_workflow_id, workflow_id
 from ingest.handoff import (
     Attempt,
     HandOff,

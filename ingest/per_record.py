@@ -21,8 +21,8 @@ from aiokafka import ConsumerRecord, TopicPartition
 from temporalio.client import Client
 from temporalio.common import Priority
 
-from courier import metrics
-from courier.config import CourierConfig
+from courier.config.model import CourierConfig
+from courier.core import metrics
 from ingest.handoff import HandOff, coordinates, hand_off
 from ingest.priority import DestinationLoad, record_priority
 from ingest.routing import RouteDecision

@@ -26,9 +26,9 @@ from temporalio.client import Client
 from temporalio.common import Priority
 from temporalio.service import RPCError
 
-from courier import metrics
-from courier.config import CourierConfig
-from courier.task_queues import QueueState, describe
+from courier.config.model import CourierConfig
+from courier.core import metrics
+from courier.core.task_queues import QueueState, describe
 
 log = logging.getLogger("courier.ingest")
 

@@ -34,10 +34,10 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from courier import metrics
-from courier import search_attributes as sa
-from courier.config import CourierConfig
-from courier.ids import range_workflow_id
+from courier.config.model import CourierConfig
+from courier.core import metrics
+from courier.core import search_attributes as sa
+from courier.core.ids import range_workflow_id
 from ingest.handoff import Attempt, Subject, deliver
 from ingest.routing import RouteDecision, Router
 from ingest.strategy import Buffers, HandOffs

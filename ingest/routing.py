@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from activities.mapping import Expression, MappingError, record_data
-from courier.config import RouteRule, RoutesConfig
+from courier.config.model import RouteRule, RoutesConfig
 from workflows.types import KafkaRecord, OutgoingRecord
 
 Action = Literal["export", "fail", "skip"]

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from aiokafka import ConsumerRecord, TopicPartition
 from temporalio.client import Client
 
-from courier.config import CourierConfig
+from courier.config.model import CourierConfig
 from ingest.handoff import to_kafka_record
 from ingest.offsets import OffsetTracker
 from ingest.routing import RouteDecision, Router

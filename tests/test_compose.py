@@ -169,7 +169,7 @@ def test_mounted_scripts_exist_and_parse(services: dict[str, Any]) -> None:
 
 
 def test_dynamic_config_file_is_what_courier_generates(services: dict[str, Any]) -> None:
-    from courier.config import load_config
+    from courier.config.model import load_config
     from courier.ops.dynamic_config import render
 
     temporal = services["temporal"]

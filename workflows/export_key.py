@@ -1,7 +1,7 @@
 """The ``ExportKey`` workflow: the records of one key, exported to one destination in order.
 
 Per-key ordering (a destination with ``ordering: key``). One long-lived workflow per
-(consumer group, destination, key), ID from ``courier.ids.key_workflow_id``:
+(consumer group, destination, key), ID from ``courier.core.ids.key_workflow_id``:
 
 1. Ingest hands each record over with signal-with-start (signal ``record``); the hand-off is
    durable once the signal is accepted. Ingest signals the records of a key one after the
@@ -35,7 +35,7 @@ from temporalio.exceptions import ActivityError, CancelledError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from courier import search_attributes as sa
+    from courier.core import search_attributes as sa
     from workflows.export_record import (
         EXPORT_ACTIVITY,
         failure_reason,

@@ -37,8 +37,8 @@ from temporalio.exceptions import (
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from courier import search_attributes as sa
-    from courier.ids import parse_workflow_id, redrive_group, workflow_id
+    from courier.core import search_attributes as sa
+    from courier.core.ids import parse_workflow_id, redrive_group, workflow_id
     from workflows.export_record import (
         PERMANENT_ERROR_TYPE,
         UNROUTABLE_ERROR_TYPE,

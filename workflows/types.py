@@ -292,7 +292,7 @@ class WorkerReport:
 class OrderedRecord:
     """One record of a key queued in its ``ExportKey`` workflow (per-key ordering).
 
-    ``idempotency_key`` is the record's own identity (``courier.ids.workflow_id``), the same
+    ``idempotency_key`` is the record's own identity (``courier.core.ids.workflow_id``), the same
     key it has at the sink in unordered mode, so a record exported again has no new effect.
     """
 

@@ -1,7 +1,7 @@
 """The ``courier`` command line: one module per command group, each command a thin wrapper.
 
 A command parses its arguments, loads the config (:mod:`courier.cli.common`), calls one
-function of :mod:`courier.ops` (or :mod:`courier.service`) and prints what it returns or exits
+function of :mod:`courier.ops` (or :mod:`courier.app.service`) and prints what it returns or exits
 with the code it returns: what is printed, and how, is decided there. The command modules
 import ``courier.ops`` inside each command, so ``courier --help`` loads neither Temporal's SDK
 nor the config models.
@@ -18,7 +18,6 @@ from importlib.metadata import entry_points
 
 import typer
 
-from courier import logs
 from courier.cli import (
     codec_server,
     config,
@@ -33,6 +32,7 @@ from courier.cli import (
     show,
     status,
 )
+from courier.core import logs
 
 app = typer.Typer(
     help="Courier exports Kafka records to many destinations durably: one Temporal workflow "

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from courier import logs
-from courier.ops.output import Output
+from courier.core import logs
+from courier.core.output import Output
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from temporalio.client import Client
 
     from activities.base import DestinationConfig
-    from courier.config import ConfigError, CourierConfig
+    from courier.config.model import ConfigError, CourierConfig
 
 OUT = Output()
 """Where commands print: results to stdout, one-line errors and warnings to stderr."""
@@ -83,7 +83,7 @@ SinceOption = Annotated[
 
 
 def setup_logging(level: str = "INFO", fmt: LogFormat = LogFormat.text) -> None:
-    """Log at ``level`` and above, as text or JSON lines (see :mod:`courier.logs`)."""
+    """Log at ``level`` and above, as text or JSON lines (see :mod:`courier.core.logs`)."""
     logs.setup_logging(level, "json" if fmt is LogFormat.json else "text")
 
 
@@ -96,8 +96,8 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def load(path: Path) -> CourierConfig:
     """The config file at ``path``, its keys read; a problem is one error line (exit 2)."""
     # lazy: the config models (pydantic, every destination kind) take ~0.25 s to import
-    from courier.config import ConfigError, load_config
-    from courier.encryption import EncryptionKeyError
+    from courier.config.model import ConfigError, load_config
+    from courier.core.encryption import EncryptionKeyError
 
     try:
         cfg = load_config(path)
@@ -112,7 +112,7 @@ def load(path: Path) -> CourierConfig:
 
 def _config_problem(path: Path, err: ConfigError) -> str:
     """A config error in one line (its per-field lines joined) and what to do."""
-    from courier.config import config_problem  # lazy: as in load(), which alone calls this
+    from courier.config.model import config_problem  # lazy: as in load(), which alone calls this
 
     return config_problem(path, err)
 
@@ -127,8 +127,8 @@ def check_destination(config: CourierConfig, name: str) -> DestinationConfig:
 
 def parse_since(value: str | None) -> timedelta | None:
     """The period of ``--since`` (None without it); a bad one is one error line (exit 2)."""
-    # lazy: courier.durations (pydantic) takes ~35 ms to import
-    from courier.durations import parse_duration
+    # lazy: courier.core.durations (pydantic) takes ~35 ms to import
+    from courier.core.durations import parse_duration
 
     if value is None:
         return None
@@ -152,8 +152,8 @@ def with_client(config: CourierConfig, command: Callable[[Client], Awaitable[int
 
     An unreachable server is one error line (exit 1).
     """
-    # lazy: courier.temporal (Temporal's SDK) takes ~0.3 s to import
-    from courier.temporal import TemporalUnreachable, connect
+    # lazy: courier.temporal.client (Temporal's SDK) takes ~0.3 s to import
+    from courier.temporal.client import TemporalUnreachable, connect
 
     async def connected() -> int:
         try:

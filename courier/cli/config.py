@@ -31,7 +31,7 @@ def temporal_dynamic_config(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
 def reference() -> None:
     """Print the config reference (every field, its type, default and meaning) as Markdown."""
     # lazy: config_reference (the config models) takes ~0.25 s to import
-    from courier import config_reference
+    from courier.config import reference as config_reference
 
     OUT.write(config_reference.render() + "\n")
 

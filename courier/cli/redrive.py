@@ -16,7 +16,7 @@ from courier.cli.common import (
     setup_logging,
     with_client,
 )
-from courier.ids import check_run_id
+from courier.core.ids import check_run_id
 
 
 def redrive(

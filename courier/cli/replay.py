@@ -20,7 +20,7 @@ from courier.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from courier.config import CourierConfig
+    from courier.config.model import CourierConfig
 
 
 def replay(
@@ -114,7 +114,7 @@ def _replay_dead_letters(
 ) -> NoReturn:
     """``courier replay --dead-letter TOPIC``: parse its options, run it, exit with its code."""
     # lazy: the ops modules (Temporal's SDK, aiokafka) take ~0.5 s to import
-    from courier.ids import check_run_id
+    from courier.core.ids import check_run_id
     from courier.ops import dead_letters as ops
     from courier.ops.redrive import default_run_id
 

@@ -26,7 +26,7 @@ from courier.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from courier.config import CourierConfig
+    from courier.config.model import CourierConfig
 
 MetricsPort = Annotated[
     int | None,
@@ -63,8 +63,8 @@ class ServiceOptions:
         workflows: bool,
     ) -> NoReturn:
         """Run these parts until SIGINT or SIGTERM, then exit with their code."""
-        # lazy: courier.service (ingest, workers, Temporal's SDK) takes ~0.65 s to import
-        from courier.service import run_process
+        # lazy: courier.app.service (ingest, workers, Temporal's SDK) takes ~0.65 s to import
+        from courier.app.service import run_process
 
         finish(
             run_process(

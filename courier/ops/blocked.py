@@ -21,8 +21,8 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from courier import search_attributes as sa
-from courier.ids import parse_workflow_id
+from courier.core import search_attributes as sa
+from courier.core.ids import parse_workflow_id
 from workflows.export_key import RETRY_UPDATE, SKIP_UPDATE, STATE_QUERY
 from workflows.types import KeyState
 

@@ -23,10 +23,10 @@ from aiohttp import hdrs, web
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
-from courier.codec import AesGcmCodec, DecryptError, codec_for
-from courier.config import CourierConfig
-from courier.ops.output import Output
-from courier.service import stop_on_signals
+from courier.app.service import stop_on_signals
+from courier.config.model import CourierConfig
+from courier.core.codec import AesGcmCodec, DecryptError, codec_for
+from courier.core.output import Output
 
 log = logging.getLogger("courier.codec_server")
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from courier.config import CourierConfig
-from courier.config_lint import lint_file
-from courier.ops.output import Output
-from courier.rates import format_rate
+from courier.config.lint import lint_file
+from courier.config.model import CourierConfig
+from courier.core.output import Output
+from courier.core.rates import format_rate
 
 PER_RECORD_ADVISED = 20.0
 """Records/s in all above which ``config check`` advises batch mode: per-record mode carried

@@ -37,11 +37,11 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from courier.config import CourierConfig, KafkaConfig
-from courier.durations import parse_duration
-from courier.ids import check_run_id
+from courier.config.model import CourierConfig, KafkaConfig
+from courier.core.durations import parse_duration
+from courier.core.ids import check_run_id
+from courier.core.output import Output
 from courier.ops.failures import FailureGroup, generalise, render
-from courier.ops.output import Output
 from ingest.dead_letter import DeadLetterEntry, parse_entry
 from ingest.handoff import TRANSIENT_STATUSES, RecordRejected, checked_input, search_attributes
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from courier.config import CourierConfig
+from courier.config.model import CourierConfig
 
 PARTITION_KEYS = (
     "matching.numTaskqueueReadPartitions",

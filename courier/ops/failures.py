@@ -24,10 +24,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecution, WorkflowHistoryEventFilterType
 from temporalio.service import RPCError, RPCStatusCode
 
-from courier import search_attributes as sa
-from courier.config import CourierConfig
-from courier.ids import parse_workflow_id
-from courier.ops.output import Output
+from courier.config.model import CourierConfig
+from courier.core import search_attributes as sa
+from courier.core.ids import parse_workflow_id
+from courier.core.output import Output
 from ingest.fetch import KafkaRecordSource
 from workflows.types import ExportRangeResult
 

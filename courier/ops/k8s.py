@@ -31,9 +31,9 @@ from typing import Any
 import yaml
 
 from activities.base import DestinationConfig
-from courier.config import _ENV_REFERENCE, ConfigError, CourierConfig, parse_config, read_yaml
-from courier.config_lint import written_secrets
-from courier.k8s_config import DestinationScaling, KubernetesConfig, Resources
+from courier.config.kubernetes import DestinationScaling, KubernetesConfig, Resources
+from courier.config.lint import written_secrets
+from courier.config.model import _ENV_REFERENCE, ConfigError, CourierConfig, parse_config, read_yaml
 
 CONFIG_DIR = "/etc/courier"
 CONFIG_PATH = f"{CONFIG_DIR}/courier.yaml"
@@ -187,7 +187,7 @@ def generate(source: str, *, partitions: int | None = None) -> Manifests:
 def literal_secrets(tree: dict[str, Any]) -> list[str]:
     """Fields that hold a credential written in a parsed config file, or in a ``:-default``.
 
-    See :func:`courier.config_lint.written_secrets`: fields typed ``SecretStr`` (the SASL
+    See :func:`courier.config.lint.written_secrets`: fields typed ``SecretStr`` (the SASL
     password, the Temporal API key, encryption keys), the credential fields of destination kinds
     (a REST destination's Authorization header) and passwords in any URL or DSN.
     """

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from temporalio.client import Client
 
-from courier.config import CourierConfig
-from courier.ops.output import Output
+from courier.config.model import CourierConfig
+from courier.core.output import Output
+from courier.core.rates import format_rate
+from courier.core.task_queues import QueueState, describe, set_rate_limit
 from courier.rate_control.workflow import (
     OPERATOR_LIMIT_SIGNAL,
     DestinationState,
     destination_state_id,
 )
-from courier.rates import format_rate
-from courier.task_queues import QueueState, describe, set_rate_limit
 from workflows.types import WorkerReport
 
 

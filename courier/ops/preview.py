@@ -16,8 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from activities.mapping import MappingError
 from activities.registry import KINDS, create_destination
-from courier.config import CourierConfig, KafkaConfig
-from courier.ids import workflow_id
+from courier.config.model import CourierConfig, KafkaConfig
+from courier.core.ids import workflow_id
 from workflows.types import Blob, Header, KafkaRecord, OutgoingRecord
 
 FILE_FIELDS = ("key", "key_base64", "value", "value_base64", "headers", "topic", "topic_id")

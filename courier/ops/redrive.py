@@ -3,7 +3,7 @@
 A re-drive reads a span of each partition with its own consumer (no group, nothing committed:
 ingest's position is untouched), routes every record with the *current* rules, and hands the
 records routed to the chosen destination off again under the re-drive's own IDs
-(``courier/<group>/redrive/<run-id>/…``, :func:`courier.ids.redrive_workflow_id`), through the
+(``courier/<group>/redrive/<run-id>/…``, :func:`courier.core.ids.redrive_workflow_id`), through the
 same hand-off as ingest: ``ExportRecord`` workflows in per-record mode, ``ExportRange``
 workflows (one per block of ``RANGE_BLOCK`` offsets, the destination's records only) in batch
 mode. Each record keeps its own idempotency key (its original workflow ID) unless a new one is
@@ -30,15 +30,15 @@ from rich.progress import Progress, TextColumn
 from rich.table import Table
 from temporalio.client import Client
 
-from courier.config import CourierConfig
-from courier.ids import (
+from courier.config.model import CourierConfig
+from courier.core.ids import (
     range_workflow_id,
     redrive_group,
     redrive_workflow_id,
     workflow_id,
 )
-from courier.ops.output import Output
-from courier.task_queues import describe
+from courier.core.output import Output
+from courier.core.task_queues import describe
 from ingest.handoff import hand_off, to_kafka_record
 from ingest.kafka import consumer_options
 from ingest.ranges import start_range

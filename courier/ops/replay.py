@@ -27,10 +27,10 @@ from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.client import WorkflowExecution as Execution
 
-from courier.config import CourierConfig
+from courier.config.model import CourierConfig
+from courier.core.output import Output
 from courier.ops import failures
 from courier.ops.blocked import blocked_keys_query, decide
-from courier.ops.output import Output
 from workflows.export_key import RETRY_UPDATE
 
 

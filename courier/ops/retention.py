@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from courier.config import KafkaConfig
+from courier.config.model import KafkaConfig
 from ingest.kafka import KafkaUnreachable, check_brokers
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from courier.config import CourierConfig
+from courier.config.model import CourierConfig
+from courier.core.output import Output
 from courier.ops import preview
-from courier.ops.output import Output
 from ingest.routing import Router
 from workflows.types import KafkaRecord
 

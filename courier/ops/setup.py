@@ -13,9 +13,9 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import Client
 
-from courier import search_attributes as sa
-from courier.config import CourierConfig
-from courier.ops.output import Output
+from courier.config.model import CourierConfig
+from courier.core import search_attributes as sa
+from courier.core.output import Output
 
 
 class SetupError(Exception):

@@ -30,10 +30,10 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from courier import search_attributes as sa
-from courier.config import CourierConfig
-from courier.ids import ParsedId, parse_workflow_id, redrive_prefix, workflow_id
-from courier.ops.output import Output
+from courier.config.model import CourierConfig
+from courier.core import search_attributes as sa
+from courier.core.ids import ParsedId, parse_workflow_id, redrive_prefix, workflow_id
+from courier.core.output import Output
 from ingest.fetch import KafkaRecordSource
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options
 from ingest.ranges import LAST_OFFSET_MEMO

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from temporalio.client import Client
 
+from courier.core.output import Output
 from courier.ops.blocked import BlockedKeyError, decide, find_blocked
-from courier.ops.output import Output
 from workflows.export_key import SKIP_UPDATE
 from workflows.types import BlockedRecord
 

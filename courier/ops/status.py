@@ -12,15 +12,15 @@ from rich.table import Table
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from courier import search_attributes as sa
-from courier.config import CourierConfig
+from courier.config.model import CourierConfig
+from courier.core import search_attributes as sa
+from courier.core.output import Output
+from courier.core.rates import format_rate
+from courier.core.task_queues import QueueState, describe
 from courier.ops.blocked import BlockedKey, blocked_keys
-from courier.ops.output import Output
 from courier.ops.retention import retention_warnings
 from courier.rate_control.controller import ControlState, describe_decision
 from courier.rate_control.workflow import CONTROL_QUERY, WORKERS_QUERY, destination_state_id
-from courier.rates import format_rate
-from courier.task_queues import QueueState, describe
 from ingest.ranges import RECORDS_MEMO
 from workflows.types import WorkerReport
 

@@ -22,12 +22,12 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from courier import metrics
+from courier.core import metrics
+from courier.core.task_queues import set_rate_limit
 from courier.rate_control.config import RateControlConfig
 from courier.rate_control.controller import ControlState, OutcomeReport, describe_decision
 from courier.rate_control.outcomes import AttemptOutcomes
 from courier.rate_control.workflow import CONTROL_QUERY, OUTCOMES_UPDATE, destination_state_id
-from courier.task_queues import set_rate_limit
 
 log = logging.getLogger("courier.worker")
 

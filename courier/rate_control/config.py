@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from courier.durations import Duration
+from courier.core.durations import Duration
 
 
 class RateControlConfig(BaseModel):

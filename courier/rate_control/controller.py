@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from courier.rates import format_rate
+from courier.core.rates import format_rate
 
 MAX_DRAIN_RATE = 50.0
 """Activities/s at most while an open circuit passes records that fail before reaching the

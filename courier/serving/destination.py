@@ -24,8 +24,8 @@ from activities.errors import PermanentExportError, RetryableExportError
 from activities.export import ExportActivity
 from activities.registry import create_destination
 from activities.source import RecordSource
-from courier import metrics
-from courier.config import CourierConfig
+from courier.config.model import CourierConfig
+from courier.core import metrics
 from courier.rate_control.client import RateControl
 from courier.serving.pacing import keep_pace, set_share
 from courier.serving.reporting import StateReporter

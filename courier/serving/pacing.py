@@ -4,7 +4,7 @@ The pacer itself (``activities.pacing``: spacing records inside an export, and t
 batch worker holds while pacing) belongs to the activities and knows nothing of the server.
 Keeping its rate current does: it reads the queue's effective rate limit (configured, an
 operator's ``courier limit`` or a rate control decision) and its live workers through
-``courier.task_queues``, a layer above the activities, so it lives here, beside the rest of
+``courier.core.task_queues``, a layer above the activities, so it lives here, beside the rest of
 what a worker does while it serves a destination.
 """
 
@@ -17,8 +17,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from activities.pacing import Pacer
+from courier.core.task_queues import QueueState, describe
 from courier.rate_control.client import RATE_CONTROL_IDENTITY
-from courier.task_queues import QueueState, describe
 
 log = logging.getLogger("courier.worker")
 

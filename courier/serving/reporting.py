@@ -16,7 +16,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from courier.config import CourierConfig
+from courier.config.model import CourierConfig
 from courier.rate_control.workflow import REPORT_SIGNAL, DestinationState, destination_state_id
 from workflows.types import WorkerReport
 
@@ -29,7 +29,7 @@ REPORT_INTERVAL_S = 30.0
 class StateReporter:
     """Sends one worker's state of one destination to its ``DestinationState`` workflow.
 
-    Reporting is best effort: a failure is logged (once per cause, see ``courier.logs``) and
+    Reporting is best effort: a failure is logged (once per cause, see ``courier.core.logs``) and
     never stops the worker.
     """
 

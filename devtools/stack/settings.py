@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from courier.search_attributes import DEV_SERVER_FLAGS
+from courier.core.search_attributes import DEV_SERVER_FLAGS
 from devtools.stack.errors import StackError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent

@@ -20,7 +20,7 @@ from activities.mapping import Expression, MappingError, Template, record_data
 from activities.postgres import MappedColumns, PostgresConfig, create_table_sql, insert_sql
 from activities.rest import RestConfig, RestDestination
 from courier.cli import app
-from courier.config import ConfigError, parse_config
+from courier.config.model import ConfigError, parse_config
 from workflows.types import Blob, Header, KafkaRecord, OutgoingRecord
 
 runner = CliRunner()

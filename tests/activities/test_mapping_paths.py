@@ -11,7 +11,7 @@ from activities import mapping
 from activities.files import FileConfig
 from activities.jsonata_paths import Read, record_reads
 from activities.mapping import RECORD_FIELDS, Expression
-from courier.config import ConfigError, parse_config
+from courier.config.model import ConfigError, parse_config
 
 FIELDS = ", ".join(RECORD_FIELDS)
 

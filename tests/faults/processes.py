@@ -25,7 +25,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from courier.config import parse_config
+from courier.config.model import parse_config
 
 LOG_COLUMNS = "400"
 

@@ -17,7 +17,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from courier.task_queues import describe
+from courier.core.task_queues import describe
 from devtools.stack.postgres import SECURE_PASSWORD, SECURE_USER, secure_dsn
 from devtools.topics import create_topic
 from tests.faults.common import (

@@ -20,7 +20,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 
-from courier.config import parse_config
+from courier.config.model import parse_config
 from devtools.topics import create_topic, topic_id
 from tests.faults.common import (
     fill,

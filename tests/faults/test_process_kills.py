@@ -12,7 +12,7 @@ import pytest
 from temporalio.client import Client
 
 from activities.base import TimeoutConfig
-from courier.config import parse_config
+from courier.config.model import parse_config
 from devtools.topics import create_topic
 from tests.faults.common import (
     assert_clean,

@@ -11,8 +11,8 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from courier.config import CourierConfig, parse_config
-from courier.service import run_service
+from courier.app.service import run_service
+from courier.config.model import CourierConfig, parse_config
 from ingest.consumer import Ingest
 
 

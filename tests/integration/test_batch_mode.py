@@ -24,16 +24,16 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecution, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from courier import search_attributes as sa
-from courier.config import CourierConfig
-from courier.ids import workflow_id
+from courier.config.model import CourierConfig
+from courier.core import search_attributes as sa
+from courier.core.ids import workflow_id
+from courier.core.task_queues import describe
 from courier.ops import failures, replay
 from courier.ops.blocked import BlockedKeyError
 from courier.ops.show import show
 from courier.ops.skip import skip
 from courier.ops.status import destination_statuses
 from courier.serving.pacing import PACE_REFRESH_S
-from courier.task_queues import describe
 from devtools.receiver import ReceivedRequest, Receiver
 from devtools.topics import create_topic, produce, topic_id
 from ingest.consumer import Ingest

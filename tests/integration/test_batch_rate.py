@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from courier.task_queues import describe
+from courier.core.task_queues import describe
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce
 from tests.integration.harness import busiest_window, courier_running, eventually, pipeline_config

@@ -22,8 +22,8 @@ from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from courier.config import CourierConfig
-from courier.ids import workflow_id
+from courier.config.model import CourierConfig
+from courier.core.ids import workflow_id
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, topic_id
 from ingest import dead_letter as dl

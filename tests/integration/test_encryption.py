@@ -25,9 +25,9 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.converter import DataConverter
 
-from courier.codec import ENCODING, KEY_ID
-from courier.config import CourierConfig, parse_config
-from courier.temporal import connect
+from courier.config.model import CourierConfig, parse_config
+from courier.core.codec import ENCODING, KEY_ID
+from courier.temporal.client import connect
 from devtools.topics import create_topic, produce
 from tests.integration.harness import courier_running, eventually, wait_for_workflows
 from workflows.types import ExportRecordInput

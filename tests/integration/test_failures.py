@@ -14,7 +14,7 @@ import pytest
 import yaml
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from courier.config import CourierConfig
+from courier.config.model import CourierConfig
 from courier.ops.failures import find_failures, group
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce

@@ -20,7 +20,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from courier.config import CourierConfig
+from courier.config.model import CourierConfig
 from devtools.stack import StackSettings
 from devtools.topics import create_topic, produce
 from ingest.consumer import Ingest

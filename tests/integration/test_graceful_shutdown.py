@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from courier.ids import workflow_id
+from courier.core.ids import workflow_id
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce, topic_id
 from tests.integration.harness import courier_running, eventually, pipeline_config

@@ -20,7 +20,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.exceptions import ApplicationError
 
-from courier import metrics
+from courier.core import metrics
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce
 from ingest.consumer import Ingest

@@ -25,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from temporalio.client import Client
 
 from activities.errors import RetryableExportError
-from courier.config import KafkaConfig, KafkaSecurity
+from courier.config.model import KafkaConfig, KafkaSecurity
 from devtools.certs import make_certificates
 from devtools.stack import StackSettings
 from devtools.stack.secure_kafka import SecureKafka

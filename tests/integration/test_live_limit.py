@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from courier import task_queues as queues
+from courier.core import task_queues as queues
 from courier.serving.pacing import PACE_REFRESH_S
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client, WorkflowFailureError
 
-from courier import search_attributes as sa
+from courier.core import search_attributes as sa
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce, topic_id
 from tests.integration.harness import courier_running, eventually, pipeline_config

@@ -24,7 +24,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from courier.config import parse_config
+from courier.config.model import parse_config
 from courier.ops.blocked import blocked_keys, key_state
 from devtools.topics import create_topic
 from tests.faults.ledger import Ledger

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from courier.ids import key_workflow_id
+from courier.core.ids import key_workflow_id
 from courier.ops.blocked import key_state
 from devtools.topics import create_topic
 from tests.faults.common import wait_until

@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
-from courier.ids import workflow_id
+from courier.core.ids import workflow_id
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce, topic_id
 from tests.integration.harness import (

@@ -15,8 +15,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.records_to_delete import RecordsToDelete
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from courier.core.task_queues import describe
 from courier.ops.status import destination_statuses
-from courier.task_queues import describe
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce
 from tests.integration.harness import (

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from courier.service import run_service
+from courier.app.service import run_service
 from devtools.topics import create_topic, produce
 from ingest.consumer import Ingest
 from tests.integration.harness import (

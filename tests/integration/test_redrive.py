@@ -14,8 +14,8 @@ import pytest
 import yaml
 from temporalio.client import Client
 
-from courier.config import CourierConfig
-from courier.ids import redrive_prefix, workflow_id
+from courier.config.model import CourierConfig
+from courier.core.ids import redrive_prefix, workflow_id
 from courier.ops.redrive import Redrive, RedriveSummary, Start
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce, topic_id

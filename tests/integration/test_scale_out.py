@@ -12,8 +12,8 @@ import pytest
 import yaml
 from temporalio.client import Client
 
+from courier.core.task_queues import describe
 from courier.serving.pacing import PACE_REFRESH_S
-from courier.task_queues import describe
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce
 from tests.integration.harness import (

@@ -9,7 +9,7 @@ from google.protobuf.duration_pb2 import Duration
 from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client
 
-from courier import search_attributes as sa
+from courier.core import search_attributes as sa
 from courier.ops.setup import ensure_search_attributes
 
 pytestmark = pytest.mark.integration

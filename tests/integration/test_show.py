@@ -14,7 +14,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from temporalio.client import Client
 
-from courier.ids import workflow_id
+from courier.core.ids import workflow_id
 from courier.ops.show import show
 from devtools.receiver import Receiver
 from devtools.topics import create_topic, produce, topic_id

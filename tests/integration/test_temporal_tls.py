@@ -18,8 +18,8 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from courier.config import TemporalConfig, TemporalTLS
-from courier.temporal import TemporalUnreachable, connect
+from courier.config.model import TemporalConfig, TemporalTLS
+from courier.temporal.client import TemporalUnreachable, connect
 from devtools.certs import Certificates, make_certificates
 from devtools.stack import StackSettings
 from devtools.tls_proxy import TLSProxy, tls_proxy

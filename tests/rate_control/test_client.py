@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 
-from courier.config import parse_config
+from courier.config.model import parse_config
 from courier.rate_control import client as rate_control_client
 from courier.rate_control.client import RateControl
 from courier.rate_control.controller import ControlState

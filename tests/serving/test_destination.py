@@ -11,7 +11,7 @@ import pytest
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueResponse
 
 from activities.errors import RetryableExportError
-from courier.config import parse_config
+from courier.config.model import parse_config
 from courier.serving import destination as serving_module
 from courier.serving.destination import open_failure_reason, serving
 from workflows.types import OutgoingRecord, WorkerReport

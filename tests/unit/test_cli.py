@@ -50,7 +50,7 @@ def test_worker_without_a_choice_explains_itself() -> None:
 
 
 def test_committed_config_reference_is_current() -> None:
-    from courier.config_reference import render
+    from courier.config.reference import render
 
     committed = (Path(__file__).parents[2] / "docs" / "config-reference.md").read_text()
     assert committed == render() + "\n", "run: courier config reference > docs/config-reference.md"

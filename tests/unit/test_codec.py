@@ -14,9 +14,9 @@ from temporalio.api.common.v1 import Payload, Payloads
 from typer.testing import CliRunner
 
 from courier.cli import app
-from courier.codec import ENCODING, KEY_ID, AesGcmCodec, DecryptError, data_converter
-from courier.config import ConfigError, parse_config
-from courier.encryption import EncryptionConfig, EncryptionKeyError
+from courier.config.model import ConfigError, parse_config
+from courier.core.codec import ENCODING, KEY_ID, AesGcmCodec, DecryptError, data_converter
+from courier.core.encryption import EncryptionConfig, EncryptionKeyError
 from courier.ops.codec_server import build_app
 
 K1, K2 = os.urandom(32), os.urandom(32)

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 import yaml
 
-from courier.config import ConfigError, load_config, parse_config
+from courier.config.model import ConfigError, load_config, parse_config
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "example.yaml"
 

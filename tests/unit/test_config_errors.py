@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from courier.config import ConfigError, config_problem, load_config, parse_config
+from courier.config.model import ConfigError, config_problem, load_config, parse_config
 
 
 def config(**sections: Any) -> dict[str, Any]:

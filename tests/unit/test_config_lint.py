@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from courier.config import load_config, parse_config
-from courier.config_lint import WrittenSecret, lint, lint_file, written_secrets
+from courier.config.lint import WrittenSecret, lint, lint_file, written_secrets
+from courier.config.model import load_config, parse_config
 from courier.ops.k8s import DeployError, generate
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from courier.config_reference import anchor, render, sections, title
+from courier.config.reference import anchor, render, sections, title
 
 
 def test_every_model_in_the_config_has_a_section() -> None:

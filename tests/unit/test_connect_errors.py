@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from courier.config import KafkaConfig, parse_config
-from courier.service import stop_on_signals
-from courier.stopping import unless_stopped
-from courier.temporal import _CoreLogLine, describe_failure, short_error
+from courier.app.service import stop_on_signals
+from courier.config.model import KafkaConfig, parse_config
+from courier.core.stopping import unless_stopped
+from courier.temporal.client import _CoreLogLine, describe_failure, short_error
 from ingest import consumer as consumer_module
 from ingest.consumer import Ingest
 from ingest.kafka import KafkaUnreachable, check_brokers

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from activities.source import Fetched
 from courier.cli import app
-from courier.config import ConfigError, parse_config
+from courier.config.model import ConfigError, parse_config
 from courier.ops import dead_letters
 from ingest import dead_letter as dl
 from ingest.kafka import producer_options

@@ -16,7 +16,7 @@ from activities.base import Pace, no_pace
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.export import ExportActivity
 from activities.source import Fetched
-from courier import metrics
+from courier.core import metrics
 from workflows.types import Blob, ExportBatch, KafkaRecord, OutgoingRecord, RangeBatch
 
 

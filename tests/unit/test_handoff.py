@@ -9,7 +9,7 @@ from temporalio.converter import DataConverter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from courier.config import parse_config
+from courier.config.model import parse_config
 from ingest import handoff
 from ingest.routing import Router
 from workflows.types import ExportRecordInput

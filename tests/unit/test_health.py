@@ -13,8 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from courier import metrics
-from courier.health import HEALTH, Check, Health
+from courier.core import metrics
+from courier.core.health import HEALTH, Check, Health
 
 
 def free_port() -> int:

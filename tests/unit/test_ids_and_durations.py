@@ -3,8 +3,8 @@ from datetime import timedelta
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from courier.durations import Duration
-from courier.ids import workflow_id
+from courier.core.durations import Duration
+from courier.core.ids import workflow_id
 from workflows.types import Blob
 
 

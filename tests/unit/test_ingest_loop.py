@@ -20,7 +20,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from temporalio.common import Priority
 
-from courier.config import CourierConfig, parse_config
+from courier.config.model import CourierConfig, parse_config
 from ingest import consumer as consumer_module
 from ingest import per_record as per_record_module
 from ingest.consumer import Ingest

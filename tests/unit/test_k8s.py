@@ -20,7 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 from courier.cli import app
-from courier.config import parse_config
+from courier.config.model import parse_config
 from courier.ops.k8s import GRACE_MARGIN_S, DeployError, generate, k8s_name
 
 ROOT = Path(__file__).parents[2]

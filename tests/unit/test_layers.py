@@ -1,5 +1,7 @@
 """The import graph: product modules never import development support, no module import
-cycles (lazy imports included), and every import points to the same or a lower layer.
+cycles (lazy imports included), every import points to the same or a lower layer, and every
+product folder imports only from its own and lower folders (a picture of the folders has no
+arrow running back up).
 
 The layers are drawn in docs/architecture.md; this test is their enforcement.
 """
@@ -18,19 +20,7 @@ DEVELOPMENT = ("devtools", "benchmarks", "tests")
 # Lowest first. A module's layer is that of the longest prefix listed; imports may only go to
 # the same or a lower layer.
 LAYERS: list[tuple[str, ...]] = [
-    (
-        "courier.codec",
-        "courier.durations",
-        "courier.encryption",
-        "courier.health",
-        "courier.ids",
-        "courier.k8s_config",
-        "courier.metrics",
-        "courier.rates",
-        "courier.search_attributes",
-        "courier.stopping",
-        "workflows.types",
-    ),
+    ("courier.core", "workflows.types"),
     (
         "workflows.export_record",
         "workflows.export_range",
@@ -43,19 +33,29 @@ LAYERS: list[tuple[str, ...]] = [
         "activities.source",
     ),
     ("activities",),
-    (
-        "courier.config",
-        "courier.config_lint",
-        "courier.config_reference",
-        "courier.temporal",
-        "courier.task_queues",
-        "courier.logs",
-    ),
+    ("courier.config", "courier.temporal"),
     ("ingest", "courier.serving", "courier.rate_control.client"),
     ("worker",),
-    ("courier.service", "courier.ops"),
+    ("courier.app", "courier.ops"),
     ("courier.cli",),
     DEVELOPMENT,
+]
+
+
+# The product's folders, lowest first. A folder may import from its own and lower folders only.
+FOLDERS: list[str] = [
+    "courier.core",
+    "workflows",
+    "courier.rate_control",
+    "activities",
+    "courier.config",
+    "courier.temporal",
+    "ingest",
+    "courier.serving",
+    "worker",
+    "courier.app",
+    "courier.ops",
+    "courier.cli",
 ]
 
 
@@ -156,3 +156,28 @@ def test_no_import_cycles() -> None:
     for name in sorted(SOURCES):
         if name not in state:
             visit(name)
+
+
+def folder_of(name: str) -> str | None:
+    """The product folder ``name`` lives in (the longest listed prefix), if any."""
+    found = [f for f in FOLDERS if name == f or name.startswith(f + ".")]
+    return max(found, key=len) if found else None
+
+
+def test_every_product_module_is_in_a_folder() -> None:
+    product = [n for n in SOURCES if n.split(".")[0] in PRODUCT and n != "courier"]
+    outside = sorted(n for n in product if folder_of(n) is None)
+    assert not outside, f"in no folder of FOLDERS (add it, and to docs/architecture.md): {outside}"
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_folders_import_only_their_own_and_lower_folders(folder: str) -> None:
+    rank = FOLDERS.index(folder)
+    upward = sorted(
+        f"{name} → {target}"
+        for name in SOURCES
+        if folder_of(name) == folder
+        for target in GRAPH[name]
+        if (other := folder_of(target)) is not None and FOLDERS.index(other) > rank
+    )
+    assert not upward, f"{folder} imports from higher folders: {upward}"

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from courier import logs
-from courier.logs import JsonFormatter, Summarizer, TextFormatter
+from courier.core import logs
+from courier.core.logs import JsonFormatter, Summarizer, TextFormatter
 
 
 class Clock:

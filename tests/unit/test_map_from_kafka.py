@@ -12,8 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from courier.cli import app
-from courier.config import parse_config
-from courier.logs import THIRD_PARTY_LEVELS
+from courier.config.model import parse_config
+from courier.core.logs import THIRD_PARTY_LEVELS
 from courier.ops import preview
 
 runner = CliRunner()

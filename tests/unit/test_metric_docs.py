@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
-from courier import metrics
+from courier.core import metrics
 
 DOC = Path(__file__).parents[2] / "docs" / "operations.md"
 BEGIN, END = "<!-- metrics:begin -->", "<!-- metrics:end -->"

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from activities import registry
 from activities.base import DeploymentNeeds, DestinationConfig, Pace, no_pace
 from courier.cli import app
-from courier.config_reference import anchor, render
+from courier.config.reference import anchor, render
 from courier.ops.k8s import k8s_name
 from tests.unit.test_k8s import by_kind, documents, validate
 from workflows.types import OutgoingRecord

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from courier.config import parse_config
-from courier.ids import (
+from courier.config.model import parse_config
+from courier.core.ids import (
     parse_workflow_id,
     range_workflow_id,
     redrive_prefix,

@@ -10,8 +10,8 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from temporalio.service import RPCError, RPCStatusCode
 
-from courier.config import ConfigError, CourierConfig, parse_config
-from courier.ids import key_workflow_id, parse_workflow_id, workflow_id
+from courier.config.model import ConfigError, CourierConfig, parse_config
+from courier.core.ids import key_workflow_id, parse_workflow_id, workflow_id
 from ingest import ordered as ordered_module
 from ingest import per_record as per_record_module
 from ingest.consumer import Ingest

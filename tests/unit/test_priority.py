@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from temporalio.common import Priority
 
-from courier.config import parse_config
-from courier.task_queues import QueueState
+from courier.config.model import parse_config
+from courier.core.task_queues import QueueState
 from ingest import priority
 from ingest.priority import DestinationLoad, expected_wait, record_priority
 

@@ -16,8 +16,8 @@ import pytest
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from courier import metrics
-from courier.config import CourierConfig, parse_config
+from courier.config.model import CourierConfig, parse_config
+from courier.core import metrics
 from ingest import handoff
 from ingest import ranges as ranges_module
 from ingest.consumer import Ingest

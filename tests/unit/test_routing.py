@@ -1,4 +1,4 @@
-from courier.config import RouteRule, RoutesConfig
+from courier.config.model import RouteRule, RoutesConfig
 from ingest.routing import Router
 
 RULES = [

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from courier.cli import app
-from courier.config import ConfigError, RoutesConfig, parse_config
+from courier.config.model import ConfigError, RoutesConfig, parse_config
 from ingest.routing import RouteDecision, Router
 from workflows.types import Blob, Header, KafkaRecord
 

@@ -22,7 +22,7 @@ from temporalio.converter import (
     PayloadCodec,
 )
 
-from courier.encryption import EncryptionConfig
+from courier.core.encryption import EncryptionConfig
 
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"

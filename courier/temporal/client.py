@@ -28,8 +28,8 @@ from temporalio.runtime import (
 )
 from temporalio.service import RPCError, TLSConfig
 
-from courier.codec import data_converter
-from courier.config import TemporalConfig
+from courier.config.model import TemporalConfig
+from courier.core.codec import data_converter
 
 log = logging.getLogger("courier")
 
@@ -259,7 +259,7 @@ async def connect(
     one line and retried with backoff (for long-running services; cancel the call to give up);
     without it, the first failure raises :class:`TemporalUnreachable`. The client encrypts
     payloads when ``temporal.encryption`` is set (a key that cannot be read raises
-    :class:`courier.encryption.EncryptionKeyError` at once).
+    :class:`courier.core.encryption.EncryptionKeyError` at once).
     """
     converter = data_converter(config.encryption)  # EncryptionKeyError: not worth retrying
     delay = 1.0

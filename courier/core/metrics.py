@@ -1,6 +1,6 @@
 """Prometheus metrics of Courier, labelled by destination; served by ``--metrics-port``.
 
-The same port answers ``/healthz`` and ``/readyz`` (see :mod:`courier.health`).
+The same port answers ``/healthz`` and ``/readyz`` (see :mod:`courier.core.health`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
-from courier.health import HEALTH, Health
+from courier.core.health import HEALTH, Health
 
 HOST_ENV = "COURIER_METRICS_HOST"
 """Address the metrics (and health) server binds to; 127.0.0.1 unless set (in a pod: 0.0.0.0)."""

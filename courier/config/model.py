@@ -29,9 +29,9 @@ from activities.registry import (
     RegisteredKinds,
     on_change,
 )
-from courier.durations import Duration
-from courier.encryption import EncryptionConfig
-from courier.k8s_config import KubernetesConfig
+from courier.config.kubernetes import KubernetesConfig
+from courier.core.durations import Duration
+from courier.core.encryption import EncryptionConfig
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -72,4 +72,4 @@ class Health:
 
 
 HEALTH = Health()
-"""The process's health, set by the CLI and served by :func:`courier.metrics.serve`."""
+"""The process's health, set by the CLI and served by :func:`courier.core.metrics.serve`."""

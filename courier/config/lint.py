@@ -21,7 +21,7 @@ import yaml
 from pydantic import SecretStr
 
 from activities.base import DestinationConfig
-from courier.config import (
+from courier.config.model import (
     _ENV_REFERENCE,
     CourierConfig,
     TreePath,

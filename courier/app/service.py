@@ -1,7 +1,7 @@
 """Running Courier's parts together in one process, with graceful shutdown on signals.
 
 SIGINT and SIGTERM are honoured in every state: while connecting to Temporal
-(``courier.stopping.unless_stopped`` around the connect), while ingest connects to Kafka, and
+(``courier.core.stopping.unless_stopped`` around the connect), while ingest connects to Kafka, and
 while running; the process is then gone within about 2 s (destination workers with exports in
 flight take up to ``workers.graceful_shutdown`` to let them finish).
 """
@@ -16,12 +16,12 @@ from collections.abc import Iterator, Sequence
 
 from temporalio.client import Client
 
-from courier import metrics
-from courier.config import CourierConfig
-from courier.health import HEALTH
-from courier.ops.output import Output
-from courier.stopping import unless_stopped
-from courier.temporal import connect, sdk_metrics_runtime
+from courier.config.model import CourierConfig
+from courier.core import metrics
+from courier.core.health import HEALTH
+from courier.core.output import Output
+from courier.core.stopping import unless_stopped
+from courier.temporal.client import connect, sdk_metrics_runtime
 from ingest.consumer import Ingest
 from worker import run_workers
 

@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from activities.registry import DISCRIMINATOR, RegisteredKinds
-from courier.config import CourierConfig
-from courier.durations import format_duration
+from courier.config.model import CourierConfig
+from courier.core.durations import format_duration
 
 ROOT_TITLE = "Top level"
 

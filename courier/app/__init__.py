@@ -1,0 +1,1 @@
+"""Courier as one process: ingest and workers side by side (``courier run``)."""

@@ -1,0 +1,1 @@
+"""The config file: its model, what a valid one may still get wrong, its reference."""

@@ -1,0 +1,1 @@
+"""Leaf modules every layer may use: identities, durations, rates, metrics, codecs, logs."""

@@ -1,0 +1,1 @@
+"""Connecting to Temporal: address, namespace, TLS or API key, the payload codec."""
