@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test test-unit lint stack-start stack-stop stack-status bench bench-isolation
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml dev/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./dev
 	touch $@
 
 venv: $(STAMP)

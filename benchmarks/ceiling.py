@@ -19,7 +19,7 @@ from temporalio.worker import Worker
 from benchmarks.common import CpuMeter, Measurement, cpu_between, timeout_for, wait_until
 from benchmarks.histories import history_stats
 from benchmarks.noop import BenchNoop, noop
-from devtools.stack.settings import StackSettings
+from courier_devtools.stack.settings import StackSettings
 
 PER_RECORD_SLOWEST = 5.0
 """records/s under which a per-record run is taken as stuck (the timeout's basis)."""

@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devtools.stack.control import _SERVICE_TYPES
-from devtools.stack.processes import _children_of, _pid_alive
-from devtools.stack.settings import StackSettings
+from courier_devtools.stack.control import _SERVICE_TYPES
+from courier_devtools.stack.processes import _children_of, _pid_alive
+from courier_devtools.stack.settings import StackSettings
 
 FILE_POLL_S = 0.005
 """How often a file's size is checked while waiting for lines (its mtime refines the end)."""

@@ -32,8 +32,8 @@ from benchmarks.common import (
     timeout_for,
     wait_for_lines,
 )
-from devtools.stack.processes import _tail
-from devtools.stack.settings import StackSettings
+from courier_devtools.stack.processes import _tail
+from courier_devtools.stack.settings import StackSettings
 
 HERE = Path(__file__).resolve().parent / "kafka-connect"
 POM = HERE / "pom.xml"

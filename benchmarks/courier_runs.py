@@ -42,7 +42,7 @@ from benchmarks.common import (
 from benchmarks.histories import history_stats
 from courier.app.service import run_service
 from courier.config.model import CourierConfig, parse_config
-from devtools.stack.settings import StackSettings
+from courier_devtools.stack.settings import StackSettings
 from ingest.consumer import Ingest
 
 BATCH_MAX_RECORDS = 500

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import PipelineError, terminate
-from devtools.stack.processes import _tail
-from devtools.stack.settings import REPO_ROOT, settings_from_env
+from courier_devtools.stack.processes import _tail
+from courier_devtools.stack.settings import REPO_ROOT, settings_from_env
 
 CHILD_TIMEOUT_FLOOR_S = 300.0
 

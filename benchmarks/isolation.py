@@ -4,7 +4,8 @@
 [--bound endpoint|machine|both]`` on the running local stack. Courier runs as real processes,
 as in production: ``courier ingest``, ``courier worker --workflows`` and one
 ``courier worker -d NAME`` per destination.
-The destinations are REST endpoints of this process's recording receiver (``devtools.receiver``):
+The destinations are REST endpoints of this process's recording receiver
+(``courier_devtools.receiver``):
 
 - ``healthy``: unthrottled, answers 200 at once — the one measured;
 - ``throttled``: ``rate_limit: 5``, answers 200 at once;
@@ -67,8 +68,8 @@ from benchmarks.common import CpuMeter, cpu_between, free_port
 from benchmarks.kafka_io import create_topic, delete_topic
 from courier.config.model import CourierConfig, parse_config
 from courier.core.task_queues import describe
-from devtools.receiver import Receiver
-from devtools.stack.settings import REPO_ROOT, StackSettings, settings_from_env
+from courier_devtools.receiver import Receiver
+from courier_devtools.stack.settings import REPO_ROOT, StackSettings, settings_from_env
 
 COURIER = str(Path(sys.executable).with_name("courier"))
 DOCS = REPO_ROOT / "docs" / "benchmarks.md"

@@ -43,7 +43,7 @@ from activities.rest import RestConfig, RestDestination
 from benchmarks.courier_runs import run_batch
 from benchmarks.kafka_io import delete_topic, fill_topic, record
 from courier.core.ids import workflow_id
-from devtools.stack.settings import REPO_ROOT, settings_from_env
+from courier_devtools.stack.settings import REPO_ROOT, settings_from_env
 from workflows.types import Blob, KafkaRecord, OutgoingRecord
 
 REST_URL = "http://partner.test/v1/orders/{value.n}"

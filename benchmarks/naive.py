@@ -24,7 +24,7 @@ from benchmarks.common import (
     timeout_for,
     wait_for_lines,
 )
-from devtools.stack.settings import StackSettings
+from courier_devtools.stack.settings import StackSettings
 
 STOP_TIMEOUT_S = 30.0
 

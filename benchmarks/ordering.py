@@ -5,7 +5,7 @@ running local stack. Each trial has its own topic (3 partitions), consumer group
 queue and destination; its ``keys × updates`` records (updates of each key interleaved) are
 produced before Courier starts, in this process (ingest, the workflow worker and the
 destination's worker, as ``courier run``). The destination is a REST endpoint of this
-process's receiver (``devtools.receiver``) answering 200 after ``--delay`` seconds, with
+process's receiver (``courier_devtools.receiver``) answering 200 after ``--delay`` seconds, with
 ``max_concurrency`` 16 and no rate limit. Per round, ``ordering: key`` and ``ordering: none``
 run one after the other (the order swapped every other round).
 
@@ -31,8 +31,8 @@ from temporalio.client import Client
 from benchmarks.kafka_io import create_topic, delete_topic
 from courier.app.service import run_service
 from courier.config.model import parse_config
-from devtools.receiver import Receiver
-from devtools.stack.settings import StackSettings, settings_from_env
+from courier_devtools.receiver import Receiver
+from courier_devtools.stack.settings import StackSettings, settings_from_env
 from ingest.consumer import Ingest
 
 

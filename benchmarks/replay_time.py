@@ -29,9 +29,9 @@ import yaml
 from temporalio.client import Client
 
 from benchmarks.common import terminate
-from devtools.receiver import Receiver
-from devtools.stack.settings import settings_from_env
-from devtools.topics import create_topic, produce
+from courier_devtools.receiver import Receiver
+from courier_devtools.stack.settings import settings_from_env
+from courier_devtools.topics import create_topic, produce
 
 COURIER = str(Path(sys.executable).with_name("courier"))
 

@@ -51,7 +51,7 @@ from benchmarks.report import (
     markdown,
     print_console,
 )
-from devtools.stack.settings import REPO_ROOT, StackSettings, settings_from_env
+from courier_devtools.stack.settings import REPO_ROOT, StackSettings, settings_from_env
 
 console = Console(width=max(Console().width, 140))
 

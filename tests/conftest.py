@@ -1,6 +1,7 @@
 """Fixtures for tests against the real local stack (Kafka, Temporal, PostgreSQL).
 
-``stack`` makes sure the stack runs: it calls :func:`devtools.stack.start_async`; whatever this
+``stack`` makes sure the stack runs: it calls :func:`courier_devtools.stack.start_async`;
+whatever this
 pytest session had to start it stops again at the end, and a stack that was already running is
 left alone. Other fixtures build on it. Tests that need the stack are marked
 ``@pytest.mark.integration`` (deselect them with ``-m "not integration"``).
@@ -16,8 +17,8 @@ import asyncpg
 import pytest
 from temporalio.client import Client
 
-from devtools import stack as stack_control
-from devtools.stack import StackSettings
+from courier_devtools import stack as stack_control
+from courier_devtools.stack import StackSettings
 
 
 @pytest.fixture(scope="session")

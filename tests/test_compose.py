@@ -1,4 +1,4 @@
-"""docker-compose.yml agrees with the local stack's defaults (devtools.stack.StackSettings)."""
+"""docker-compose.yml agrees with the local stack's defaults (courier_devtools StackSettings)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devtools.stack import (
+from courier_devtools.stack import (
     POSTGRES_DB,
     POSTGRES_PASSWORD,
     POSTGRES_USER,

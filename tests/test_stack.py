@@ -1,4 +1,4 @@
-"""Unit tests of devtools.stack that need no servers: settings, port checks, pid files, logs."""
+"""Unit tests of the local stack needing no server: settings, port checks, pid files, logs."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from devtools import stack
-from devtools.stack import PortInUseError, StackError, StackSettings
-from devtools.stack import kafka as stack_kafka
-from devtools.stack.kafka import _Kafka
-from devtools.stack.postgres import _Postgres
-from devtools.stack.processes import _pid_alive
-from devtools.stack.temporal import _Temporal
+from courier_devtools import stack
+from courier_devtools.stack import PortInUseError, StackError, StackSettings
+from courier_devtools.stack import kafka as stack_kafka
+from courier_devtools.stack.kafka import _Kafka
+from courier_devtools.stack.postgres import _Postgres
+from courier_devtools.stack.processes import _pid_alive
+from courier_devtools.stack.temporal import _Temporal
 
 
 @pytest.fixture

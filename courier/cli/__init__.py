@@ -63,9 +63,9 @@ COMMANDS_ENTRY_POINTS = "courier.commands"
 
 
 def _add_plugin_commands() -> None:
-    """Add the commands other packages register, e.g. ``stack`` and ``demo`` from ``devtools``.
+    """Add the commands other packages register (``stack`` and ``demo`` from courier_devtools).
 
-    A registration whose package is not installed (the Docker image has no ``devtools``) is
+    A registration whose package is not installed (the Docker image has no ``courier_devtools``) is
     skipped; any other import error is a bug and propagates.
     """
     for entry in entry_points(group=COMMANDS_ENTRY_POINTS):

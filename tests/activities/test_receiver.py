@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from devtools.receiver import Receiver
+from courier_devtools.receiver import Receiver
 
 
 @pytest.fixture

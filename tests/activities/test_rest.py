@@ -15,7 +15,7 @@ import pytest
 
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.rest import RestConfig, RestDestination, retry_after_seconds
-from devtools.receiver import Receiver
+from courier_devtools.receiver import Receiver
 from workflows.types import Blob, Header, KafkaRecord, OutgoingRecord
 
 

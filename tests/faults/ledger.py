@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaProducer
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from devtools.receiver import Receiver
+from courier_devtools.receiver import Receiver
 
 FAULT_ID = "fault-id"
 

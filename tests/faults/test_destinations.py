@@ -18,8 +18,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from courier.core.task_queues import describe
-from devtools.stack.postgres import SECURE_PASSWORD, SECURE_USER, secure_dsn
-from devtools.topics import create_topic
+from courier_devtools.stack.postgres import SECURE_PASSWORD, SECURE_USER, secure_dsn
+from courier_devtools.topics import create_topic
 from tests.faults.common import (
     assert_clean,
     fill,
@@ -500,7 +500,8 @@ async def _password_enforced(settings: Any) -> None:
     await conn.close()
     raise AssertionError(
         "PostgreSQL accepts courier_secure without its password: start the stack with the "
-        "current devtools/stack/postgres.py (courier stack start) to add its pg_hba rule"
+        "current dev/courier_devtools/stack/postgres.py (courier stack start) to add its "
+        "pg_hba rule"
     )
 
 

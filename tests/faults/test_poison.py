@@ -21,7 +21,7 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter
 
 from courier.config.model import parse_config
-from devtools.topics import create_topic, topic_id
+from courier_devtools.topics import create_topic, topic_id
 from tests.faults.common import (
     fill,
     json_records,

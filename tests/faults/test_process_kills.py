@@ -13,7 +13,7 @@ from temporalio.client import Client
 
 from activities.base import TimeoutConfig
 from courier.config.model import parse_config
-from devtools.topics import create_topic
+from courier_devtools.topics import create_topic
 from tests.faults.common import (
     assert_clean,
     fill,

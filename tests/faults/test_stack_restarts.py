@@ -1,7 +1,7 @@
 """Temporal and Kafka stopped and started again under a running Courier.
 
 These stop services of the shared local stack, through its own control code
-(``devtools.stack``), so the suite runs them last (``RESTARTS_STACK``); each test starts its
+(``courier_devtools.stack``), so the suite runs them last (``RESTARTS_STACK``); each test starts its
 service again whatever happens.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from devtools import stack
-from devtools.topics import create_topic
+from courier_devtools import stack
+from courier_devtools.topics import create_topic
 from tests.faults.common import (
     assert_clean,
     fill,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from devtools.topics import create_topic, recreate_topic, topic_id
+from courier_devtools.topics import create_topic, recreate_topic, topic_id
 from tests.faults.common import (
     assert_clean,
     fill,

@@ -34,8 +34,8 @@ from courier.ops.show import show
 from courier.ops.skip import skip
 from courier.ops.status import destination_statuses
 from courier.serving.pacing import PACE_REFRESH_S
-from devtools.receiver import ReceivedRequest, Receiver
-from devtools.topics import create_topic, produce, topic_id
+from courier_devtools.receiver import ReceivedRequest, Receiver
+from courier_devtools.topics import create_topic, produce, topic_id
 from ingest.consumer import Ingest
 from tests.integration.harness import (
     beyond_limit,

@@ -9,8 +9,8 @@ import pytest
 from temporalio.client import Client
 
 from courier.core.task_queues import describe
-from devtools.receiver import Receiver
-from devtools.topics import create_topic, produce
+from courier_devtools.receiver import Receiver
+from courier_devtools.topics import create_topic, produce
 from tests.integration.harness import busiest_window, courier_running, eventually, pipeline_config
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.records_to_delete import RecordsToDelete
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
-from devtools.topics import create_topic, produce
+from courier_devtools.topics import create_topic, produce
 from tests.integration.harness import courier_running, file_config, wait_for_workflows
 
 pytestmark = pytest.mark.integration

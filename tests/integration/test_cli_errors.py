@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devtools.stack import StackSettings
+from courier_devtools.stack import StackSettings
 
 pytestmark = pytest.mark.integration
 

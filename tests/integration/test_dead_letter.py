@@ -24,8 +24,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from courier.config.model import CourierConfig
 from courier.core.ids import workflow_id
-from devtools.receiver import Receiver
-from devtools.topics import create_topic, topic_id
+from courier_devtools.receiver import Receiver
+from courier_devtools.topics import create_topic, topic_id
 from ingest import dead_letter as dl
 from tests.integration.harness import (
     courier_running,

@@ -8,8 +8,8 @@ from urllib.parse import unquote
 import pytest
 from rich.console import Console
 
-from devtools.demo import demo_keys, run_demo
-from devtools.stack import StackSettings
+from courier_devtools.demo import demo_keys, run_demo
+from courier_devtools.stack import StackSettings
 
 RECORDS = 24
 

@@ -15,7 +15,7 @@ import pytest
 from temporalio.client import Client
 
 from courier.ops.status import destination_statuses
-from devtools.topics import create_topic, produce
+from courier_devtools.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
     eventually,

@@ -28,7 +28,7 @@ from temporalio.converter import DataConverter
 from courier.config.model import CourierConfig, parse_config
 from courier.core.codec import ENCODING, KEY_ID
 from courier.temporal.client import connect
-from devtools.topics import create_topic, produce
+from courier_devtools.topics import create_topic, produce
 from tests.integration.harness import courier_running, eventually, wait_for_workflows
 from workflows.types import ExportRecordInput
 

@@ -16,8 +16,8 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from courier.config.model import CourierConfig
 from courier.ops.failures import find_failures, group
-from devtools.receiver import Receiver
-from devtools.topics import create_topic, produce
+from courier_devtools.receiver import Receiver
+from courier_devtools.topics import create_topic, produce
 from tests.integration.harness import courier_running, pipeline_config, wait_for_workflows
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from courier.config.model import CourierConfig
-from devtools.stack import StackSettings
-from devtools.topics import create_topic, produce
+from courier_devtools.stack import StackSettings
+from courier_devtools.topics import create_topic, produce
 from ingest.consumer import Ingest
 from tests.integration.harness import (
     courier_running,

@@ -11,8 +11,8 @@ import pytest
 from temporalio.client import Client
 
 from courier.core.ids import workflow_id
-from devtools.receiver import Receiver
-from devtools.topics import create_topic, produce, topic_id
+from courier_devtools.receiver import Receiver
+from courier_devtools.topics import create_topic, produce, topic_id
 from tests.integration.harness import courier_running, eventually, pipeline_config
 from workflows.types import ExportReceipt
 

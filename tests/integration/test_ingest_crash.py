@@ -15,7 +15,7 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 from temporalio.client import Client
 
-from devtools.topics import create_topic, produce
+from courier_devtools.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
     eventually,

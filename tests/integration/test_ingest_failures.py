@@ -21,8 +21,8 @@ from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.exceptions import ApplicationError
 
 from courier.core import metrics
-from devtools.receiver import Receiver
-from devtools.topics import create_topic, produce
+from courier_devtools.receiver import Receiver
+from courier_devtools.topics import create_topic, produce
 from ingest.consumer import Ingest
 from tests.integration.harness import (
     courier_running,

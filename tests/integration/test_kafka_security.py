@@ -1,6 +1,6 @@
 """Courier against a Kafka broker that speaks only SASL_SSL (SCRAM-SHA-512) and mTLS, for real.
 
-One private broker for the module (:class:`devtools.stack.secure_kafka.SecureKafka`: its own
+One private broker for the module (:class:`courier_devtools.stack.secure_kafka.SecureKafka`: its own
 free ports, a CA and certificate made with ``openssl``, SCRAM users written by Kafka's own
 ``kafka-storage format --add-scram``), next to the stack's broker and stopped by PID at the end.
 The tests prove that ingest reads, commits and hands off over SASL_SSL, that workers fetch
@@ -26,10 +26,10 @@ from temporalio.client import Client
 
 from activities.errors import RetryableExportError
 from courier.config.model import KafkaConfig, KafkaSecurity
-from devtools.certs import make_certificates
-from devtools.stack import StackSettings
-from devtools.stack.secure_kafka import SecureKafka
-from devtools.tls_proxy import tls_proxy
+from courier_devtools.certs import make_certificates
+from courier_devtools.stack import StackSettings
+from courier_devtools.stack.secure_kafka import SecureKafka
+from courier_devtools.tls_proxy import tls_proxy
 from ingest.fetch import KafkaRecordSource
 from tests.integration.harness import courier_running, file_config, wait_for_workflows
 from tests.integration.test_cli_errors import assert_plain, courier

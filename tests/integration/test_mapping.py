@@ -15,8 +15,8 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 
 from courier.core import search_attributes as sa
-from devtools.receiver import Receiver
-from devtools.topics import create_topic, produce, topic_id
+from courier_devtools.receiver import Receiver
+from courier_devtools.topics import create_topic, produce, topic_id
 from tests.integration.harness import courier_running, eventually, pipeline_config
 from tests.integration.test_batch_mode import (
     COURIER,

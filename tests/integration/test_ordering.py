@@ -26,7 +26,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from courier.config.model import parse_config
 from courier.ops.blocked import blocked_keys, key_state
-from devtools.topics import create_topic
+from courier_devtools.topics import create_topic
 from tests.faults.ledger import Ledger
 from tests.faults.processes import config_data
 from tests.integration.harness import (

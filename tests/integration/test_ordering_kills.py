@@ -20,7 +20,7 @@ from temporalio.client import Client
 
 from courier.core.ids import key_workflow_id
 from courier.ops.blocked import key_state
-from devtools.topics import create_topic
+from courier_devtools.topics import create_topic
 from tests.faults.common import wait_until
 from tests.faults.ledger import FAULT_ID, Ledger
 from tests.faults.processes import Fleet, config_data

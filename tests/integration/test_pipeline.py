@@ -11,8 +11,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
 from courier.core.ids import workflow_id
-from devtools.receiver import Receiver
-from devtools.topics import create_topic, produce, topic_id
+from courier_devtools.receiver import Receiver
+from courier_devtools.topics import create_topic, produce, topic_id
 from tests.integration.harness import (
     beyond_limit,
     courier_running,

@@ -298,7 +298,7 @@ async def test_opening_with_wrong_credentials_says_what_to_check(
     password: str | None,
     expected: str | None,
 ) -> None:
-    from devtools.stack.postgres import SECURE_PASSWORD, secure_dsn
+    from courier_devtools.stack.postgres import SECURE_PASSWORD, secure_dsn
 
     table = f"courier_secure_{unique}"
     config = PostgresConfig.model_validate(

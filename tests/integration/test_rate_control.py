@@ -17,8 +17,8 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from courier.core.task_queues import describe
 from courier.ops.status import destination_statuses
-from devtools.receiver import Receiver
-from devtools.topics import create_topic, produce
+from courier_devtools.receiver import Receiver
+from courier_devtools.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
     eventually,

@@ -10,7 +10,7 @@ import pytest
 from temporalio.client import Client
 
 from courier.app.service import run_service
-from devtools.topics import create_topic, produce
+from courier_devtools.topics import create_topic, produce
 from ingest.consumer import Ingest
 from tests.integration.harness import (
     courier_running,

@@ -17,8 +17,8 @@ from temporalio.client import Client
 from courier.config.model import CourierConfig
 from courier.core.ids import redrive_prefix, workflow_id
 from courier.ops.redrive import Redrive, RedriveSummary, Start
-from devtools.receiver import Receiver
-from devtools.topics import create_topic, produce, topic_id
+from courier_devtools.receiver import Receiver
+from courier_devtools.topics import create_topic, produce, topic_id
 from tests.integration.harness import courier_running, pipeline_config, wait_for_workflows
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Replayer
 
 from courier.ops import failures, replay
-from devtools.receiver import Receiver
-from devtools.topics import create_topic, produce
+from courier_devtools.receiver import Receiver
+from courier_devtools.topics import create_topic, produce
 from tests.integration.harness import (
     courier_running,
     pipeline_config,

@@ -14,8 +14,8 @@ from temporalio.client import Client
 
 from courier.core.task_queues import describe
 from courier.serving.pacing import PACE_REFRESH_S
-from devtools.receiver import Receiver
-from devtools.topics import create_topic, produce
+from courier_devtools.receiver import Receiver
+from courier_devtools.topics import create_topic, produce
 from tests.integration.harness import (
     beyond_limit,
     busiest_window,

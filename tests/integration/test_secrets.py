@@ -23,9 +23,9 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from courier.rate_control.workflow import destination_state_id
-from devtools.receiver import Receiver
-from devtools.stack.postgres import secure_dsn
-from devtools.topics import create_topic, produce
+from courier_devtools.receiver import Receiver
+from courier_devtools.stack.postgres import secure_dsn
+from courier_devtools.topics import create_topic, produce
 from tests.integration.harness import eventually, wait_for_workflows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

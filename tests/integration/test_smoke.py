@@ -15,7 +15,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
     from temporalio.worker import Worker
 
-    from devtools.stack import SEARCH_ATTRIBUTES
+    from courier_devtools.stack import SEARCH_ATTRIBUTES
 
 pytestmark = pytest.mark.integration
 

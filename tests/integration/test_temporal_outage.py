@@ -15,8 +15,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from temporalio.client import Client
 
-from devtools import stack
-from devtools.topics import create_topic, produce
+from courier_devtools import stack
+from courier_devtools.topics import create_topic, produce
 from ingest.consumer import Ingest
 from tests.integration.harness import courier_running, eventually, pipeline_config
 

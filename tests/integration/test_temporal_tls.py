@@ -1,6 +1,6 @@
 """Courier's Temporal client settings (``temporal.tls``, ``temporal.api_key``) against TLS.
 
-The stack's dev server speaks plaintext; :func:`devtools.tls_proxy.tls_proxy` puts a
+The stack's dev server speaks plaintext; :func:`courier_devtools.tls_proxy.tls_proxy` puts a
 TLS-terminating proxy in front of it (127.0.0.1, a free port, a certificate of a CA made with
 ``openssl`` for this module), so the client sees a Temporal frontend that speaks TLS only — as
 Temporal Cloud or a TLS load balancer does. The proxy also decodes the HTTP/2 request headers,
@@ -20,10 +20,10 @@ from pydantic import SecretStr
 
 from courier.config.model import TemporalConfig, TemporalTLS
 from courier.temporal.client import TemporalUnreachable, connect
-from devtools.certs import Certificates, make_certificates
-from devtools.stack import StackSettings
-from devtools.tls_proxy import TLSProxy, tls_proxy
-from devtools.topics import create_topic, produce
+from courier_devtools.certs import Certificates, make_certificates
+from courier_devtools.stack import StackSettings
+from courier_devtools.tls_proxy import TLSProxy, tls_proxy
+from courier_devtools.topics import create_topic, produce
 from tests.integration.harness import courier_running, file_config, wait_for_workflows
 from tests.integration.test_cli_errors import courier
 

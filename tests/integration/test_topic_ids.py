@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 
-from devtools.topics import create_topic
+from courier_devtools.topics import create_topic
 from ingest.topic_ids import TopicIdChange, TopicIds, fetch_topic_ids
 from tests.integration.harness import eventually
 

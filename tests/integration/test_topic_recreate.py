@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from devtools.tcp_proxy import tcp_proxy
-from devtools.topics import create_topic, produce, recreate_topic, topic_id
+from courier_devtools.tcp_proxy import tcp_proxy
+from courier_devtools.topics import create_topic, produce, recreate_topic, topic_id
 from tests.integration.harness import (
     committed_offsets,
     courier_running,

@@ -15,7 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("courier", "workflows", "activities", "ingest", "worker")
-DEVELOPMENT = ("devtools", "benchmarks", "tests")
+DEVELOPMENT = ("courier_devtools", "benchmarks", "tests")
+PLACES = {"courier_devtools": ROOT / "dev"}
+"""Where a top-level package lives, when not at the repository's root."""
 
 # Lowest first. A module's layer is that of the longest prefix listed; imports may only go to
 # the same or a lower layer.
@@ -59,8 +61,8 @@ FOLDERS: list[str] = [
 ]
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, base: Path = ROOT) -> str:
+    parts = list(path.relative_to(base).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -69,11 +71,12 @@ def module_name(path: Path) -> str:
 def sources() -> dict[str, Path]:
     found = {}
     for top in (*PRODUCT, *DEVELOPMENT):
-        base = ROOT / top
+        place = PLACES.get(top, ROOT)
+        base = place / top
         paths = [base.with_suffix(".py")] if not base.is_dir() else sorted(base.rglob("*.py"))
         for path in paths:
             if path.exists():
-                found[module_name(path)] = path
+                found[module_name(path, place)] = path
     return found
 
 

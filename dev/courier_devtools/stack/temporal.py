@@ -6,9 +6,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from devtools.stack.errors import MissingToolError
-from devtools.stack.processes import Echo, _port_open, _Service
-from devtools.stack.settings import SEARCH_ATTRIBUTES
+from courier_devtools.stack.errors import MissingToolError
+from courier_devtools.stack.processes import Echo, _port_open, _Service
+from courier_devtools.stack.settings import SEARCH_ATTRIBUTES
 
 
 class _Temporal(_Service):

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from devtools import stack
+from courier_devtools import stack
 
 stack_app = typer.Typer(
     help=(

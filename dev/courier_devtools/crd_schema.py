@@ -1,6 +1,6 @@
 """Turn a CustomResourceDefinition into the strict JSON schema tests validate manifests with.
 
-    python -m devtools.crd_schema keda.sh_scaledobjects.yaml v1alpha1 OUT.json "title"
+    python -m courier_devtools.crd_schema keda.sh_scaledobjects.yaml v1alpha1 OUT.json "title"
 
 Takes the version's ``openAPIV3Schema`` and, as kubeconform's strict mode does, forbids
 properties an object does not declare (``additionalProperties: false`` wherever an object lists

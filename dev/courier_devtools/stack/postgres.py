@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from devtools.stack.errors import MissingToolError, ServiceStartError, StackError
-from devtools.stack.processes import (
+from courier_devtools.stack.errors import MissingToolError, ServiceStartError, StackError
+from courier_devtools.stack.processes import (
     Echo,
     _cmdline,
     _is_root,
@@ -23,7 +23,12 @@ from devtools.stack.processes import (
     _run,
     _Service,
 )
-from devtools.stack.settings import POSTGRES_DB, POSTGRES_PASSWORD, POSTGRES_USER, StackSettings
+from courier_devtools.stack.settings import (
+    POSTGRES_DB,
+    POSTGRES_PASSWORD,
+    POSTGRES_USER,
+    StackSettings,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -32,7 +37,9 @@ SECURE_USER = "courier_secure"
 """A role that must give its password (scram-sha-256) on 127.0.0.1, unlike every other role of
 the stack (trusted): for tests of a destination whose credentials are wrong."""
 SECURE_PASSWORD = "courier-secure"
-_HBA_COMMENT = f"# Added by `courier stack` (devtools/stack): {SECURE_USER} must give its password"
+_HBA_COMMENT = (
+    f"# Added by `courier stack` (dev/courier_devtools/stack): {SECURE_USER} must give its password"
+)
 
 
 def secure_dsn(settings: StackSettings, password: str = SECURE_PASSWORD) -> str:
@@ -160,7 +167,7 @@ class _Postgres(_Service):
             )
             with (self.data / "postgresql.conf").open("a") as conf:
                 conf.write(
-                    "\n# Added by `courier stack` (devtools/stack/postgres.py): "
+                    "\n# Added by `courier stack` (dev/courier_devtools/stack/postgres.py): "
                     "a throw-away dev cluster.\n"
                     f"listen_addresses = '{self.s.host}'\n"
                     "unix_socket_directories = ''\n"

@@ -5,7 +5,7 @@ fetched when the stack first started), its own free ports on 127.0.0.1, its own 
 its own process, stopped by PID. What it proves is what a production cluster asks of Courier:
 
 - **TLS**: the listener's certificate is signed by a CA made at test time
-  (:func:`devtools.certs.make_certificates`, with ``openssl``); clients must trust that CA.
+  (:func:`courier_devtools.certs.make_certificates`, with ``openssl``); clients must trust that CA.
 - **SASL/SCRAM-SHA-512**: the users and their salted credentials are written into the cluster
   metadata by Kafka's own ``kafka-storage format --add-scram``, before the first start (the
   KRaft way; there is no ZooKeeper to write them to). The broker itself authenticates to its
@@ -35,11 +35,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from devtools.certs import Certificates, make_certificates
-from devtools.stack.errors import ServiceStartError, StackError
-from devtools.stack.kafka import _Kafka
-from devtools.stack.processes import _children_of, _pid_alive, _port_open, _run, _tail
-from devtools.stack.settings import StackSettings
+from courier_devtools.certs import Certificates, make_certificates
+from courier_devtools.stack.errors import ServiceStartError, StackError
+from courier_devtools.stack.kafka import _Kafka
+from courier_devtools.stack.processes import _children_of, _pid_alive, _port_open, _run, _tail
+from courier_devtools.stack.settings import StackSettings
 
 MECHANISM = "SCRAM-SHA-512"
 ADMIN_USER = "admin"

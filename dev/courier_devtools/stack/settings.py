@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from courier.core.search_attributes import DEV_SERVER_FLAGS
-from devtools.stack.errors import StackError
+from courier_devtools.stack.errors import StackError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
 STACK_DIR = (REPO_ROOT / ".stack").resolve()
 """Where the stack lives; a linked ``.stack`` (a git worktree sharing one) is the one it names."""
 """The repository root (holds ``stack/kafka/pom.xml`` and ``.stack/``)."""

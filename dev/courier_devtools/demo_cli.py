@@ -32,7 +32,7 @@ def demo(
     """Run the end-to-end demo: start the local stack, produce records to a fresh topic, export
     them with Courier in this process and watch them arrive at each destination. Exits 1 unless
     every record was exported."""
-    from devtools.demo import main
+    from courier_devtools.demo import main
 
     raise typer.Exit(
         main(config_path=config, records=records, timeout=timeout, keep_stack=keep_stack)

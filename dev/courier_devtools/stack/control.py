@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from devtools.stack.errors import PortInUseError, ServiceStartError, StackError
-from devtools.stack.kafka import _Kafka
-from devtools.stack.postgres import _Postgres
-from devtools.stack.processes import Echo, _pid_alive, _port_free, _rss_mb, _Service, _tail
-from devtools.stack.settings import StackSettings, settings_from_env
-from devtools.stack.temporal import _Temporal
+from courier_devtools.stack.errors import PortInUseError, ServiceStartError, StackError
+from courier_devtools.stack.kafka import _Kafka
+from courier_devtools.stack.postgres import _Postgres
+from courier_devtools.stack.processes import Echo, _pid_alive, _port_free, _rss_mb, _Service, _tail
+from courier_devtools.stack.settings import StackSettings, settings_from_env
+from courier_devtools.stack.temporal import _Temporal
 
 # The services, in display order: adding one is a module with a _Service subclass plus a line here.
 _SERVICE_TYPES: dict[str, type[_Service]] = {

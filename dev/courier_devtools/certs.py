@@ -13,8 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from devtools.stack.errors import MissingToolError
-from devtools.stack.processes import _run
+from courier_devtools.stack.errors import MissingToolError
+from courier_devtools.stack.processes import _run
 
 SERVER_NAMES = ("127.0.0.1", "localhost")
 """Names the server certificate is valid for (IP and DNS subject alternative names)."""

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from devtools.stack.errors import StackError
-from devtools.stack.settings import StackSettings
+from courier_devtools.stack.errors import StackError
+from courier_devtools.stack.settings import StackSettings
 
 Echo = Callable[[str], None]
 
