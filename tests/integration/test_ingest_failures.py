@@ -21,6 +21,7 @@ from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.exceptions import ApplicationError
 
 from courier.core import metrics
+from courier.core import search_attributes as sa
 from courier_devtools.receiver import Receiver
 from courier_devtools.topics import create_topic, produce
 from ingest.consumer import Ingest
@@ -31,7 +32,6 @@ from tests.integration.harness import (
     pipeline_config,
     wait_for_workflows,
 )
-from workflows.export_range import RANGE_FAILED_ERROR_TYPE
 from workflows.export_record import HAND_OFF_FAILED_ERROR_TYPE
 from workflows.types import ExportRangeInput, FailedRecord
 
@@ -331,31 +331,38 @@ async def test_a_range_whose_input_cannot_be_encoded_fails_visibly_and_the_parti
     failures_before = metrics.HAND_OFF_FAILURES.labels(topic)._value.get()
 
     query = f"WorkflowType = 'ExportRange' AND CourierTopic = '{topic}'"
+    records = f"WorkflowType = 'ExportRecord' AND CourierTopic = '{topic}'"
     async with courier_running(client, config) as ingest:
         assert ingest is not None
-        await wait_for_workflows(
-            client, query, 1, status=WorkflowExecutionStatus.FAILED, timeout=TIMEOUT
-        )
         await eventually(handed_off(ingest, len(keys)), timeout=TIMEOUT)
         await wait_committed(bootstrap, group, topic, len(keys))
-        # Every other range's workflow completes: its records are exported.
+        # Every range's workflow completes: the one that could not be handed off too, once each
+        # of its records has a Failed workflow of its own.
         total = (await temporal_client.count_workflows(query)).count
-        await wait_for_workflows(client, query, total - 1, timeout=TIMEOUT)
+        await wait_for_workflows(client, query, total, timeout=TIMEOUT)
+        inputs = [
+            await range_input_of(temporal_client, wf.id)
+            async for wf in temporal_client.list_workflows(query)
+        ]
+        [failed] = [i for i in inputs if not i.slices]
+        offsets = list(range(failed.first_offset, failed.last_offset + 1))
+        await wait_for_workflows(
+            client,
+            records,
+            len(offsets),
+            status=WorkflowExecutionStatus.FAILED,
+            timeout=TIMEOUT,
+        )
 
-    [failed_run] = [
-        wf async for wf in temporal_client.list_workflows(f"{query} AND ExecutionStatus = 'Failed'")
-    ]
-    failed = await range_input_of(temporal_client, failed_run.id)
     reason = "hand-off failed: ValueError: this codec refuses the marked range"
-    offsets = list(range(failed.first_offset, failed.last_offset + 1))
-    assert POISON_OFFSET in offsets and failed.slices == []
+    assert POISON_OFFSET in offsets
     assert failed.failed == [FailedRecord(o, f"file-{unique}", reason) for o in offsets]
-    with pytest.raises(WorkflowFailureError) as failure:
-        await temporal_client.get_workflow_handle(failed_run.id).result()
-    cause = failure.value.cause
-    assert isinstance(cause, ApplicationError) and cause.type == RANGE_FAILED_ERROR_TYPE
-    assert f"{len(offsets)} of {len(offsets)} records of {topic}/0" in cause.message
-    assert reason in cause.message, cause.message
+    own = [wf async for wf in temporal_client.list_workflows(f"{records}")]
+    assert sorted(wf.typed_search_attributes.get(sa.OFFSET) or -1 for wf in own) == offsets
+    for wf in own:
+        with pytest.raises(WorkflowFailureError) as failure:
+            await temporal_client.get_workflow_handle(wf.id).result()
+        assert reason in str(failure.value.cause), failure.value.cause
 
     # The partition moved on: every record outside the failed range is exported, once.
     assert exported_keys(out) == sorted(k for i, k in enumerate(keys) if i not in offsets)
