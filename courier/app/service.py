@@ -62,6 +62,8 @@ async def run_process(
     SIGINT/SIGTERM stop it in any state (exit 0). A metrics port that cannot be served is an
     error line (exit 2); an unexpected error while running is logged as critical (exit 1).
     """
+    # Said before /readyz is served, so a probe never sees a reason older than the truth.
+    HEALTH.set_ready(False, f"connecting to Temporal at {config.temporal.address}")
     if metrics_port is not None:
         try:
             metrics.serve(metrics_port)
@@ -86,7 +88,6 @@ async def run_process(
     stop = asyncio.Event()
     beating = asyncio.create_task(HEALTH.keep_beating())
     with stop_on_signals(stop):
-        HEALTH.set_ready(False, f"connecting to Temporal at {config.temporal.address}")
         client = await unless_stopped(connect(config.temporal, wait=True, runtime=runtime), stop)
         if client is None:
             beating.cancel()

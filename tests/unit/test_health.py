@@ -23,6 +23,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different free ports (each held until all are found, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def get(port: int, path: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
@@ -74,7 +86,7 @@ def test_the_metrics_port_serves_health_and_metrics() -> None:
 
 def test_a_process_waiting_for_temporal_is_live_but_not_ready(tmp_path: Path) -> None:
     """What the kubelet sees of a worker whose Temporal is down: alive (no restart), unready."""
-    temporal_port, metrics_port = free_port(), free_port()  # nothing listens on temporal_port
+    temporal_port, metrics_port = free_ports(2)  # nothing listens on temporal_port
     config = tmp_path / "courier.yaml"
     config.write_text(
         "kafka: {topics: [t]}\n"
