@@ -18,7 +18,12 @@ from courier.core.output import Output
 from courier.core.rates import format_rate
 from courier.core.task_queues import QueueState, describe
 from courier.ops.blocked import BlockedKey, blocked_keys
-from courier.ops.retention import retention_warnings
+from courier.ops.retention import (
+    failure_warnings,
+    format_retention,
+    namespace_retention_s,
+    retention_warnings,
+)
 from courier.rate_control.controller import ControlState, describe_decision
 from courier.rate_control.workflow import CONTROL_QUERY, WORKERS_QUERY, destination_state_id
 from ingest.ranges import RECORDS_MEMO
@@ -264,6 +269,24 @@ def destinations_table(config: CourierConfig, statuses: list[DestinationStatus])
     return table
 
 
+OLDEST_FAILURE_SCAN = 1000
+"""Failed workflows of a destination looked at for the oldest (a bound on status's time)."""
+
+
+async def oldest_failure(client: Client, destination: str) -> float | None:
+    """When the destination's oldest failed record's workflow closed (Unix time), if any."""
+    query = (
+        f"{sa.DESTINATION.name} = '{destination}' AND WorkflowType = 'ExportRecord' "
+        "AND ExecutionStatus = 'Failed'"
+    )
+    oldest = None
+    async for execution in client.list_workflows(query, limit=OLDEST_FAILURE_SCAN):
+        closed = execution.close_time.timestamp() if execution.close_time else None
+        if closed is not None and (oldest is None or closed < oldest):
+            oldest = closed
+    return oldest
+
+
 async def command(client: Client, config: CourierConfig, out: Output) -> int:
     """``courier status``: the destinations' table, their problems, batch ranges, blocked keys."""
     statuses = await destination_statuses(client, config)
@@ -275,6 +298,16 @@ async def command(client: Client, config: CourierConfig, out: Output) -> int:
             out.out.print(f"{dest.name}: {dest.rate_control}", highlight=False, markup=False)
     backlogs = [(d.name, d.queue.backlog_age_s) for d in statuses]
     for warning in await retention_warnings(config.kafka, backlogs):
+        out.warning(warning)
+    retention = await namespace_retention_s(client)
+    out.out.print(
+        f"namespace {config.temporal.namespace} keeps closed workflows "
+        f"{format_retention(retention)}; failed records live on only in a dead-letter topic",
+        highlight=False,
+        markup=False,
+    )
+    failures = [(d.name, d.failed, await oldest_failure(client, d.name)) for d in statuses]
+    for warning in failure_warnings(config, retention, failures):
         out.warning(warning)
     ranges = await range_status(client, config)
     if ranges.running or ranges.completed or ranges.failed:
