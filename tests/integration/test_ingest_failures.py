@@ -209,7 +209,11 @@ async def test_a_topic_ending_in_an_aborted_transaction_is_committed_to_its_end(
         await producer.stop()
     async with courier_running(temporal_client, config):
         await wait_committed(bootstrap, group, topic, 17)
-    assert exported_keys(out) == COMMITTED_KEYS
+
+        async def exported() -> bool:
+            return exported_keys(out) == COMMITTED_KEYS
+
+        await eventually(exported, timeout=TIMEOUT)
 
 
 # --- A record whose input cannot be encoded ------------------------------------------------
