@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -99,35 +100,29 @@ def range_input(
     partition: int,
     offsets: list[int],
     keys: list[bytes | RouteDecision | None],
-) -> tuple[ExportRangeInput, int]:
-    """The workflow input of a range, and how many of its records were skipped (no route)."""
+) -> ExportRangeInput:
+    """The workflow input of a range (records a rule skips are not listed in it)."""
     by_destination: dict[str, list[int]] = {}
     failed: list[FailedRecord] = []
-    skipped = 0
     for offset, key in zip(offsets, keys, strict=True):
         decision = router.route(key)
         if decision.destination is not None:
             by_destination.setdefault(decision.destination, []).append(offset)
-        elif decision.action == "skip":
-            skipped += 1
-        else:
+        elif decision.action != "skip":
             failed.append(FailedRecord(offset, None, decision.reason))
     slices = [
         RangeSlice(destination=config.destination(name).policy(), offsets=found)
         for name, found in by_destination.items()
     ]
-    return (
-        ExportRangeInput(
-            group=config.kafka.group,
-            topic=topic,
-            topic_id=topic_id,
-            partition=partition,
-            first_offset=offsets[0],
-            last_offset=offsets[-1],
-            slices=slices,
-            failed=failed,
-        ),
-        skipped,
+    return ExportRangeInput(
+        group=config.kafka.group,
+        topic=topic,
+        topic_id=topic_id,
+        partition=partition,
+        first_offset=offsets[0],
+        last_offset=offsets[-1],
+        slices=slices,
+        failed=failed,
     )
 
 
@@ -218,7 +213,9 @@ async def hand_off_range(
     while offsets and offsets[-1] > covered:
         keep = [i for i, o in enumerate(offsets) if o > covered]
         offsets, keys = [offsets[i] for i in keep], [keys[i] for i in keep]
-        build = _builder(
+        # Built inside launch_range, so that its failures follow the hand-off contract.
+        build = functools.partial(
+            range_input,
             config,
             router,
             topic=topic,
@@ -247,33 +244,6 @@ async def hand_off_range(
             existing += sum(1 for o in offsets if o <= result.existing_last)
             covered = result.existing_last
     return RangeHandOff(covered, started=started, existing=existing, skipped=skipped, failed=failed)
-
-
-def _builder(
-    config: CourierConfig,
-    router: Router,
-    *,
-    topic: str,
-    topic_id: str,
-    partition: int,
-    offsets: list[int],
-    keys: list[bytes | RouteDecision | None],
-) -> Callable[[], ExportRangeInput]:
-    """What builds the range's input, so that :func:`launch_range` sees its failures."""
-
-    def build() -> ExportRangeInput:
-        workflow_input, _ = range_input(
-            config,
-            router,
-            topic=topic,
-            topic_id=topic_id,
-            partition=partition,
-            offsets=offsets,
-            keys=keys,
-        )
-        return workflow_input
-
-    return build
 
 
 def _listed(workflow_input: ExportRangeInput) -> list[int]:
