@@ -78,6 +78,11 @@ POLL_TIMEOUT_MS = 200
 POSITION_TIMEOUT_S = 0.2
 """The longest a commit waits for a partition's position (known at once, unless resetting)."""
 MISSING_TOPIC_LOG_S = 30.0
+FETCH_MAX_WAIT_MS = 100
+"""How long the broker may hold a fetch for partitions at their log end. One fetch is in flight
+per broker, and a partition that was paused, or whose records were not yet taken, when it was
+sent waits for it to return before its own next fetch: with Kafka's 500 ms, a partition behind
+others at their end got one fetch's records per half second."""
 
 
 def strategy_for(config: CourierConfig, hand_offs: HandOffs, load: DestinationLoad) -> Strategy:
@@ -187,9 +192,9 @@ class Ingest:
             timeout_ms = min(POLL_TIMEOUT_MS, due_ms)
         else:
             timeout_ms = POLL_TIMEOUT_MS
-        batches = await consumer.getmany(
-            timeout_ms=timeout_ms, max_records=self.config.kafka.max_in_flight
-        )
+        # Everything fetched, at once: records left in aiokafka's buffer keep their partition
+        # out of the next fetch request (see FETCH_MAX_WAIT_MS).
+        batches = await consumer.getmany(timeout_ms=timeout_ms)
         owned = consumer.assignment()
         fetched = False
         for tp, records in batches.items():
@@ -357,6 +362,7 @@ class Ingest:
             enable_auto_commit=False,
             auto_offset_reset=kafka.auto_offset_reset,
             client_id=f"courier-ingest-{kafka.group}",
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             **consumer_options(kafka),
         )
         return consumer
