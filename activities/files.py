@@ -213,11 +213,11 @@ class FileDestination:
     ) -> int:
         self._catch_up(fd)
         lines: list[bytes] = []
-        keys: list[str] = []
+        keys: set[str] = set()
         for item, line in zip(batch, all_lines, strict=True):
             if item.idempotency_key in self._seen or item.idempotency_key in keys:
                 continue
-            keys.append(item.idempotency_key)
+            keys.add(item.idempotency_key)
             lines.append(line)
         if lines:
             data = b"".join(lines)
