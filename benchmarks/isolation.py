@@ -43,40 +43,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import contextlib
 import datetime as dt
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import httpx
-import yaml
-from aiokafka import AIOKafkaProducer
 from temporalio.client import Client
 
-from benchmarks.common import CpuMeter, cpu_between, free_port
-from benchmarks.kafka_io import create_topic, delete_topic
-from courier.config.model import CourierConfig, parse_config
+from benchmarks.common import cpu_between, free_port
+from benchmarks.harness import (
+    SETTLE_S,
+    Mode,
+    Run,
+    destination,
+    interleave,
+    machine_line,
+    max_in_window,
+    met,
+    others_running,
+    produce,
+    spread,
+    wait_effects,
+    wait_quiet,
+    write_section,
+)
 from courier.core.task_queues import describe
 from courier_devtools.receiver import Receiver
 from courier_devtools.stack.settings import REPO_ROOT, StackSettings, settings_from_env
 
-COURIER = str(Path(sys.executable).with_name("courier"))
+PREFIX = "isolation"
+"""Names of the trials' topics, groups and workflow task queues start with it."""
+WORKDIR = "bench-isolation"
+"""The trials' configs and logs, under the stack directory (it marks the trials' processes)."""
 DOCS = REPO_ROOT / "docs" / "benchmarks.md"
 START_MARK = "<!-- isolation:start -->"
 END_MARK = "<!-- isolation:end -->"
 
-Mode = Literal["per_record", "batch"]
 Bound = Literal["machine", "endpoint"]
 BOUND_TITLES = {
     "machine": "bound by the machine (healthy endpoint answers at once)",
@@ -118,12 +123,6 @@ ROW_TITLES = {
 TARGETS = {"throttled": 0.95, "down": 0.95, "both": 0.95, "interleaved": 0.9}
 THROTTLED_LIMIT = 5.0
 RATE_CASES = ((5.0, 100), (20.0, 300))
-PARTITIONS = 3
-BATCH_MAX_RECORDS = 500
-BATCH_MAX_WAIT = "200ms"
-STOP_TIMEOUT_S = 20.0
-QUIET_POLL_S = 60.0
-SETTLE_S = 3.0
 FAIRNESS = True
 
 
@@ -168,25 +167,6 @@ class RateTrial:
     steady_rate: float
 
 
-def spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
-    """``min / **median** / max``."""
-    if not values:
-        return "n/a"
-    low, mid, high = min(values), statistics.median(values), max(values)
-    return f"{fmt.format(low)} / **{fmt.format(mid)}** / {fmt.format(high)}"
-
-
-def max_in_window(times: Sequence[float], width: float = 1.0, since: float | None = None) -> int:
-    """Most timestamps in any half-open window ``[t, t + width)`` starting at one (≥ ``since``)."""
-    ordered = sorted(times)
-    best = 0
-    for i, start in enumerate(ordered):
-        if since is not None and start < since:
-            continue
-        best = max(best, bisect.bisect_left(ordered, start + width) - i)
-    return best
-
-
 # ------------------------------------------------------------------------------------------ CPU
 CPU_PARTS = {
     "ingest": ("ingest",),
@@ -198,255 +178,6 @@ CPU_PARTS = {
     "receiver (this process)": ("harness+in-process",),
 }
 """Columns of the CPU table: the ``CpuMeter`` roles each one sums."""
-
-
-# ------------------------------------------------------------------------------------ processes
-def _metrics_port() -> int:
-    """A free port whose next one is free too (Courier's metrics, then the SDK's)."""
-    while True:
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-
-
-def _start(args: list[str], config: Path, log: Path, port: int) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [COURIER, *args, "-c", str(config), "--metrics-port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "NO_COLOR": "1"},
-        )
-
-
-def _stop_all(procs: Iterable[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM every process this benchmark started, then SIGKILL its group if it lingers."""
-    procs = list(procs)
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _check_alive(procs: Sequence[subprocess.Popen[bytes]], log: Path) -> None:
-    for proc in procs:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}; see {log}")
-
-
-def others_running() -> list[str]:
-    """Other pytest or courier processes on the machine (not this benchmark's)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if "bench-isolation" in args:  # this benchmark's own processes
-                continue
-            words = args.split()[:4]
-            if any(w.endswith(("pytest", "/courier", "courier.cli")) for w in words):
-                found.append(f"{entry.name} {args.strip()[:120]}")
-    return found
-
-
-# ------------------------------------------------------------------------------------- Temporal
-async def _terminate_running(client: Client, task_queue: str) -> int:
-    """Terminate the trial's workflows still running (backlogs); return how many."""
-    query = f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
-    done = 0
-    gate = asyncio.Semaphore(32)
-
-    async def one(workflow_id: str, run_id: str | None) -> None:
-        async with gate:
-            with contextlib.suppress(Exception):
-                await client.get_workflow_handle(workflow_id, run_id=run_id).terminate(
-                    reason="isolation benchmark trial over"
-                )
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        ids = [(wf.id, wf.run_id) async for wf in client.list_workflows(query)]
-        if not ids:
-            if (await client.count_workflows(query)).count == 0:
-                break
-            await asyncio.sleep(0.5)
-            continue
-        await asyncio.gather(*(one(i, r) for i, r in ids))
-        done += len(ids)
-        await asyncio.sleep(0.5)
-    return done
-
-
-# ------------------------------------------------------------------------------------- configs
-def _destination(name: str, url: str, mode: Mode, **extra: Any) -> dict[str, Any]:
-    dest: dict[str, Any] = {"name": name, "kind": "rest", "url": url, "max_concurrency": 16}
-    if mode == "batch":
-        dest["batch_size"] = BATCH_MAX_RECORDS
-    return dest | extra
-
-
-def _base_config(
-    settings: StackSettings, unique: str, mode: Mode, topics: list[str]
-) -> dict[str, Any]:
-    ingest: dict[str, Any] = {"mode": mode, "fairness": FAIRNESS}
-    if mode == "batch":
-        ingest |= {"max_records": BATCH_MAX_RECORDS, "max_wait": BATCH_MAX_WAIT}
-    return {
-        "kafka": {
-            "bootstrap_servers": settings.kafka_bootstrap,
-            "topics": topics,
-            "group": f"isolation-{unique}",
-        },
-        "temporal": {
-            "address": settings.temporal_address,
-            "namespace": settings.temporal_namespace,
-            "workflow_task_queue": f"isolation-workflows-{unique}",
-        },
-        "ingest": ingest,
-    }
-
-
-async def _produce(bootstrap: str, topic: str, keys: Iterable[str]) -> None:
-    """Produce one small JSON record per key (acks=all), in order."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024
-    )
-    await producer.start()
-    try:
-        pending = []
-        for n, key in enumerate(keys):
-            value = f'{{"n":{n},"pad":"{"x" * 64}"}}'.encode()
-            pending.append(await producer.send(topic, key=key.encode(), value=value))
-            if len(pending) >= 10_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-
-
-class _Run:
-    """One trial's names, config file, processes and clean-up."""
-
-    def __init__(self, client: Client, settings: StackSettings, workdir: Path) -> None:
-        self.client = client
-        self.settings = settings
-        self.unique = uuid.uuid4().hex[:8]
-        self.workdir = workdir
-        self.config_path = workdir / f"{self.unique}.yaml"
-        self.log = workdir / f"{self.unique}.log"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.ports: list[int] = []  # each process's metrics (and health) port
-        self.cpu = CpuMeter(settings)  # the processes it starts, the stack, this process
-        self.topics: list[str] = []
-        self.config: dict[str, Any] = {}
-        self.parsed: CourierConfig | None = None
-
-    def topic(self, role: str) -> str:
-        return f"isolation-{role}-{self.unique}"
-
-    async def create_topics(self, *topics: str) -> None:
-        for topic in topics:
-            await create_topic(self.settings.kafka_bootstrap, topic, PARTITIONS)
-            self.topics.append(topic)
-
-    def write_config(self, config: dict[str, Any]) -> None:
-        self.parsed = parse_config(config, environ={})  # fail here, not in four processes
-        self.config = config
-        self.config_path.write_text(yaml.safe_dump(config))
-
-    def launch(self, *, destinations: bool = True) -> None:
-        """Start ingest, the workflow worker and (unless told not to) one worker per
-        destination."""
-        self._add("ingest", ["ingest"])
-        self._add("workflow worker", ["worker", "--workflows"])
-        if destinations:
-            self.launch_destinations()
-
-    def launch_destinations(self) -> None:
-        """Start one worker process per destination."""
-        for dest in self.config["destinations"]:
-            role = dest["name"].split("-", 1)[0] + "'s worker"  # healthy-…: "healthy's worker"
-            self._add(role, ["worker", "-d", dest["name"]])
-
-    def _add(self, role: str, args: list[str]) -> None:
-        port = _metrics_port()
-        proc = _start(args, self.config_path, self.log, port)
-        self.procs.append(proc)
-        self.ports.append(port)
-        self.cpu.add(role, proc.pid)
-
-    async def ready(self, timeout: float = 120.0) -> None:
-        """Wait until every process started answers 200 on ``/readyz``."""
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=2.0) as http:
-            for port in self.ports:
-                while True:
-                    self.alive()
-                    with contextlib.suppress(httpx.HTTPError):
-                        if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                            break
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"not ready after {timeout:.0f}s; see {self.log}")
-                    await asyncio.sleep(0.2)
-
-    def alive(self) -> None:
-        _check_alive(self.procs, self.log)
-
-    async def cleanup(self) -> int:
-        """Stop the processes, terminate the backlogs, delete the topics; terminated count."""
-        await asyncio.to_thread(_stop_all, self.procs)
-        terminated = 0
-        if self.config:
-            queue = self.config["temporal"]["workflow_task_queue"]
-            terminated = await _terminate_running(self.client, queue)
-            await _terminate_running(self.client, f"{queue}-control")  # DestinationState
-        for topic in self.topics:
-            await delete_topic(self.settings.kafka_bootstrap, topic)
-        return terminated
-
-
-async def _wait_effects(
-    receiver: Receiver, prefix: str, records: int, run: _Run, timeout: float
-) -> list[float]:
-    """Wait for ``records`` effects under ``prefix``; their arrival times, sorted.
-
-    The requests are scanned once each, as they come: the receiver runs in this process, and
-    rescanning all of them at every poll would take its CPU."""
-    deadline = time.monotonic() + timeout
-    times: list[float] = []
-    scanned = 0
-    while True:
-        run.alive()
-        requests = receiver.requests
-        for r in requests[scanned:]:
-            if r.path.startswith(prefix) and r.had_effect:
-                times.append(r.time)
-        scanned = len(requests)
-        if len(times) >= records:
-            return sorted(times)
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{len(times)} of {records} effects under {prefix} after {timeout:.0f}s; "
-                f"see {run.log}"
-            )
-        await asyncio.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------------- isolation
@@ -461,13 +192,13 @@ async def isolation_trial(
     other_n: int,
 ) -> Trial:
     """One variant once: Courier until the healthy destination had all its effects."""
-    run = _Run(client, settings, workdir)
+    run = Run(client, settings, workdir, PREFIX)
     u = run.unique
     with_throttled = variant in ("throttled", "both", "interleaved")
     with_down = variant in ("down", "both", "interleaved")
     async with Receiver() as receiver:
         healthy = f"healthy-{u}"
-        dests = [_destination(healthy, f"{receiver.url}/h-{u}/{{key}}", mode)]
+        dests = [destination(healthy, f"{receiver.url}/h-{u}/{{key}}", mode)]
         if bound == "endpoint":
             endpoint = ENDPOINTS[mode]
             receiver.script(f"/h-{u}/", delay=endpoint.answer_s)
@@ -476,7 +207,7 @@ async def isolation_trial(
         other_keys: list[str] = []
         if with_throttled:
             dests.append(
-                _destination(
+                destination(
                     f"throttled-{u}",
                     f"{receiver.url}/t-{u}/{{key}}",
                     mode,
@@ -486,17 +217,15 @@ async def isolation_trial(
             rules.append({"prefix": "t-", "destination": f"throttled-{u}"})
         if with_down:
             dests.append(
-                _destination(f"down-{u}", f"http://127.0.0.1:{free_port()}/d/{{key}}", mode)
+                destination(f"down-{u}", f"http://127.0.0.1:{free_port()}/d/{{key}}", mode)
             )
             rules.append({"prefix": "d-", "destination": f"down-{u}"})
         healthy_keys = [f"h-{i}" for i in range(healthy_n)]
         main_topic = run.topic("main")
         topics = [main_topic]
         if variant == "interleaved":
-            streams = [healthy_keys, [f"t-{i}" for i in range(other_n)]]
-            streams.append([f"d-{i}" for i in range(other_n)])
-            longest = max(len(s) for s in streams)
-            interleaved = [s[i] for i in range(longest) for s in streams if i < len(s)]
+            others_keys = [[f"{k}-{i}" for i in range(other_n)] for k in ("t", "d")]
+            interleaved = interleave([healthy_keys, *others_keys])
         elif variant != "alone":
             topics.insert(0, run.topic("other"))
             if with_throttled:
@@ -509,7 +238,7 @@ async def isolation_trial(
                     for pair in zip(other_keys[:other_n], other_keys[other_n:], strict=True)
                     for k in pair
                 ]
-        config = _base_config(settings, u, mode, topics)
+        config = run.base_config(mode, topics, fairness=FAIRNESS)
         config["destinations"] = dests
         config["routes"] = {"rules": rules, "default": healthy}
         try:
@@ -523,14 +252,14 @@ async def isolation_trial(
             produced = time.monotonic()
             bootstrap = settings.kafka_bootstrap
             if variant == "interleaved":
-                await _produce(bootstrap, main_topic, interleaved)
+                await produce(bootstrap, main_topic, interleaved)
             else:
                 if other_keys:
-                    await _produce(bootstrap, topics[0], other_keys)
-                await _produce(bootstrap, main_topic, healthy_keys)
-            times = await _wait_effects(
-                receiver, f"/h-{u}/", healthy_n, run, timeout=max(300.0, healthy_n / 5)
-            )
+                    await produce(bootstrap, topics[0], other_keys)
+                await produce(bootstrap, main_topic, healthy_keys)
+            prefix = f"/h-{u}/"
+            wanted = {prefix: healthy_n}
+            times = (await wait_effects(receiver, wanted, run, max(300.0, healthy_n / 5)))[prefix]
             used = cpu_between(cpu_before, run.cpu.snapshot())
             trial = Trial(variant, healthy_n, produced, times[0], times[-1])
             trial.cpu = {
@@ -567,20 +296,20 @@ async def rate_trial(
     client: Client, settings: StackSettings, workdir: Path, mode: Mode, limit: float, records: int
 ) -> RateTrial:
     """One rate-limited destination alone with a backlog of ``records``."""
-    run = _Run(client, settings, workdir)
+    run = Run(client, settings, workdir, PREFIX)
     u = run.unique
     async with Receiver() as receiver:
         name = f"limited-{u}"
         topic = run.topic("rate")
-        config = _base_config(settings, u, mode, [topic])
+        config = run.base_config(mode, [topic], fairness=FAIRNESS)
         config["destinations"] = [
-            _destination(name, f"{receiver.url}/l-{u}/{{key}}", mode, rate_limit=limit)
+            destination(name, f"{receiver.url}/l-{u}/{{key}}", mode, rate_limit=limit)
         ]
         config["routes"] = {"default": name}
         try:
             await run.create_topics(topic)
             run.write_config(config)
-            await _produce(settings.kafka_bootstrap, topic, (f"l-{i}" for i in range(records)))
+            await produce(settings.kafka_bootstrap, topic, (f"l-{i}" for i in range(records)))
             # The whole backlog waits in the destination's queue before its worker starts, so
             # the queue's rate limit is measured, not how fast workflows are started.
             run.launch(destinations=False)
@@ -596,9 +325,9 @@ async def rate_trial(
                 await asyncio.sleep(0.5)
             await asyncio.sleep(SETTLE_S)  # a range's last, partly filled activities
             run.launch_destinations()
-            times = await _wait_effects(
-                receiver, f"/l-{u}/", records, run, timeout=records / limit * 3 + 120
-            )
+            prefix = f"/l-{u}/"
+            timeout = records / limit * 3 + 120
+            times = (await wait_effects(receiver, {prefix: records}, run, timeout))[prefix]
         finally:
             await run.cleanup()
     start = times[0]
@@ -616,17 +345,6 @@ async def rate_trial(
 
 
 # -------------------------------------------------------------------------------------- report
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def _met(ok: bool) -> str:
-    return "yes" if ok else "**no**"
-
-
 def render(
     args: argparse.Namespace,
     trials: dict[tuple[Mode, Bound], list[list[Trial]]],
@@ -643,9 +361,7 @@ def render(
         f"--rounds {args.rounds} --records {args.records} --mode {args.mode} "
         f"--bound {args.bound}` "
         f"(`benchmarks/isolation.py`) on {started:%Y-%m-%d %H:%M} UTC; the run took "
-        f"{seconds / 60:.1f} min. Machine: {len(os.sched_getaffinity(0))} CPUs (`nproc`), "
-        f"{_cpu_model()}; the local stack (Kafka, Temporal dev server on SQLite, PostgreSQL) "
-        "shared with other users.",
+        f"{seconds / 60:.1f} min. {machine_line()}",
         "",
     ]
     if others:
@@ -714,10 +430,10 @@ def render(
             ratios = [t.running_rate / a.running_rate for t, a in zip(row, alone, strict=True)]
             e2e = [t.end_to_end_rate / a.end_to_end_rate for t, a in zip(row, alone, strict=True)]
             target = TARGETS.get(variant)
-            met = "" if target is None else _met(statistics.median(ratios) >= target)
+            held = "" if target is None else met(statistics.median(ratios) >= target)
             lines.append(
                 f"| {ROW_TITLES[variant]} | {spread([t.running_rate for t in row], '{:.1f}')} "
-                f"| {spread(ratios)} | {'' if target is None else f'≥ {target}'} | {met} "
+                f"| {spread(ratios)} | {'' if target is None else f'≥ {target}'} | {held} "
                 f"| {spread(e2e)} | {spread([t.first - t.produced for t in row], '{:.1f}')} |"
             )
         with_down = [t for r in rounds for t in r if t.variant in ("down", "both", "interleaved")]
@@ -802,8 +518,8 @@ def render(
                 f"| {spread([t.max_window for t in cases], '{:.0f}')} "
                 f"| {spread([t.first_second for t in cases], '{:.0f}')} "
                 f"| {spread([t.max_window_after_first for t in cases], '{:.0f}')} "
-                f"| {spread(ratios, '{:.3f}')} | {_met(steady_ok)} "
-                f"| {_met(all_ok)} / {_met(after_ok)} |"
+                f"| {spread(ratios, '{:.3f}')} | {met(steady_ok)} "
+                f"| {met(all_ok)} / {met(after_ok)} |"
             )
         lines += ["", "*met* columns: every round, not only the median.", ""]
     distinct = sorted(set(others))
@@ -817,27 +533,7 @@ def render(
 
 def write_docs(section: str) -> None:
     """Replace the text between the markers of docs/benchmarks.md (append them if absent)."""
-    text = DOCS.read_text()
-    block = f"{START_MARK}\n{section}{END_MARK}\n"
-    if START_MARK in text and END_MARK in text:
-        head, rest = text.split(START_MARK, 1)
-        tail = rest.split(END_MARK, 1)[1].lstrip("\n")
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    DOCS.write_text(text)
-
-
-# ---------------------------------------------------------------------------------------- main
-async def wait_quiet(limit_s: float) -> list[str]:
-    """Wait (polling every minute, up to ``limit_s``) until no other pytest runs; what is seen."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        busy = [p for p in others_running() if "pytest" in p]
-        if not busy or time.monotonic() > deadline:
-            return busy
-        print(f"waiting: {len(busy)} pytest processes running: {busy[0]}", flush=True)
-        await asyncio.sleep(QUIET_POLL_S)
+    write_section(DOCS, section, START_MARK, END_MARK)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -845,11 +541,11 @@ async def main(args: argparse.Namespace) -> None:
     FAIRNESS = not args.no_fairness
     settings = settings_from_env()
     if args.wait_quiet:
-        still = await wait_quiet(args.wait_quiet * 60)
+        still = await wait_quiet(args.wait_quiet * 60, WORKDIR)
         if still:
             print(f"still running after {args.wait_quiet} min: {still}", flush=True)
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
-    workdir = settings.stack_dir / "bench-isolation"
+    workdir = settings.stack_dir / WORKDIR
     workdir.mkdir(parents=True, exist_ok=True)
     started, t0 = dt.datetime.now(dt.UTC), time.monotonic()
     others: list[str] = []
@@ -865,7 +561,7 @@ async def main(args: argparse.Namespace) -> None:
             order = chosen if round_ % 2 == 0 else list(reversed(chosen))
             done: list[Trial] = []
             for variant in order:
-                others += others_running()
+                others += others_running(WORKDIR)
                 trial = await isolation_trial(
                     client, settings, workdir, mode, bound, variant, healthy_n, other_n
                 )
@@ -887,7 +583,7 @@ async def main(args: argparse.Namespace) -> None:
                 cases.reverse()
             done_rates = []
             for mode, limit, records in cases:
-                others += others_running()
+                others += others_running(WORKDIR)
                 rt = await rate_trial(client, settings, workdir, mode, limit, records)
                 done_rates.append(rt)
                 print(
