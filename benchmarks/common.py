@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from courier_devtools.stack.control import _SERVICE_TYPES
+from courier_devtools.stack.control import _SERVICE_TYPES, start_async, stop
 from courier_devtools.stack.processes import _children_of, _pid_alive
 from courier_devtools.stack.settings import StackSettings
+from courier_devtools.stack.temporal import _Temporal
 
 FILE_POLL_S = 0.005
 """How often a file's size is checked while waiting for lines (its mtime refines the end)."""
@@ -377,3 +378,30 @@ def process_alive(pid: int) -> bool:
 def timeout_for(records: int, slowest_rate: float, floor: float = 120.0) -> float:
     """A generous bound for ``records`` at ``slowest_rate`` records/s, at least ``floor`` s."""
     return max(floor, records / slowest_rate)
+
+
+# ------------------------------------------------------------------------------------- Temporal
+def temporal_db(settings: StackSettings) -> Path:
+    """The stack's Temporal SQLite database file (``.stack/temporal/temporal.db``)."""
+    return _Temporal(settings).db
+
+
+def temporal_db_mb(settings: StackSettings) -> float:
+    """Size of the stack's Temporal database on disk in MB: the file and its write-ahead log."""
+    db = temporal_db(settings)
+    files = (db, db.with_name(db.name + "-wal"))
+    return sum(f.stat().st_size for f in files if f.exists()) / 1e6
+
+
+async def fresh_temporal(settings: StackSettings) -> None:
+    """Restart the stack's Temporal server on an empty database.
+
+    Stops it (by PID), deletes its SQLite file and the ``-wal`` and ``-shm`` files beside it,
+    and starts it again, waiting until it answers (search attributes registered). Everything
+    the server held is gone: run it only where nothing else uses that stack.
+    """
+    await asyncio.to_thread(stop, ["temporal"], settings=settings, echo=None)
+    db = temporal_db(settings)
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        path.unlink(missing_ok=True)
+    await start_async(["temporal"], settings=settings, echo=None)
