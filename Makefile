@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit lint stack-start stack-stop stack-status bench bench-isolation
+.PHONY: venv demo test test-unit lint stack-start stack-stop stack-status bench bench-isolation bench-fan-out
 
 $(STAMP): pyproject.toml dev/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,6 @@ bench: venv
 
 bench-isolation: venv
 	$(BIN)/python -m benchmarks.isolation $(BENCH_ARGS)
+
+bench-fan-out: venv
+	$(BIN)/python -m benchmarks.fan_out $(BENCH_ARGS)
