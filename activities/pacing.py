@@ -4,9 +4,16 @@ The Temporal server enforces a destination's rate limit across all its workers, 
 activity, and its limiter starts with a full bucket: in the first second of a backlog it hands
 out about twice the limit, and in batch mode one activity carries many records. A partner that
 allows 5 requests per second answers 429 to either. Each worker therefore also spaces its own
-records at ``rate / workers`` with a burst of one (a leaky bucket, ``aiolimiter``), which keeps
-every 1-second window within the limit plus one while the server still holds the cluster-wide
-rate. ``courier.serving.pacing`` keeps the pacer's rate current.
+records at ``rate / workers`` with a burst of one, which keeps every 1-second window within the
+limit plus one while the server still holds the cluster-wide rate. ``courier.serving.pacing``
+keeps the pacer's rate current.
+
+The pacer keeps a schedule (GCRA: each record's due time is the previous one's plus the
+interval), not a sleep per record: a timer fires late — by a millisecond or so, more on a busy
+event loop — and a pacer that waits one interval after each record loses that every time (at
+50 records/s, 5 % under the limit). Keeping the schedule, a late record makes the next wait
+shorter, by at most ``CATCH_UP`` of an interval: records never go closer than
+``1 - CATCH_UP`` intervals, and a long stall or idle time is not made up.
 
 The server's limit counts activities. In per-record mode an activity is one record, and the
 server holds the destination's rate exactly across workers. In batch mode an activity carries
@@ -23,7 +30,6 @@ import asyncio
 import contextlib
 import threading
 
-from aiolimiter import AsyncLimiter
 from temporalio.worker import (
     CustomSlotSupplier,
     FixedSizeSlotSupplier,
@@ -34,6 +40,10 @@ from temporalio.worker import (
     WorkerTuner,
 )
 
+CATCH_UP = 0.25
+"""How much of an interval a record late on its schedule lets the next one make up (less for
+a fractional rate, so that a second never holds more than rate + 1 records)."""
+
 
 class Pacer:
     """Spaces records at most ``rate`` per second, no burst; no rate means no pacing."""
@@ -42,27 +52,40 @@ class Pacer:
         self.rate: float | None = None
         self.source = "the destination's rate_limit"
         """What sets the rate, for messages: the config, an operator's limit, rate control."""
-        self._limiter: AsyncLimiter | None = None
+        self._due = 0.0
+        """Event loop time the next record is due at, on the schedule."""
+        self._sent = 0.0
+        """Event loop time the last record went (its timer may have fired late)."""
+        self._turn = asyncio.Lock()
 
     def set_rate(self, rate: float | None, source: str | None = None) -> None:
         """Change the pace (records/s); None turns pacing off. ``source`` says what set it."""
         if source is not None:
             self.source = source
-        if rate == self.rate:
-            return
-        self.rate = rate
-        self._limiter = AsyncLimiter(1, 1 / rate) if rate else None
+        self.rate = rate or None
 
     async def wait(self, count: int = 1, *, until: float | None = None) -> bool:
         """Return when ``count`` more records may go, or at ``until`` (event loop time) at the
         latest; whether the pace was kept."""
+        loop = asyncio.get_running_loop()
         for _ in range(count):
-            limiter = self._limiter
-            if limiter is None:
+            if self.rate is None:
                 return True
             try:
-                async with asyncio.timeout_at(until):
-                    await limiter.acquire()
+                async with asyncio.timeout_at(until), self._turn:  # concurrent exports queue
+                    interval = 1 / self.rate
+                    # Any second then holds at most rate + 1 records (floor(rate + catch_up) + 1).
+                    catch_up = min(CATCH_UP, 1 - self.rate % 1)
+                    now = loop.time()
+                    due = max(
+                        self._due,  # the schedule,
+                        self._sent + interval * (1 - catch_up),  # never close on the last one,
+                        now - interval * catch_up,  # and idle time is not made up
+                    )
+                    if due > now:
+                        await asyncio.sleep(due - now)
+                    self._due = due + interval
+                    self._sent = loop.time()
             except TimeoutError:
                 return False
         return True
