@@ -15,9 +15,9 @@ its records with the reason — and the partition moves on. The failure is logge
 range's coordinates and counted (``courier_hand_off_failures``).
 
 :class:`Ranges` is the loop's strategy in batch mode: it gathers each partition's buffered
-records into an open range (offsets and keys only) and hands off ranges that are full or
-waited ``max_wait``, one partition's ranges several at a time once no earlier run's range can
-follow.
+records into an open range (offsets and keys only) and hands off ranges that are full
+(``max_records`` or ``max_bytes``) or waited ``max_wait``, one partition's ranges several at a
+time once no earlier run's range can follow.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from courier.config.model import CourierConfig
+from courier.config.model import CourierConfig, IngestConfig
 from courier.core import metrics
 from courier.core import search_attributes as sa
 from courier.core.ids import range_workflow_id
@@ -64,16 +64,31 @@ class OpenRange:
     opened: float = field(default_factory=time.monotonic)
     offsets: list[int] = field(default_factory=list)
     keys: list[bytes | RouteDecision | None] = field(default_factory=list)
+    size: int = 0
+    """Bytes of the records' keys and values, as stored in Kafka."""
+    full: bool = False
+    """Holds ``max_records`` records, or the next record would take it over ``max_bytes``."""
 
-    def add(self, offset: int, key: bytes | RouteDecision | None) -> None:
-        """Add the next record of the partition."""
+    def fits(self, size: int, ingest: IngestConfig) -> bool:
+        """Whether the partition's next record (``size``: its key's and value's bytes) may
+        join; if not, the range is full. A record over ``max_bytes`` gets a range of its own."""
+        if self.offsets and self.size + size > ingest.max_bytes:
+            self.full = True
+        return not self.full
+
+    def add(
+        self, offset: int, key: bytes | RouteDecision | None, size: int, ingest: IngestConfig
+    ) -> None:
+        """Add the partition's next record (one that :meth:`fits`)."""
         self.offsets.append(offset)
         self.keys.append(key)
+        self.size += size
+        self.full = len(self.offsets) >= ingest.max_records
 
-    def ready(self, max_records: int, max_wait_s: float) -> bool:
-        """Full, or waited long enough."""
-        return len(self.offsets) >= max_records or (
-            bool(self.offsets) and time.monotonic() - self.opened >= max_wait_s
+    def ready(self, ingest: IngestConfig) -> bool:
+        """Full, or waited ``max_wait``."""
+        return self.full or (
+            bool(self.offsets) and time.monotonic() - self.opened >= ingest.max_wait.total_seconds()
         )
 
 
@@ -406,7 +421,7 @@ class Ranges:
     def _gather(self, buffers: Buffers) -> None:
         """Move buffered records into each partition's open range (offsets and keys only)."""
         shared = self.hand_offs
-        max_records = shared.config.ingest.max_records
+        ingest = shared.config.ingest
         for tp, records in buffers.items():
             if not records:
                 continue
@@ -434,23 +449,23 @@ class Ranges:
                     continue
                 if open_range is None:
                     open_range = self._open[tp] = OpenRange()
-                if len(open_range.offsets) >= max_records:
+                size = max(0, record.serialized_key_size) + max(0, record.serialized_value_size)
+                if not open_range.fits(size, ingest):
                     break
                 records.popleft()
-                open_range.add(record.offset, shared.route_input(record, topic_id))
+                open_range.add(record.offset, shared.route_input(record, topic_id), size, ingest)
 
     def _close(self) -> None:
         """Hand off ranges that are full or waited long enough, one at a time per partition."""
         shared = self.hand_offs
         ingest = shared.config.ingest
-        max_wait = ingest.max_wait.total_seconds()
         for tp, open_range in list(self._open.items()):
             if shared.full():
                 return
             busy = self._in_flight[tp]
             if busy and (tp not in self._fresh or busy >= MAX_RANGES_PER_PARTITION):
                 continue
-            if not open_range.ready(ingest.max_records, max_wait):
+            if not open_range.ready(ingest):
                 continue
             topic_id = shared.topic_id(tp)
             if topic_id is None:

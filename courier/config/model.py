@@ -245,7 +245,17 @@ class IngestConfig(_Strict):
         "temporal.max_input_bytes always go by reference. Batch mode is always by reference.",
     )
     max_records: int = Field(
-        default=500, ge=1, le=10_000, description="Batch mode: most records in one range."
+        default=5000,
+        ge=1,
+        le=10_000,
+        description="Batch mode: most records in one range. A range closes on `max_records`, "
+        "`max_bytes` or `max_wait`, whichever comes first.",
+    )
+    max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        description="Batch mode: most bytes (keys and values, as stored in Kafka) in one range; "
+        "a single larger record gets a range of its own.",
     )
     max_wait: Duration = Field(
         default=timedelta(milliseconds=200),

@@ -9,6 +9,7 @@ moves on. The real stack: ``tests/integration/test_ingest_failures.py``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -38,7 +39,7 @@ from workflows.types import ExportRangeInput, FailedRecord
 WID = f"courier/g/{TOPIC}@{TOPIC_ID}/0/0/range"
 
 
-def batch_config(max_records: int = 3) -> CourierConfig:
+def batch_config(max_records: int = 3, max_bytes: int = 1 << 20) -> CourierConfig:
     return parse_config(
         {
             "kafka": {"topics": [TOPIC], "group": "g"},
@@ -53,7 +54,12 @@ def batch_config(max_records: int = 3) -> CourierConfig:
                 ],
                 "unmatched": "skip",
             },
-            "ingest": {"mode": "batch", "max_records": max_records, "max_wait": "1h"},
+            "ingest": {
+                "mode": "batch",
+                "max_records": max_records,
+                "max_bytes": max_bytes,
+                "max_wait": "1h",
+            },
         },
         environ={},
     )
@@ -225,8 +231,8 @@ async def test_a_failed_range_of_the_most_records_stays_under_temporals_limit() 
 
 
 # ------------------------------------------------------------------ the strategy in the loop
-def batch_ingest(client: FakeClient) -> tuple[Ingest, FakeConsumer]:
-    ingest = Ingest(CONFIG, client)  # type: ignore[arg-type]
+def batch_ingest(client: FakeClient, config: CourierConfig = CONFIG) -> tuple[Ingest, FakeConsumer]:
+    ingest = Ingest(config, client)  # type: ignore[arg-type]
     fake = FakeConsumer({TP})
     ingest._consumer = fake  # type: ignore[assignment]
     ingest._topic_ids = FakeTopicIds({TOPIC: TOPIC_ID})  # type: ignore[assignment]
@@ -302,3 +308,19 @@ async def test_an_error_escaping_the_range_hand_off_is_logged_retried_and_commit
     assert ingest.hand_offs.in_flight == 0 and ingest.tracker.in_flight() == 0
     await ingest.commit()
     assert fake.commits == [{TP: 3}]
+
+
+async def test_a_range_closes_at_max_bytes_and_a_bigger_record_gets_its_own() -> None:
+    client = FakeClient([])
+    ingest, fake = batch_ingest(client, batch_config(max_records=100, max_bytes=10))
+    fetched = records(TP, range(9))  # 4 bytes each (key and value)...
+    fetched[6] = dataclasses.replace(fetched[6], value=b"x" * 50, serialized_value_size=50)
+    fake.batches.append({TP: fetched})
+    await ingest._poll_once(fake)
+    for _ in range(4):
+        await settle()
+        ingest._dispatch()
+
+    ranges = [(call["args"][1].first_offset, call["args"][1].last_offset) for call in client.calls]
+    # [7, 8] stays open: it is not full and has not waited max_wait (an hour) yet.
+    assert ranges == [(0, 1), (2, 3), (4, 5), (6, 6)]
