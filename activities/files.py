@@ -44,6 +44,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 from pydantic import Field, model_validator
 
 from activities.base import DeploymentNeeds, DestinationConfig, Pace, no_pace
@@ -111,7 +112,10 @@ def record_line(item: OutgoingRecord, mapping: Expression | None = None) -> byte
                 f"gave {type(line).__name__} {_excerpt(line)}; a line must be an object"
             )
     line = {**line, "idempotency_key": item.idempotency_key}
-    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    try:
+        return orjson.dumps(line) + b"\n"  # the hot path: several times faster than json
+    except TypeError:  # what orjson does not take (integers beyond 64 bits): as json writes it
+        return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
 def _excerpt(value: object) -> str:

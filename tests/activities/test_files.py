@@ -176,3 +176,12 @@ async def test_separate_processes_write_each_record_once(tmp_path: Path) -> None
     assert [await p.wait() for p in procs] == [0, 0, 0]
 
     assert sorted(keys_in(path)) == sorted(f"courier/g/orders/0/{i}" for i in range(600))
+
+
+def test_a_line_keeps_every_digit_and_character_of_the_value() -> None:
+    """Numbers beyond 64 bits and text beyond ASCII are written as the record has them."""
+    value = '{"big": 123456789012345678901234567890, "small": 0.1, "name": "Zoë ✓"}'
+    line = record_line(outgoing(1, value=value.encode()))
+    assert b"123456789012345678901234567890" in line and "Zoë ✓".encode() in line
+    assert json.loads(line)["value"] == json.loads(value)
+    assert line.endswith(b"}\n") and line.count(b"\n") == 1
