@@ -1,8 +1,9 @@
 """Courier pipelines, run in this process via ``courier.app.service.run_service``.
 
-- ``courier-batch-file`` / ``courier-batch-file-fsync-never`` / ``courier-batch-postgres``:
-  ``ingest: {mode: batch, max_records: 500, max_wait: 200ms}`` and one destination with
-  ``batch_size: 500``. Timed from ingest start to the last record's effect: the file holds N
+- ``courier-batch-file`` / ``courier-batch-file-<max_records>`` / ``courier-batch-postgres``:
+  ``ingest: {mode: batch, max_wait: 200ms}`` with ``max_records`` as given (Courier's default
+  when not) and one destination with ``batch_size: 500``. Timed from ingest start to the last
+  record's effect: the file holds N
   lines (the file's mtime at that point) or ``SELECT count(*)`` of the table is N (seen by a
   20 ms poll). Then the run waits for all its workflows to close (not timed), stops Courier and
   checks the file has exactly N lines / the table exactly N rows.
@@ -45,9 +46,9 @@ from courier.config.model import CourierConfig, parse_config
 from courier_devtools.stack.settings import StackSettings
 from ingest.consumer import Ingest
 
-BATCH_MAX_RECORDS = 500
 BATCH_MAX_WAIT = "200ms"
 BATCH_SIZE = 500
+"""The destination's ``batch_size``: records per export activity at most."""
 BATCH_SLOWEST = 200.0
 """records/s under which a batch run is taken as stuck (the timeout's basis)."""
 MODE_CHECK_S = 10.0
@@ -69,11 +70,12 @@ def config_dict(
     fsync: Literal["always", "never"] = "always",
     window: int | None = None,
     mapping: dict[str, Any] | None = None,
+    max_records: int | None = None,
 ) -> dict[str, Any]:
     """A Courier config (as YAML would give it) with this run's own names and one destination.
 
     ``mapping``: extra destination fields, e.g. a file ``line`` mapping or PostgreSQL
-    ``columns``.
+    ``columns``. ``max_records``: batch mode's ``ingest.max_records`` (None: Courier's default).
     """
     name = f"bench-{kind}-{unique}"
     destination: dict[str, Any] = {"name": name, "kind": kind}
@@ -86,7 +88,9 @@ def config_dict(
     ingest: dict[str, Any] = {"mode": mode}
     if mode == "batch":
         destination["batch_size"] = BATCH_SIZE
-        ingest |= {"max_records": BATCH_MAX_RECORDS, "max_wait": BATCH_MAX_WAIT}
+        ingest["max_wait"] = BATCH_MAX_WAIT
+        if max_records is not None:
+            ingest["max_records"] = max_records
     return {
         "kafka": {
             "bootstrap_servers": settings.kafka_bootstrap,
@@ -192,8 +196,13 @@ async def run_batch(
     fsync: Literal["always", "never"] = "always",
     history_sample: int = 500,
     mapping: dict[str, Any] | None = None,
+    max_records: int | None = None,
 ) -> Measurement:
-    """Courier in batch mode until all ``records`` reached the destination."""
+    """Courier in batch mode until all ``records`` reached the destination.
+
+    ``max_records``: ``ingest.max_records``, records per range at most (None: Courier's
+    default); the value the run used is in its notes.
+    """
     out = tmp / "courier-out.jsonl"
     config = parse_config(
         config_dict(
@@ -205,6 +214,7 @@ async def run_batch(
             out=out,
             fsync=fsync,
             mapping=mapping,
+            max_records=max_records,
         ),
         environ={},
     )
@@ -266,6 +276,7 @@ async def run_batch(
     )
     notes = [
         f"exactly {records} {'lines' if kind == 'file' else 'rows'}",
+        f"max_records {config.ingest.max_records}",
         f"last workflow closed {closed_after - (times.last - t0):+.2f}s after the last effect "
         f"(effect seen {effect_done - times.last:.2f}s after it happened)",
     ]
