@@ -19,6 +19,12 @@ from benchmarks.ingest_memory import MemoryResult
 CPU_ROLES = ("harness+in-process", "temporal", "kafka", "postgres", "connect JVM")
 SHORT = {"harness+in-process": "in-proc", "postgres": "pg", "connect JVM": "JVM"}
 """Console headers of the CPU columns (the table is wide)."""
+IN_PROCESS = CPU_ROLES[0]
+CONNECT = "kafka-connect-file"
+BATCH = "courier-batch-file-5000"
+"""The batch pipeline compared with the others: Courier's default range size, `fsync: never`."""
+SMALL_RANGES = "courier-batch-file-500"
+"""The same with ranges of 500 records (the default before 5,000)."""
 
 
 @dataclass
@@ -54,6 +60,28 @@ class Report:
     background: list[CpuUsage] = field(default_factory=list)
     """CPU used while the suite ran nothing, once before each round."""
     problems: list[str] = field(default_factory=list)
+    temporal_db: TemporalDb | None = None
+
+    def by_name(self) -> dict[str, PipelineResults]:
+        """The pipelines that have at least one run, by name."""
+        return {r.name: r for r in self.results if r.runs}
+
+
+@dataclass(frozen=True)
+class TemporalDb:
+    """The stack's Temporal database over the run (the SQLite file and its write-ahead log)."""
+
+    start: str
+    """How the run's database began (fresh, or kept from before)."""
+    start_mb: float
+    end_mb: float
+
+    def line(self) -> str:
+        return (
+            f"Temporal's database: {self.start}; {self.start_mb:,.1f} MB at the start, "
+            f"**{self.end_mb:,.1f} MB** at the end (the SQLite file and its write-ahead log, "
+            "on disk)."
+        )
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -102,6 +130,29 @@ def _role_of(role: str) -> Callable[[CpuUsage], float | None]:
     return lambda usage: usage.seconds.get(role)
 
 
+def _cpu_per(r: PipelineResults, role: str, scale: float) -> float | None:
+    """Median over rounds of ``role``'s CPU seconds per record, times ``scale``."""
+
+    def per_record(m: Measurement) -> float | None:
+        used = m.cpu.seconds.get(role) if m.cpu else None
+        return None if used is None else scale * used / m.records
+
+    return r.median(per_record)
+
+
+def _running(r: PipelineResults | None) -> float | None:
+    return None if r is None else r.median(lambda m: m.running_rate)
+
+
+def connect_ratio(report: Report, r: PipelineResults) -> float | None:
+    """A Courier pipeline's median rate once running over Kafka Connect's, in the same run."""
+    connect = _running(report.by_name().get(CONNECT))
+    mine = _running(r)
+    if not r.name.startswith("courier-") or mine is None or not connect:
+        return None
+    return mine / connect
+
+
 def _cpu_total_per_k(r: PipelineResults) -> float | None:
     """Median over rounds of all known CPU seconds, per 1,000 records, in ms."""
 
@@ -137,7 +188,7 @@ def per_record_ratio(report: Report) -> str | None:
 
 def summary(report: Report) -> list[str]:
     """A few ratios of medians, computed from this run (nothing here is written by hand)."""
-    by_name = {r.name: r for r in report.results if r.runs}
+    by_name = report.by_name()
 
     def rate(name: str, running: bool = False) -> float | None:
         r = by_name.get(name)
@@ -146,13 +197,21 @@ def summary(report: Report) -> list[str]:
         return r.median(lambda m: m.running_rate if running else m.rate)
 
     lines = []
+    big, small = rate(BATCH, True), rate(SMALL_RANGES, True)
+    big_e2e, small_e2e = rate(BATCH), rate(SMALL_RANGES)
+    if big is not None and small and big_e2e is not None and small_e2e:
+        lines.append(
+            f"Throughput at `max_records` 5,000 ÷ at 500 (`{BATCH}` ÷ `{SMALL_RANGES}`, "
+            f"medians): **{big / small:.3g}×** once running, {big_e2e / small_e2e:.3g}× end to "
+            "end."
+        )
     pairs = [
-        ("courier-batch-file", "courier-per-record-file", False, "per-record Courier"),
-        ("courier-batch-file", "naive-aiokafka-file", False, "the naive consumer"),
-        ("courier-batch-file", "kafka-connect-file", False, "Kafka Connect, JVM start included"),
-        ("courier-batch-file", "kafka-connect-file", True, "Kafka Connect, both once running"),
-        ("courier-batch-file-fsync-never", "courier-batch-file", False, "`fsync: always`"),
-        ("courier-batch-postgres", "courier-batch-file", False, "the file destination"),
+        (BATCH, "courier-per-record-file", False, "per-record Courier"),
+        (BATCH, "naive-aiokafka-file", False, "the naive consumer"),
+        (BATCH, CONNECT, False, "Kafka Connect, JVM start included"),
+        (BATCH, CONNECT, True, "Kafka Connect, both once running"),
+        (BATCH, "courier-batch-file", False, "`fsync: always` and the same range size"),
+        ("courier-batch-postgres", BATCH, False, "the file destination with `fsync: never`"),
     ]
     for a, b, running, label in pairs:
         ra, rb = rate(a, running), rate(b, running)
@@ -164,30 +223,54 @@ def summary(report: Report) -> list[str]:
     return lines
 
 
+THROUGHPUT_COLUMNS = (
+    ("records", "records"),
+    ("rounds", "ok"),
+    ("records/s once running (min / **median** / max)", "once running"),
+    ("records/s end to end (min / **median** / max)", "end to end"),
+    ("once running ÷ Connect's (medians)", "÷ Connect"),
+    ("start → first effect, s (median)", "start s"),
+    ("in-process CPU µs / record", "µs/rec"),
+    ("Temporal CPU s / 10k records", "tmp s/10k"),
+    ("Temporal history events / record", "ev/rec"),
+)
+"""The throughput table's columns after the pipeline's name: (Markdown, console) headers."""
+
+
+def throughput_cells(report: Report, r: PipelineResults) -> list[str]:
+    """One pipeline's throughput row after its name (medians in bold, as Markdown)."""
+    if not r.runs:
+        return ["", "0", *[""] * (len(THROUGHPUT_COLUMNS) - 2)]
+    return [
+        f"{r.runs[0].records:,}",
+        str(len(r.runs)),
+        _spread(r.spread(lambda m: m.running_rate)),
+        _spread(r.spread(lambda m: m.rate)),
+        _sig(connect_ratio(report, r)) if r.name.startswith("courier-") else "",
+        _num(r.median(lambda m: m.startup_s), ".2f"),
+        _sig(_cpu_per(r, IN_PROCESS, 1e6)),
+        _sig(_cpu_per(r, "temporal", 1e4)),
+        _sig(r.median(lambda m: m.history.events_per_record if m.history else None)),
+    ]
+
+
 def print_console(report: Report, console: Console) -> None:
     rates = Table(
-        title=f"Throughput, records/s (min / median / max of {_rounds(report.rounds)})",
+        title=f"Throughput, records/s (min / median / max of {_rounds(report.rounds)}) and "
+        "cost per record (medians)",
         caption="once running: first effect → last effect; start s: consumer start → first "
-        "effect (the JVM's start for Connect)",
+        "effect (the JVM's start for Connect); µs/rec: this process's CPU per record (Courier's "
+        "ingest and workers + the harness); tmp s/10k: Temporal's CPU s per 10,000 records; "
+        "ev/rec: Temporal history events per record",
     )
-    for col in ("pipeline", "records", "ok", "end to end", "once running", "start s", "note"):
-        if col in ("pipeline", "note"):
-            rates.add_column(col, no_wrap=col == "pipeline")
-        else:
-            rates.add_column(col, justify="right")
+    rates.add_column("pipeline", no_wrap=True)
+    for _, header in THROUGHPUT_COLUMNS:
+        rates.add_column(header, justify="right", no_wrap=True)
+    rates.add_column("note")
     for r in report.results:
-        if not r.runs:
-            rates.add_row(r.name, "", "0", "", "", "", f"[red]{_first_line(r.error or '')}[/red]")
-            continue
-        rates.add_row(
-            r.name,
-            f"{r.runs[0].records:,}",
-            f"{len(r.runs)}",
-            _spread(r.spread(lambda m: m.rate)).replace("**", ""),
-            _spread(r.spread(lambda m: m.running_rate)).replace("**", ""),
-            _num(r.median(lambda m: m.startup_s), ".2f"),
-            f"[red]{_first_line(r.error)}[/red]" if r.error else "",
-        )
+        cells = [cell.replace("**", "") for cell in throughput_cells(report, r)]
+        note = f"[red]{_first_line(r.error)}[/red]" if r.error else ""
+        rates.add_row(r.name, *cells, note)
     console.print(rates)
     for line in summary(report):
         console.print("· " + line.replace("**", "").replace("`", ""))
@@ -231,6 +314,8 @@ def print_console(report: Report, console: Console) -> None:
             "",
         )
     console.print(cost)
+    if report.temporal_db is not None:
+        console.print(report.temporal_db.line().replace("**", ""))
     if report.memory is not None:
         mem = report.memory
         console.print(
@@ -263,7 +348,10 @@ def markdown(report: Report, chart_name: str | None) -> str:
     out += ["", "## Machine and versions", ""]
     out.append(_table(["", "value"], [[k, v] for k, v in report.environment.items()], right_from=2))
     out += ["", "## Method", ""]
-    out += [*(f"- {line}" for line in report.method), ""]
+    method = [*report.method]
+    if report.temporal_db is not None:
+        method.append(report.temporal_db.line())
+    out += [*(f"- {line}" for line in method), ""]
 
     lines = summary(report)
     if lines:
@@ -281,40 +369,26 @@ def markdown(report: Report, chart_name: str | None) -> str:
         out += [f"![median records/s per pipeline, min–max bars, log scale]({chart_name})", ""]
     rows = []
     for r in report.results:
+        cells = throughput_cells(report, r)
         if not r.runs:
-            rows.append([f"`{r.name}`", "", "0", "failed (see Problems)", "", ""])
-            continue
-        rows.append(
-            [
-                f"`{r.name}`",
-                f"{r.runs[0].records:,}",
-                str(len(r.runs)),
-                _spread(r.spread(lambda m: m.rate)),
-                _spread(r.spread(lambda m: m.running_rate)),
-                _spread(r.spread(lambda m: m.startup_s), ".2f"),
-            ]
-        )
-    out.append(
-        _table(
-            [
-                "pipeline",
-                "records",
-                "rounds",
-                "records/s end to end (min / **median** / max)",
-                "records/s once running",
-                "start → first effect, s",
-            ],
-            rows,
-        )
-    )
+            cells[2] = "failed (see Problems)"
+        rows.append([f"`{r.name}`", *cells])
+    out.append(_table(["pipeline", *(header for header, _ in THROUGHPUT_COLUMNS)], rows))
     out += [
         "",
-        "*End to end*: from consumer start (process launch for Connect) to the last record's "
-        "effect. *Once running*: from the first record's effect to the last one's, "
-        "(N − 1) / span; n/a when every line appeared in one write (or for the ceiling, "
-        "which has no effect but its workflows' closes). *Start → first effect* is the JVM "
-        "and connector start for Connect, and the consumer/worker start plus the first "
-        "hand-off for the others.",
+        "*Once running*: from the first record's effect to the last one's, (N − 1) / span; "
+        "n/a when every line appeared in one write (or for the ceiling, which has no effect "
+        "but its workflows' closes). *End to end*: from consumer start (process launch for "
+        "Connect) to the last record's effect. *÷ Connect's*: a Courier pipeline's median "
+        "rate once running over `kafka-connect-file`'s in the same run. *Start → first "
+        "effect* is the JVM and connector start for Connect, and the consumer/worker start "
+        "plus the first hand-off for the others. The cost columns are medians over the "
+        "rounds of CPU seconds used until the last effect was seen, per record: *in-process* "
+        "is this Python process — for a Courier pipeline its ingest and workers **plus** the "
+        "harness sharing the process (its polling; nothing subtracted), for the naive loop "
+        "the loop, for Connect only the harness (the JVM is apart, below); *Temporal* is the "
+        "dev server, which other clients of the stack share. *History events* are the run's "
+        "workflows' Temporal history events per record (sampled; below).",
         "",
     ]
 

@@ -1,9 +1,16 @@
 """The benchmark suite: Courier against Kafka Connect, a naive consumer and bare Temporal.
 
 Run ``python -m benchmarks --help`` (``make bench``). It needs the local stack (``courier stack
-start``: Kafka, Temporal, PostgreSQL) and leaves it running; everything it creates has a fresh
-random suffix (topics, consumer groups, task queues, tables), so it can run while others use
-the stack. Topics and tables are deleted after each run; workflows stay in Temporal's history.
+start``: Kafka, Temporal, PostgreSQL) and leaves it running. It first restarts the stack's
+Temporal on an empty database (``--keep-temporal`` keeps it), so every run starts from the same
+server state: run it where nothing else uses that stack's Temporal, or pass ``--keep-temporal``.
+Everything else it creates has a fresh random suffix (topics, consumer groups, task queues,
+tables), so Kafka and PostgreSQL can be shared. Topics and tables are deleted after each run;
+workflows stay in Temporal's history.
+
+The batch pipelines ``courier-batch-file-<N>`` differ only in ``ingest.max_records`` (N records
+per range at most), to show what the range size buys; the default selection runs them beside
+Kafka Connect, the naive consumer, batch → PostgreSQL and the per-record pair.
 
 Each pipeline run gets a fresh 3-partition topic filled with N records before the clock starts.
 The clock runs from consumer start to the last record's effect being visible (lines in a file,
@@ -41,11 +48,20 @@ from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
 
 from benchmarks import ceiling, connect, ingest_memory, naive
-from benchmarks.common import CpuUsage, Measurement, PipelineError, background_cpu, stack_pids
+from benchmarks.common import (
+    CpuUsage,
+    Measurement,
+    PipelineError,
+    background_cpu,
+    fresh_temporal,
+    stack_pids,
+    temporal_db_mb,
+)
 from benchmarks.kafka_io import delete_topic, fill_topic
 from benchmarks.report import (
     PipelineResults,
     Report,
+    TemporalDb,
     chart,
     kept_sections,
     markdown,
@@ -53,13 +69,15 @@ from benchmarks.report import (
 )
 from courier_devtools.stack.settings import REPO_ROOT, StackSettings, settings_from_env
 
-console = Console(width=max(Console().width, 140))
+console = Console(width=max(Console().width, 170))
 
 DEFAULT_WINDOW = 256
 """Workflow starts in flight for the per-record pair (Courier's ``kafka.max_in_flight`` default)."""
 RUN_TIMEOUT_FLOOR_S = 900.0
 IDLE_SAMPLE_S = 5.0
 """Before each round, how long the CPU of the machine and servers is sampled doing nothing."""
+RANGE_SIZES = (500, 2000, 5000, 10_000)
+"""``ingest.max_records`` of the ``courier-batch-file-<N>`` pipelines."""
 
 
 @dataclass
@@ -110,8 +128,10 @@ async def _naive(ctx: Context, tmp: Path, topic: str, unique: str, n: int) -> Me
 
 
 def _batch(
-    pipeline: str, kind: str, fsync: str
+    pipeline: str, kind: str, fsync: str, max_records: int | None = None
 ) -> Callable[[Context, Path, str, str, int], Awaitable[Measurement]]:
+    """A Courier batch pipeline; ``max_records`` None runs at Courier's default."""
+
     async def run(ctx: Context, tmp: Path, topic: str, unique: str, n: int) -> Measurement:
         result: Measurement = await _courier(ctx).run_batch(
             ctx.settings,
@@ -123,6 +143,7 @@ def _batch(
             pipeline=pipeline,
             kind=kind,
             fsync=fsync,
+            max_records=max_records,
         )
         return result
 
@@ -159,24 +180,29 @@ PIPELINES: tuple[Pipeline, ...] = (
     ),
     Pipeline(
         "courier-batch-file",
-        "Courier, `ingest.mode: batch` (max_records 500, max_wait 200ms), one `file` destination "
-        "(batch_size 500, default `fsync: always`), in this process",
+        "Courier, `ingest.mode: batch` at Courier's default `max_records` (5,000; max_wait "
+        "200ms), one `file` destination (batch_size 500, default `fsync: always`), in this "
+        "process: what a user gets",
         False,
         ("kafka", "temporal"),
         _batch("courier-batch-file", "file", "always"),
     ),
-    Pipeline(
-        "courier-batch-file-fsync-never",
-        "as `courier-batch-file` with `fsync: never` — comparable to Connect and the naive "
-        "loop, which do not fsync either",
-        False,
-        ("kafka", "temporal"),
-        _batch("courier-batch-file-fsync-never", "file", "never"),
+    *(
+        Pipeline(
+            f"courier-batch-file-{size}",
+            f"as `courier-batch-file` with `max_records: {size}` and `fsync: never` — "
+            "comparable to Connect and the naive loop, which do not fsync either",
+            False,
+            ("kafka", "temporal"),
+            _batch(f"courier-batch-file-{size}", "file", "never", size),
+        )
+        for size in RANGE_SIZES
     ),
     Pipeline(
         "courier-batch-postgres",
-        "Courier, `ingest.mode: batch`, one `postgres` destination (batch_size 500, "
-        "`INSERT … ON CONFLICT DO NOTHING`), in this process",
+        "Courier, `ingest.mode: batch` at Courier's default `max_records` (5,000), one "
+        "`postgres` destination (batch_size 500, `INSERT … ON CONFLICT DO NOTHING`), in this "
+        "process",
         False,
         ("kafka", "temporal", "postgres"),
         _batch("courier-batch-postgres", "postgres", "always"),
@@ -200,6 +226,11 @@ PIPELINES: tuple[Pipeline, ...] = (
     ),
 )
 BY_NAME = {p.name: p for p in PIPELINES}
+ALIASES = {"courier-batch-file-fsync-never": "courier-batch-file-5000"}
+"""Names ``--pipelines`` still accepts for a pipeline renamed since."""
+DEFAULT_PIPELINES = tuple(p.name for p in PIPELINES if p.name != "courier-batch-file")
+"""``make bench``: the range sizes beside Connect, the naive loop, PostgreSQL and the
+per-record pair (``courier-batch-file``, with ``fsync: always``, only when asked for)."""
 
 
 # ---------------------------------------------------------------------------------- environment
@@ -282,13 +313,19 @@ def method(args: argparse.Namespace, chosen: list[Pipeline]) -> list[str]:
         "record's effect being visible: for files, the file's mtime once it holds N lines "
         "(polled every 5 ms); for PostgreSQL, a 20 ms `SELECT count(*)` poll reaching N; for "
         "the per-record pair, the last workflow's close time from visibility.",
-        "`fsync`: `courier-batch-file` keeps the file destination's default `fsync: always` "
-        "(what a user gets, each 500-record batch synced before it counts as exported); "
-        "`courier-batch-file-fsync-never` is the like-for-like peer of Connect and the naive "
-        "loop, neither of which fsyncs. The per-record pair uses `fsync: never`, as the "
-        "ceiling writes nothing.",
+        "Range size: `courier-batch-file-<N>` hand off ranges of at most N records "
+        "(`ingest.max_records: N`; a range also closes at 16 MiB or after 200 ms), all else "
+        "equal: the destination's `batch_size` stays 500 (a full range is N / 500 export "
+        "activities) and `fsync: never`, so they are the like-for-like peers of Connect and "
+        "the naive loop, neither of which fsyncs. `courier-batch-file` is what a user gets "
+        "(Courier's default `max_records`, 5,000, and `fsync: always`, each 500-record batch "
+        "synced before it counts as exported); `courier-batch-postgres` runs at the default "
+        "`max_records`. The per-record pair uses `fsync: never`, as the ceiling writes nothing.",
         "Courier and the naive consumer run inside the suite's Python process; Connect is its "
-        "own JVM (its pid in a pid file of the run's temporary directory; always terminated).",
+        "own JVM (its pid in a pid file of the run's temporary directory; always terminated). "
+        "A Courier pipeline's in-process CPU is Courier's ingest and workers **and** the "
+        "harness that shares the process (its 5 ms file polls or 20 ms row counts); nothing "
+        "is subtracted.",
         "Every run checks its effect: exactly N lines / rows (Connect and the naive loop: a "
         "mismatch is noted).",
         "The stack is shared: other work on the machine shows as *machine busy* and makes "
@@ -416,14 +453,18 @@ async def run_rounds(
             console.print(f"  {m.rate:,.1f} rec/s ({m.seconds:.2f}s{extra})")
 
 
+MEMORY_AFTER = "courier-batch-file"
+"""The memory run follows the pipelines named so (it drains a backlog as `courier-batch-file`)."""
+
+
 async def run_memory(ctx: Context, report: Report) -> None:
     n = ctx.args.backlog_records
     if ctx.courier is None:
         report.memory_error = "Courier could not be imported (see the courier pipelines)"
         return
-    batch = next((r for r in report.results if r.name == "courier-batch-file"), None)
-    if batch is not None and batch.error and not batch.runs:
-        report.memory_error = f"skipped: courier-batch-file failed ({_first(batch.error)})"
+    batch = [r for r in report.results if r.name.startswith(MEMORY_AFTER)]
+    if all(r.error and not r.runs for r in batch):
+        report.memory_error = f"skipped: {batch[0].name} failed ({_first(batch[0].error or '')})"
         console.print(f"[yellow]memory run {report.memory_error}[/yellow]")
         return
     unique = uuid.uuid4().hex[:10]
@@ -445,10 +486,31 @@ async def run_memory(ctx: Context, report: Report) -> None:
             await delete_topic(ctx.settings.kafka_bootstrap, topic)
 
 
+async def start_temporal(ctx: Context, problems: list[str]) -> str:
+    """Restart the stack's Temporal on an empty database unless ``--keep-temporal``; say how
+    the run's database began (for the report)."""
+    if ctx.args.keep_temporal:
+        return "kept from before the run (`--keep-temporal`)"
+    console.print("Temporal: restarting the stack's server on an empty database")
+    try:
+        await fresh_temporal(ctx.settings)
+    except Exception as exc:
+        problems.append(f"restarting Temporal on a fresh database failed: {_describe(exc)}")
+        console.print(f"[red]{problems[-1]}[/red]")
+        return "kept from before the run (the restart on a fresh database failed: see Problems)"
+    return (
+        "fresh: the stack's dev server stopped, its SQLite file deleted and the server "
+        "started again before the first round"
+    )
+
+
 async def main(args: argparse.Namespace) -> int:
     chosen = [BY_NAME[name] for name in args.pipelines]
     ctx = Context(settings=settings_from_env(), args=args)
     results = {p.name: PipelineResults(p.name, p.description) for p in chosen}
+    problems: list[str] = []
+    temporal_start = await start_temporal(ctx, problems)
+    db_start_mb = temporal_db_mb(ctx.settings)
     await prepare(ctx, chosen, results)
     background: list[CpuUsage] = []
     await run_rounds(ctx, chosen, results, background)
@@ -458,13 +520,15 @@ async def main(args: argparse.Namespace) -> int:
         method=method(args, chosen),
         rounds=args.rounds,
         background=background,
+        problems=problems,
     )
     if not args.backlog_records:
         report.memory_error = "skipped (--backlog-records 0)"
-    elif "courier-batch-file" not in args.pipelines:
-        report.memory_error = "skipped (courier-batch-file not among --pipelines)"
+    elif not any(name.startswith(MEMORY_AFTER) for name in args.pipelines):
+        report.memory_error = f"skipped (no {MEMORY_AFTER}* pipeline among --pipelines)"
     else:
         await run_memory(ctx, report)
+    report.temporal_db = TemporalDb(temporal_start, db_start_mb, temporal_db_mb(ctx.settings))
     console.print()
     print_console(report, console)
     if not args.no_docs:
@@ -490,8 +554,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--records",
         "-n",
         type=int,
-        default=100_000,
-        help="records per run of the fast pipelines (default 100000)",
+        default=200_000,
+        help="records per run of the fast pipelines (default 200000)",
     )
     parser.add_argument(
         "--per-record-records",
@@ -503,16 +567,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pipelines",
         "-p",
-        default=",".join(BY_NAME),
-        help="comma-separated pipelines to run (always in the suite's order; default all): "
-        + ", ".join(BY_NAME),
+        default=",".join(DEFAULT_PIPELINES),
+        help="comma-separated pipelines to run, always in the suite's order, or 'all' (default: "
+        "all but courier-batch-file): " + ", ".join(BY_NAME),
     )
     parser.add_argument(
         "--backlog-records",
         type=int,
         default=100_000,
-        help="backlog for the memory measurement of courier-batch-file (run when that pipeline "
-        "is selected; default 100000); 0 skips it",
+        help="backlog for the memory measurement of courier-batch-file (run when a "
+        "courier-batch-file* pipeline is selected; default 100000); 0 skips it",
     )
     parser.add_argument(
         "--window",
@@ -527,8 +591,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--chart", type=Path, default=REPO_ROOT / "docs" / "benchmarks.png", help="chart file"
     )
     parser.add_argument("--no-docs", action="store_true", help="only print; write no files")
+    parser.add_argument(
+        "--keep-temporal",
+        action="store_true",
+        help="keep the stack's Temporal database (default: restart Temporal on an empty one "
+        "first, which ends everything else using that server)",
+    )
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
+    names = [ALIASES.get(n.strip(), n.strip()) for n in args.pipelines.split(",") if n.strip()]
+    if names == ["all"]:
+        names = list(BY_NAME)
     unknown = [n for n in names if n not in BY_NAME]
     if unknown or not names:
         parser.error(f"unknown pipeline(s) {unknown}; choose from {', '.join(BY_NAME)}")
