@@ -77,11 +77,10 @@ class Pacer:
                     # Any second then holds at most rate + 1 records (floor(rate + catch_up) + 1).
                     catch_up = min(CATCH_UP, 1 - self.rate % 1)
                     now = loop.time()
-                    due = max(
-                        self._due,  # the schedule,
-                        self._sent + interval * (1 - catch_up),  # never close on the last one,
-                        now - interval * catch_up,  # and idle time is not made up
-                    )
+                    if self._due < now - interval * catch_up:
+                        due = now  # idle or stalled: the schedule starts anew, nothing made up
+                    else:  # on the schedule, but never close on the last one
+                        due = max(self._due, self._sent + interval * (1 - catch_up))
                     if due > now:
                         await asyncio.sleep(due - now)
                     self._due = due + interval

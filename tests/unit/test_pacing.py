@@ -153,3 +153,26 @@ async def test_a_reservation_gets_a_slot_when_pacing_stops() -> None:
     _, pacer, waiting = await _waiting_reservation(slots=2)
     pacer.set_rate(None)
     await asyncio.wait_for(waiting, SLOT_RECHECK_S + 1)
+
+
+async def test_after_idle_time_the_second_record_waits_a_whole_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No head start from idle time: a first request that takes longer (a new connection)
+    must not arrive together with the second."""
+    clock = _LateTimers(0.05)
+    clock.random = random.Random(0)
+    monkeypatch.setattr(clock.random, "uniform", lambda low, high: 0.0)  # timers on time
+    monkeypatch.setattr(pacing, "asyncio", clock)
+    pacer = Pacer()
+    pacer.set_rate(20)
+    sent: list[float] = []
+    for _ in range(3):
+        assert await pacer.wait()
+        sent.append(clock.now)
+    clock.now += 10.0  # idle
+    for _ in range(2):
+        assert await pacer.wait()
+        sent.append(clock.now)
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(sent)]
+    assert gaps[:2] == [0.05, 0.05] and gaps[3] == 0.05
