@@ -166,7 +166,7 @@ def test_config_check_estimates_the_record_rate_and_advises_a_mode(tmp_path: Pat
     result = runner.invoke(app, ["config", "check", "-c", str(path)])
     assert result.exit_code == 0, result.output
     assert (
-        "rate limits add up to 70/s; per-record mode carried 13–37 records/s in all on a 2-core "
+        "rate limits add up to 70/s; per-record mode carried 42–71 records/s in all on a 2-core "
         "benchmark machine: above about 20/s, set ingest.mode: batch"
     ) in " ".join(result.stdout.split())
     batch = path.read_text().replace("routes:", "ingest: {mode: batch}\nroutes:")
