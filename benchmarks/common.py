@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import platform
 import signal
 import socket
 import statistics
@@ -373,6 +374,14 @@ def terminate(proc: subprocess.Popen[bytes], pid_file: Path | None, timeout: flo
 def process_alive(pid: int) -> bool:
     """True while ``pid`` runs (zombies count as gone)."""
     return _pid_alive(pid)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 def timeout_for(records: int, slowest_rate: float, floor: float = 120.0) -> float:

@@ -32,7 +32,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from temporalio.client import Client
 
-from benchmarks.common import CpuMeter, free_port
+from benchmarks.common import CpuMeter, cpu_model, free_port
 from benchmarks.kafka_io import create_topic, delete_topic
 from courier.config.model import CourierConfig, parse_config
 from courier_devtools.receiver import Receiver
@@ -76,14 +76,6 @@ def max_in_window(times: Sequence[float], width: float = 1.0, since: float | Non
 def met(ok: bool) -> str:
     """``yes`` or a bold ``no`` for a table's *met* column."""
     return "yes" if ok else "**no**"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def machine_line() -> str:

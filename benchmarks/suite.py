@@ -53,6 +53,7 @@ from benchmarks.common import (
     Measurement,
     PipelineError,
     background_cpu,
+    cpu_model,
     fresh_temporal,
     stack_pids,
     temporal_db_mb,
@@ -243,13 +244,6 @@ def _command_version(cmd: list[str]) -> str | None:
     return text.splitlines()[0] if text else None
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def _memory_total() -> str:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
@@ -262,7 +256,7 @@ async def environment(ctx: Context) -> dict[str, str]:
     env: dict[str, str] = {
         "date (UTC)": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
         "CPUs (nproc)": _command_version(["nproc"]) or "unknown",
-        "CPU model": _cpu_model(),
+        "CPU model": cpu_model(),
         "memory": _memory_total(),
         "OS": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
