@@ -306,7 +306,10 @@ async def command(client: Client, config: CourierConfig, out: Output) -> int:
         highlight=False,
         markup=False,
     )
-    failures = [(d.name, d.failed, await oldest_failure(client, d.name)) for d in statuses]
+    failures = [
+        (d.name, d.failed, await oldest_failure(client, d.name) if d.failed else None)
+        for d in statuses
+    ]
     for warning in failure_warnings(config, retention, failures):
         out.warning(warning)
     ranges = await range_status(client, config)
