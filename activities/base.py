@@ -96,6 +96,18 @@ class DeploymentNeeds:
     """Why, in a few words for the operator, e.g. "the sink locks its file"."""
 
 
+def batch_size_field(default: int) -> Any:
+    """The ``batch_size`` field with a kind's own default (a kind redeclares it to change it)."""
+    return Field(
+        default=default,
+        ge=1,
+        le=10_000,
+        description="Batch mode: most records one export activity carries. With a rate_limit an "
+        "activity carries at most one second of it (5 records at 5/s), and the worker sends "
+        "its records evenly spaced at the limit.",
+    )
+
+
 class DestinationConfig(BaseModel):
     """Settings every destination has, whatever its kind."""
 
@@ -112,14 +124,7 @@ class DestinationConfig(BaseModel):
         description="Records per second across all workers of this destination, enforced by "
         "the Temporal server on its task queue; unset means unlimited.",
     )
-    batch_size: int = Field(
-        default=500,
-        ge=1,
-        le=10_000,
-        description="Batch mode: most records one export activity carries. With a rate_limit an "
-        "activity carries at most one second of it (5 records at 5/s), and the worker sends "
-        "its records evenly spaced at the limit.",
-    )
+    batch_size: int = batch_size_field(500)
     max_concurrency: int = Field(
         default=16, ge=1, description="Exports one worker process runs at once."
     )

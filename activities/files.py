@@ -47,7 +47,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, model_validator
 
-from activities.base import DeploymentNeeds, DestinationConfig, Pace, no_pace
+from activities.base import DeploymentNeeds, DestinationConfig, Pace, batch_size_field, no_pace
 from activities.encoding import record_envelope
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.mapping import Expression, MappingError, check_mappings, record_data
@@ -58,6 +58,10 @@ _READ_CHUNK = 1 << 20
 
 class FileConfig(DestinationConfig):
     """A JSON-lines file that holds every exported record exactly once."""
+
+    # A whole default range (ingest.max_records) in one activity, one write (and one fsync):
+    # each activity costs Temporal about as much as thousands of records cost this kind.
+    batch_size: int = batch_size_field(5_000)
 
     def create(self) -> FileDestination:
         """The destination this config describes (not yet opened)."""

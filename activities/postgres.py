@@ -52,7 +52,7 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from activities.base import DestinationConfig, Pace, no_pace
+from activities.base import DestinationConfig, Pace, batch_size_field, no_pace
 from activities.encoding import headers_list
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.mapping import Expression, MappingError, check_mappings, record_data
@@ -107,6 +107,10 @@ class ColumnConfig(BaseModel):
 
 class PostgresConfig(DestinationConfig):
     """A PostgreSQL table that receives one row per record."""
+
+    # A whole default range (ingest.max_records) in one activity, one transaction: each
+    # activity costs Temporal about as much as thousands of records cost this kind.
+    batch_size: int = batch_size_field(5_000)
 
     def create(self) -> PostgresDestination:
         """The destination this config describes (not yet opened)."""

@@ -2,7 +2,8 @@
 
 - ``courier-batch-file`` / ``courier-batch-file-<max_records>`` / ``courier-batch-postgres``:
   ``ingest: {mode: batch, max_wait: 200ms}`` with ``max_records`` as given (Courier's default
-  when not) and one destination with ``batch_size: 500``. Timed from ingest start to the last
+  when not) and one destination at its kind's default ``batch_size`` (5,000 for file and
+  PostgreSQL) unless one is given. Timed from ingest start to the last
   record's effect: the file holds N
   lines (the file's mtime at that point) or ``SELECT count(*)`` of the table is N (seen by a
   20 ms poll). Then the run waits for all its workflows to close (not timed), stops Courier and
@@ -47,8 +48,6 @@ from courier_devtools.stack.settings import StackSettings
 from ingest.consumer import Ingest
 
 BATCH_MAX_WAIT = "200ms"
-BATCH_SIZE = 500
-"""The destination's ``batch_size``: records per export activity at most."""
 BATCH_SLOWEST = 200.0
 """records/s under which a batch run is taken as stuck (the timeout's basis)."""
 MODE_CHECK_S = 10.0
@@ -71,11 +70,13 @@ def config_dict(
     window: int | None = None,
     mapping: dict[str, Any] | None = None,
     max_records: int | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """A Courier config (as YAML would give it) with this run's own names and one destination.
 
     ``mapping``: extra destination fields, e.g. a file ``line`` mapping or PostgreSQL
-    ``columns``. ``max_records``: batch mode's ``ingest.max_records`` (None: Courier's default).
+    ``columns``. ``max_records``: batch mode's ``ingest.max_records``; ``batch_size``: the
+    destination's (None: Courier's defaults).
     """
     name = f"bench-{kind}-{unique}"
     destination: dict[str, Any] = {"name": name, "kind": kind}
@@ -87,7 +88,8 @@ def config_dict(
     destination |= mapping or {}
     ingest: dict[str, Any] = {"mode": mode}
     if mode == "batch":
-        destination["batch_size"] = BATCH_SIZE
+        if batch_size is not None:
+            destination["batch_size"] = batch_size
         ingest["max_wait"] = BATCH_MAX_WAIT
         if max_records is not None:
             ingest["max_records"] = max_records
@@ -197,11 +199,13 @@ async def run_batch(
     history_sample: int = 500,
     mapping: dict[str, Any] | None = None,
     max_records: int | None = None,
+    batch_size: int | None = None,
 ) -> Measurement:
     """Courier in batch mode until all ``records`` reached the destination.
 
-    ``max_records``: ``ingest.max_records``, records per range at most (None: Courier's
-    default); the value the run used is in its notes.
+    ``max_records``: ``ingest.max_records``, records per range at most; ``batch_size``: the
+    destination's records per activity at most (None: Courier's defaults); the values the run
+    used are in its notes.
     """
     out = tmp / "courier-out.jsonl"
     config = parse_config(
@@ -215,6 +219,7 @@ async def run_batch(
             fsync=fsync,
             mapping=mapping,
             max_records=max_records,
+            batch_size=batch_size,
         ),
         environ={},
     )
@@ -277,6 +282,7 @@ async def run_batch(
     notes = [
         f"exactly {records} {'lines' if kind == 'file' else 'rows'}",
         f"max_records {config.ingest.max_records}",
+        f"batch_size {next(iter(config.destinations)).batch_size}",
         f"last workflow closed {closed_after - (times.last - t0):+.2f}s after the last effect "
         f"(effect seen {effect_done - times.last:.2f}s after it happened)",
     ]

@@ -25,6 +25,8 @@ BATCH = "courier-batch-file-5000"
 """The batch pipeline compared with the others: Courier's default range size, `fsync: never`."""
 SMALL_RANGES = "courier-batch-file-500"
 """The same with ranges of 500 records (the default before 5,000)."""
+OLD_BATCH_SIZE = "courier-batch-file-5000-bs500"
+"""The same with export activities of 500 records (the file kind's default before 5,000)."""
 
 
 @dataclass
@@ -212,6 +214,8 @@ def summary(report: Report) -> list[str]:
         (BATCH, CONNECT, True, "Kafka Connect, both once running"),
         (BATCH, "courier-batch-file", False, "`fsync: always` and the same range size"),
         ("courier-batch-postgres", BATCH, False, "the file destination with `fsync: never`"),
+        ("courier-batch-postgres", CONNECT, True, "Kafka Connect's file sink, both once running"),
+        (BATCH, OLD_BATCH_SIZE, True, "`batch_size: 500` (the previous default), once running"),
     ]
     for a, b, running, label in pairs:
         ra, rb = rate(a, running), rate(b, running)

@@ -78,6 +78,8 @@ RUN_TIMEOUT_FLOOR_S = 900.0
 IDLE_SAMPLE_S = 5.0
 """Before each round, how long the CPU of the machine and servers is sampled doing nothing."""
 RANGE_SIZES = (500, 2000, 5000, 10_000)
+OLD_BATCH_SIZE = 500
+"""The file and PostgreSQL kinds' ``batch_size`` before their default became 5,000."""
 """``ingest.max_records`` of the ``courier-batch-file-<N>`` pipelines."""
 
 
@@ -129,9 +131,13 @@ async def _naive(ctx: Context, tmp: Path, topic: str, unique: str, n: int) -> Me
 
 
 def _batch(
-    pipeline: str, kind: str, fsync: str, max_records: int | None = None
+    pipeline: str,
+    kind: str,
+    fsync: str,
+    max_records: int | None = None,
+    batch_size: int | None = None,
 ) -> Callable[[Context, Path, str, str, int], Awaitable[Measurement]]:
-    """A Courier batch pipeline; ``max_records`` None runs at Courier's default."""
+    """A Courier batch pipeline; ``max_records`` / ``batch_size`` None: Courier's defaults."""
 
     async def run(ctx: Context, tmp: Path, topic: str, unique: str, n: int) -> Measurement:
         result: Measurement = await _courier(ctx).run_batch(
@@ -145,6 +151,7 @@ def _batch(
             kind=kind,
             fsync=fsync,
             max_records=max_records,
+            batch_size=batch_size,
         )
         return result
 
@@ -182,8 +189,8 @@ PIPELINES: tuple[Pipeline, ...] = (
     Pipeline(
         "courier-batch-file",
         "Courier, `ingest.mode: batch` at Courier's default `max_records` (5,000; max_wait "
-        "200ms), one `file` destination (batch_size 500, default `fsync: always`), in this "
-        "process: what a user gets",
+        "200ms), one `file` destination (default `batch_size`, 5,000, and `fsync: always`), "
+        "in this process: what a user gets",
         False,
         ("kafka", "temporal"),
         _batch("courier-batch-file", "file", "always"),
@@ -200,10 +207,20 @@ PIPELINES: tuple[Pipeline, ...] = (
         for size in RANGE_SIZES
     ),
     Pipeline(
+        f"courier-batch-file-5000-bs{OLD_BATCH_SIZE}",
+        f"as `courier-batch-file-5000` with `batch_size: {OLD_BATCH_SIZE}` (the file kind's "
+        "default before it became 5,000): ten export activities a range instead of one",
+        False,
+        ("kafka", "temporal"),
+        _batch(
+            f"courier-batch-file-5000-bs{OLD_BATCH_SIZE}", "file", "never", 5000, OLD_BATCH_SIZE
+        ),
+    ),
+    Pipeline(
         "courier-batch-postgres",
         "Courier, `ingest.mode: batch` at Courier's default `max_records` (5,000), one "
-        "`postgres` destination (batch_size 500, `INSERT … ON CONFLICT DO NOTHING`), in this "
-        "process",
+        "`postgres` destination (default `batch_size`, 5,000; `INSERT … ON CONFLICT DO "
+        "NOTHING`), in this process",
         False,
         ("kafka", "temporal", "postgres"),
         _batch("courier-batch-postgres", "postgres", "always"),
@@ -309,11 +326,13 @@ def method(args: argparse.Namespace, chosen: list[Pipeline]) -> list[str]:
         "the per-record pair, the last workflow's close time from visibility.",
         "Range size: `courier-batch-file-<N>` hand off ranges of at most N records "
         "(`ingest.max_records: N`; a range also closes at 16 MiB or after 200 ms), all else "
-        "equal: the destination's `batch_size` stays 500 (a full range is N / 500 export "
-        "activities) and `fsync: never`, so they are the like-for-like peers of Connect and "
-        "the naive loop, neither of which fsyncs. `courier-batch-file` is what a user gets "
-        "(Courier's default `max_records`, 5,000, and `fsync: always`, each 500-record batch "
-        "synced before it counts as exported); `courier-batch-postgres` runs at the default "
+        "equal: the destination's `batch_size` is the file kind's default, 5,000 (one export "
+        "activity per range up to 5,000 records, two for 10,000) and `fsync: never`, so they "
+        "are the like-for-like peers of Connect and the naive loop, neither of which fsyncs. "
+        "`courier-batch-file-5000-bs500` is `courier-batch-file-5000` at `batch_size: 500`, "
+        "the default before (ten activities per range). `courier-batch-file` is what a user gets "
+        "(Courier's default `max_records`, 5,000, and `fsync: always`, each batch synced before "
+        "it counts as exported); `courier-batch-postgres` runs at the default "
         "`max_records`. The per-record pair uses `fsync: never`, as the ceiling writes nothing.",
         "Courier and the naive consumer run inside the suite's Python process; Connect is its "
         "own JVM (its pid in a pid file of the run's temporary directory; always terminated). "

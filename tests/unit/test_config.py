@@ -143,6 +143,26 @@ def test_secrets_never_reach_the_workflow_policy() -> None:
 
 
 @pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        ("file", {"path": "/tmp/out.jsonl"}),
+        ("postgres", {"dsn": "postgresql://h/db", "table": "t"}),
+    ],
+)
+def test_a_default_range_is_one_activity_for_file_and_postgres(
+    kind: str, fields: dict[str, Any]
+) -> None:
+    # Each activity costs Temporal ~6 history events: one per range keeps batch mode under
+    # 0.01 events per record at the default range size.
+    data = base()
+    data["ingest"] = {"mode": "batch"}
+    data["destinations"] = [{"name": "sink", "kind": kind, **fields}]
+    data["routes"] = {"rules": [], "default": "sink"}
+    config = parse_config(data, environ={})
+    assert config.records_per_activity("sink") >= config.ingest.max_records
+
+
+@pytest.mark.parametrize(
     ("rate_limit", "batch_size", "per_activity"),
     [(None, 500, 500), (5, 500, 5), (0.5, 500, 1), (20.7, 500, 20), (1000, 500, 500)],
 )
