@@ -1,7 +1,9 @@
 """REST destination: one HTTP request per record, statuses sorted into success / retry / fail.
 
 Every request carries ``Idempotency-Key: <idempotency key>`` (the workflow ID), so a receiver
-that honours the header sees one effect per record however often Temporal retries.
+that honours the header sees one effect per record however often Temporal retries. With
+``tracing.enabled`` it also carries the export activity's span as W3C ``traceparent`` (and
+``tracestate``), unless the destination's ``headers`` set a ``traceparent`` of their own.
 
 What is sent is shaped by the config: the URL and header values are templates with
 ``{expression}`` pieces (``activities.mapping``; URL pieces are percent-encoded), and the body
@@ -57,6 +59,7 @@ from activities.mapping import (
     check_mappings,
     record_data,
 )
+from courier.core import tracing
 from courier.core.durations import Duration, format_duration
 from workflows.types import OutgoingRecord
 
@@ -157,7 +160,8 @@ class RestConfig(DestinationConfig):
         default_factory=dict,
         description="Extra request headers, e.g. Authorization: Bearer ${TOKEN}; values are "
         "templates like url (not percent-encoded), e.g. X-Trace: '{headers.trace}'. "
-        "Idempotency-Key is always set by Courier.",
+        "Idempotency-Key is always set by Courier; with tracing enabled, so is traceparent "
+        "(and tracestate), unless given here.",
     )
     body: Body = Field(
         default="json",
@@ -538,6 +542,7 @@ class RestDestination:
             raise PermanentExportError(
                 f"{r.topic}/{r.partition}/{r.offset}: {err.reason}", reached=False
             ) from err
+        tracing.inject_traceparent(request.headers, self.config.headers)
         try:
             response = await client.send(request, stream=True)
             try:

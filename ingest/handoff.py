@@ -49,7 +49,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from courier.config.model import CourierConfig
-from courier.core import metrics
+from courier.core import metrics, tracing
 from courier.core import search_attributes as sa
 from courier.core.ids import workflow_id
 from ingest.routing import RouteDecision, key_text
@@ -336,19 +336,51 @@ async def hand_off(
             return False
         return True
 
-    started, failed_reason = await deliver(
-        Subject.of(record),
-        start,
-        Attempt(
-            what=f"starting {wid}",
-            verb="start",
-            refused="the record's workflow",
-            failure="its workflow fails",
-            record_id=wid,
-        ),
-        max_backoff=max_backoff,
+    attempt = Attempt(
+        what=f"starting {wid}",
+        verb="start",
+        refused="the record's workflow",
+        failure="its workflow fails",
+        record_id=wid,
     )
+    traced = tracing.active()
+    if traced is None:
+        started, failed_reason = await deliver(
+            Subject.of(record), start, attempt, max_backoff=max_backoff
+        )
+        return HandOff(wid, started=started, failed_reason=failed_reason)
+    # The record's trace: a child of its producer's span when it carries a traceparent; the
+    # client's TracingInterceptor makes StartWorkflow (and all after it) children of this span.
+    attributes = record_span_attributes(config, record, decision, wid)
+    with tracing.record_span(traced, HAND_OFF_SPAN, record.headers, attributes) as span:
+        started, failed_reason = await deliver(
+            Subject.of(record), start, attempt, max_backoff=max_backoff
+        )
+        if failed_reason is not None:
+            tracing.set_error(span, failed_reason)
+        elif not started:
+            span.set_attribute("courier.hand_off", "existing")
     return HandOff(wid, started=started, failed_reason=failed_reason)
+
+
+HAND_OFF_SPAN = f"{tracing.HAND_OFF_SPAN}ExportRecord"
+"""The span of a record's hand-off in per-record mode (with tracing enabled)."""
+
+
+def record_span_attributes(
+    config: CourierConfig, record: ConsumerRecord, decision: RouteDecision, wid: str
+) -> dict[str, str | int]:
+    """The hand-off span's attributes: OpenTelemetry's messaging conventions and the workflow."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": record.topic,
+        "messaging.destination.partition.id": str(record.partition),
+        "messaging.kafka.offset": record.offset,
+        "messaging.consumer.group.name": config.kafka.group,
+        "courier.destination": decision.destination or "(unroutable)",
+        "temporalWorkflowID": wid,
+    }
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,8 @@ async def run_process(
     stop = asyncio.Event()
     beating = asyncio.create_task(HEALTH.keep_beating())
     with stop_on_signals(stop):
-        client = await unless_stopped(connect(config.temporal, wait=True, runtime=runtime), stop)
+        connecting = connect(config.temporal, wait=True, runtime=runtime, tracing=config.tracing)
+        client = await unless_stopped(connecting, stop)
         if client is None:
             beating.cancel()
             log.info("stopped before connecting to Temporal")

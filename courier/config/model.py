@@ -32,6 +32,7 @@ from activities.registry import (
 from courier.config.kubernetes import KubernetesConfig
 from courier.core.durations import Duration
 from courier.core.encryption import EncryptionConfig
+from courier.core.tracing import TracingConfig
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -385,6 +386,10 @@ class CourierConfig(_Strict):
     kubernetes: KubernetesConfig = Field(
         default_factory=KubernetesConfig,
         description="How `courier deploy k8s` lays Courier out on Kubernetes.",
+    )
+    tracing: TracingConfig = Field(
+        default_factory=TracingConfig,
+        description="OpenTelemetry traces of each record's path (section tracing); off by default.",
     )
 
     @model_validator(mode="after")

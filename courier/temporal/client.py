@@ -29,7 +29,9 @@ from temporalio.runtime import (
 from temporalio.service import RPCError, TLSConfig
 
 from courier.config.model import TemporalConfig
+from courier.core import tracing as traces
 from courier.core.codec import data_converter
+from courier.core.tracing import TracingConfig
 
 log = logging.getLogger("courier")
 
@@ -251,7 +253,11 @@ def default_runtime() -> Runtime:
 
 
 async def connect(
-    config: TemporalConfig, *, wait: bool = False, runtime: Runtime | None = None
+    config: TemporalConfig,
+    *,
+    wait: bool = False,
+    runtime: Runtime | None = None,
+    tracing: TracingConfig | None = None,
 ) -> Client:
     """A client for the configured address and namespace.
 
@@ -260,8 +266,13 @@ async def connect(
     without it, the first failure raises :class:`TemporalUnreachable`. The client encrypts
     payloads when ``temporal.encryption`` is set (a key that cannot be read raises
     :class:`courier.core.encryption.EncryptionKeyError` at once).
+
+    With ``tracing`` enabled, the process's tracing is started (``courier.core.tracing``) and
+    the client and every worker made from it trace workflows and activities.
     """
     converter = data_converter(config.encryption)  # EncryptionKeyError: not worth retrying
+    running = traces.start(tracing) if tracing is not None else None
+    plugins = [running.temporal_plugin()] if running is not None else []
     delay = 1.0
     while True:
         try:
@@ -274,6 +285,7 @@ async def connect(
                     api_key=config.api_key.get_secret_value() if config.api_key else None,
                     runtime=runtime or default_runtime(),
                     connect_timeout=timedelta(seconds=CONNECT_TIMEOUT_S),
+                    plugins=plugins,
                 )
         except (RuntimeError, RPCError, TimeoutError) as err:
             reason = describe_failure(config.address, err, tls=config.tls is not None)
