@@ -38,6 +38,9 @@ Lifecycle, in order:
    topic was deleted or recreated meanwhile, forget them; the next owner reads the rest again.
 7. On stop (SIGTERM): stop reading, wait (briefly) for hand-offs in flight, commit, leave the
    group, all within about 2 s; a stop while still connecting to Kafka ends the attempt.
+
+Beside the loop, every ``kafka.commit_interval`` a task commits (step 5), and every
+``ingest.lag.LAG_INTERVAL_S`` one measures the owned partitions' consumer lag (``ingest.lag``).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from courier.core import metrics
 from courier.core.stopping import unless_stopped
 from ingest.incarnations import commit_metadata, fetch_committed
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options, never_create_topics
+from ingest.lag import LAG_INTERVAL_S, Lag, LagMeter
 from ingest.offsets import OffsetTracker
 from ingest.ordered import Ordered
 from ingest.per_record import PerRecord
@@ -78,6 +82,8 @@ POLL_TIMEOUT_MS = 200
 POSITION_TIMEOUT_S = 0.2
 """The longest a commit waits for a partition's position (known at once, unless resetting)."""
 MISSING_TOPIC_LOG_S = 30.0
+END_OFFSETS_TIMEOUT_S = 2.0
+"""The longest one lag measurement waits for the partitions' log end offsets."""
 FETCH_MAX_WAIT_MS = 100
 """How long the broker may hold a fetch for partitions at their log end. One fetch is in flight
 per broker, and a partition that was paused, or whose records were not yet taken, when it was
@@ -124,6 +130,8 @@ class Ingest:
         handed off, and its offsets committed, only under that ID."""
         self._reposition: set[TopicPartition] = set()
         """Partitions restarted after their topic's ID changed, to be positioned anew."""
+        self.lag = LagMeter()
+        self._lag_errors = metrics.ErrorLog()
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this ingest owns right now."""
@@ -143,6 +151,7 @@ class Ingest:
         self._consumer = consumer
         self._topic_ids = TopicIds(consumer._client)
         committer = asyncio.create_task(self._commit_periodically())
+        measuring = asyncio.create_task(self._measure_lag_periodically())
         per_record = self.config.ingest.mode == "per_record"
         watching = (
             asyncio.create_task(self.load.run())
@@ -157,6 +166,7 @@ class Ingest:
                 await self._poll_once(consumer)
         finally:
             committer.cancel()
+            measuring.cancel()
             if watching is not None:
                 watching.cancel()
             await self.hand_offs.drain(STOP_DRAIN_S)
@@ -167,6 +177,7 @@ class Ingest:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STOP_KAFKA_S):
                     await consumer.stop()
+            self.lag.forget_all()
             log.info(
                 "ingest stopped: %d started, %d already started, %d failed, %d skipped",
                 self.counts["started"],
@@ -200,6 +211,12 @@ class Ingest:
         for tp, records in batches.items():
             if tp in owned and records:
                 self._buffers.setdefault(tp, collections.deque()).extend(records)
+                self.lag.read(
+                    tp,
+                    records,
+                    epoch=self.hand_offs.epoch(tp),
+                    handed_off=self.tracker.commit_point(tp),
+                )
                 fetched = True
         now = time.monotonic()
         if fetched or (any(self._buffers.values()) and now - self._ids_checked >= 1.0):
@@ -434,6 +451,8 @@ class Ingest:
             if tp in owned and self._checked.get(tp) == self._topic_ids.get(tp.topic)
         }
         if not offsets:
+            if partitions is None:  # everything handed off is committed already
+                metrics.LAST_COMMIT.set(time.time())
             return
         try:
             await self._consumer.commit(
@@ -444,6 +463,7 @@ class Ingest:
             return
         self.tracker.mark_committed(offsets)
         metrics.COMMITS.inc()
+        metrics.LAST_COMMIT.set(time.time())
         log.debug("committed %s", {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
 
     async def _pass_control_records(self, partitions: set[TopicPartition]) -> None:
@@ -479,6 +499,75 @@ class Ingest:
             except Exception:  # never let the committer die silently
                 log.exception("periodic commit failed; retrying at the next interval")
 
+    async def measure_lag(self) -> dict[TopicPartition, Lag]:
+        """Measure the owned partitions' consumer lag and publish it (``ingest.lag``)."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        owned = set(consumer.assignment())
+        ends = await self._log_ends(consumer, owned)
+        now = time.time()
+        lags = {}
+        for tp in owned & ends.keys():
+            point = await self._handed_off_point(consumer, tp)
+            if point is not None:
+                lags[tp] = self.lag.measure(
+                    tp, end=ends[tp], handed_off=point, epoch=self.hand_offs.epoch(tp), now=now
+                )
+        self.lag.show(lags, owned)
+        return lags
+
+    async def _log_ends(
+        self, consumer: AIOKafkaConsumer, owned: set[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """The partitions' log end offsets under the consumer's isolation level (the last
+        stable offset under read_committed); failing that, those of the last fetch."""
+        if not owned:
+            return {}
+        try:
+            async with asyncio.timeout(END_OFFSETS_TIMEOUT_S):
+                ends: dict[TopicPartition, int] = await consumer.end_offsets(list(owned))
+                return ends
+        except (KafkaError, TimeoutError) as err:
+            metrics.COLLECT_ERRORS.labels("kafka").inc()
+            if self._lag_errors.due():
+                log.warning(
+                    "cannot read the log end offsets for the consumer lag (%s); using those of "
+                    "the last fetch",
+                    err or type(err).__name__,
+                )
+        read_committed = self.config.kafka.isolation_level == "read_committed"
+        fetched = {}
+        for tp in owned:
+            with contextlib.suppress(IllegalStateError, AssertionError):
+                end = consumer.last_stable_offset(tp) if read_committed else consumer.highwater(tp)
+                if end is not None and end >= 0:
+                    fetched[tp] = end
+        return fetched
+
+    async def _handed_off_point(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+        """The lowest offset of ``tp`` not handed off yet (see ``ingest.lag``); None: unknown."""
+        point = self.tracker.commit_point(tp)
+        if point is not None:
+            return point
+        first = self.lag.first_waiting(tp, self.hand_offs.epoch(tp))
+        if first is not None:
+            return first
+        try:
+            async with asyncio.timeout(POSITION_TIMEOUT_S):
+                position: int = await consumer.position(tp)
+                return position
+        except (TimeoutError, KafkaError, IllegalStateError):
+            return None
+
+    async def _measure_lag_periodically(self) -> None:
+        while True:
+            try:
+                await self.measure_lag()
+            except Exception:  # never let the measurements stop silently
+                log.exception("measuring the consumer lag failed; retrying at the next interval")
+            await asyncio.sleep(LAG_INTERVAL_S)
+
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Drop buffered records of ``revoked``, finish (bounded) their hand-offs, commit."""
         for tp in revoked:
@@ -503,6 +592,7 @@ class Ingest:
             self.hand_offs.restart(tp)
             self._checked.pop(tp, None)
             self._reposition.discard(tp)
+        self.lag.forget(revoked)
 
     async def _refresh_ids(self, topics: set[str]) -> None:
         """Look up ``topics``' IDs now (bounded): a commit then skips deleted or recreated ones.

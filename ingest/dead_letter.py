@@ -15,7 +15,8 @@ take the entry, each failed attempt logged: the record's workflow ends Failed on
 dead letter is written. A record can be written more than once (an attempt whose
 acknowledgement was lost, a replayed run failing again): consumers deduplicate on
 ``courier.idempotency_key``, the record's identity, keeping the entry with the latest
-``courier.last_failure_time``.
+``courier.last_failure_time``. Each entry written counts in
+``courier_records_dead_lettered_total{destination}`` (a repeat too).
 
 Context headers (UTF-8 text, after the record's own, from ``__connect.errors.topic`` on; Kafka
 Connect's names where they fit):
@@ -57,6 +58,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.source import RecordSource
 from courier.config.model import CourierConfig
+from courier.core import metrics
 from ingest.kafka import check_brokers, producer_options
 from workflows.export_record import DEAD_LETTER_ACTIVITY, EXPORT_ACTIVITY
 from workflows.types import DeadLetterInput, KafkaRecord
@@ -101,6 +103,9 @@ CONTEXT_HEADERS = frozenset(
 """The headers Courier adds after a record's own."""
 
 DEAD_LETTER_ERROR_TYPE = "DeadLetterNotWritten"
+NO_DESTINATION = "(none)"
+"""The ``destination`` label of ``courier_records_dead_lettered_total`` for a record without a
+route."""
 
 
 def iso_time(value: datetime) -> str:
@@ -347,6 +352,7 @@ class DeadLetters:
                 f"cannot write {where} to dead-letter topic {topic}: {type(err).__name__}: {err}",
                 type=DEAD_LETTER_ERROR_TYPE,
             ) from err
+        metrics.DEAD_LETTERED.labels(letter.destination or NO_DESTINATION).inc()
         log.info(
             "%s: written to dead-letter topic %s as %s%s",
             where,

@@ -4,6 +4,11 @@ SIGINT and SIGTERM are honoured in every state: while connecting to Temporal
 (``courier.core.stopping.unless_stopped`` around the connect), while ingest connects to Kafka, and
 while running; the process is then gone within about 2 s (destination workers with exports in
 flight take up to ``workers.graceful_shutdown`` to let them finish).
+
+With ``--metrics-port``, the one port serves Courier's metrics and the Temporal SDK's: the SDK's
+exporter listens on a free loopback port and ``/metrics`` appends what it says (see
+:mod:`courier.core.metrics`). A process that runs ingest also reads its destinations' task
+queues for their gauges (:mod:`courier.app.collector`).
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator, Sequence
 
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
+from courier.app.collector import DestinationCollector
 from courier.config.model import CourierConfig
 from courier.core import metrics
 from courier.core.health import HEALTH
@@ -29,6 +37,30 @@ log = logging.getLogger("courier")
 
 INGEST_STOP_S = 3.0
 """Backstop: ingest that has not stopped this long after being asked is cancelled."""
+SDK_METRICS_HOST = "127.0.0.1"
+"""The Temporal SDK's exporter is only read by this process's ``/metrics``: loopback only."""
+SDK_PORT_ATTEMPTS = 3
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((SDK_METRICS_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def sdk_metrics_on_loopback() -> tuple[Runtime, str] | None:
+    """A Temporal runtime whose SDK metrics exporter listens on a free loopback port, and its
+    ``host:port``; None (after a warning) if none could be bound: Courier's metrics are served
+    without the SDK's."""
+    error: Exception | None = None
+    for _ in range(SDK_PORT_ATTEMPTS):  # another process may take the port between the two binds
+        port = _free_loopback_port()
+        try:
+            return sdk_metrics_runtime(port, SDK_METRICS_HOST), f"{SDK_METRICS_HOST}:{port}"
+        except Exception as err:  # the SDK's bridge raises a bare error when it cannot bind
+            error = err
+    log.warning("cannot serve the Temporal SDK's metrics (%s); /metrics serves Courier's", error)
+    return None
 
 
 @contextlib.contextmanager
@@ -74,17 +106,17 @@ async def run_process(
                 2,
             )
         log.info(
-            "metrics on http://%s:%d/metrics, health on /healthz and /readyz (Temporal SDK: "
-            "port %d)",
+            "metrics (Courier's and the Temporal SDK's) on http://%s:%d/metrics, health on "
+            "/healthz and /readyz",
             metrics.bind_host(),
             metrics_port,
-            metrics_port + 1,
         )
-    runtime = (
-        sdk_metrics_runtime(metrics_port + 1, metrics.bind_host())
-        if metrics_port is not None
-        else None
-    )
+    runtime = None
+    if metrics_port is not None:
+        sdk = sdk_metrics_on_loopback()
+        if sdk is not None:
+            runtime, address = sdk
+            metrics.append_sdk_metrics(address)
     stop = asyncio.Event()
     beating = asyncio.create_task(HEALTH.keep_beating())
     with stop_on_signals(stop):
@@ -142,6 +174,9 @@ async def _run(
     stop: asyncio.Event,
 ) -> None:
     ingest_task = asyncio.create_task(ingest.run()) if ingest else None
+    # The process that runs ingest also publishes its destinations' queues (a worker-only
+    # process would repeat it once per replica).
+    collecting = asyncio.create_task(DestinationCollector(client, config).run()) if ingest else None
     workers_task = (
         asyncio.create_task(
             run_workers(client, config, destinations=destinations, workflows=workflows)
@@ -159,6 +194,8 @@ async def _run(
     finally:
         log.info("shutting down")
         stop_task.cancel()
+        if collecting is not None:
+            collecting.cancel()
         if workers_task is not None:
             workers_task.cancel()  # polling stops at once; in-flight exports may finish
         if ingest is not None and ingest_task is not None:

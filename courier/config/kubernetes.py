@@ -121,9 +121,9 @@ class KubernetesConfig(_Strict):
     metrics_port: int = Field(
         default=9400,
         ge=1024,
-        le=65534,
-        description="Port of /metrics, /healthz and /readyz in each pod (the Temporal SDK's "
-        "metrics on the next one).",
+        le=65535,
+        description="Port of /metrics (Courier's and the Temporal SDK's), /healthz and /readyz "
+        "in each pod.",
     )
     keda_temporal_endpoint: str | None = Field(
         default=None,

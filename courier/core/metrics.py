@@ -1,20 +1,41 @@
 """Prometheus metrics of Courier, labelled by destination; served by ``--metrics-port``.
 
 The same port answers ``/healthz`` and ``/readyz`` (see :mod:`courier.core.health`).
+
+One port for Courier's and the Temporal SDK's metrics: the SDK keeps its own Prometheus
+exporter (``PrometheusConfig``, in Rust, with its names, histogram buckets and units
+unchanged), bound to a free ephemeral port on 127.0.0.1 only; each ``/metrics`` request reads
+that endpoint (within :data:`SDK_READ_TIMEOUT_S`) and appends its text after Courier's own. A
+scrape the SDK's endpoint does not answer still gets Courier's metrics, and
+``courier_collect_errors_total{source="temporal_sdk"}`` counts it. The SDK's ``MetricBuffer``
+was the other way: it hands out raw updates that Courier would have to turn into Prometheus
+counters, gauges and histograms itself (the buckets included), and it must be drained whether or
+not anyone scrapes; the exporter already does all of it. Both parts are served in the classic
+text format (0.0.4), which the SDK's exporter writes, so the one response is one format.
+
+Cardinality is bounded: labels are destinations, topics, partitions and small fixed sets
+(outcomes, kinds), never a record or a key.
 """
 
 from __future__ import annotations
 
+import http.client
+import importlib.metadata
+import logging
 import os
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from courier.core.health import HEALTH, Health
+
+log = logging.getLogger("courier.metrics")
 
 HOST_ENV = "COURIER_METRICS_HOST"
 """Address the metrics (and health) server binds to; 127.0.0.1 unless set (in a pod: 0.0.0.0)."""
@@ -73,20 +94,163 @@ TOPIC_ID_CHANGES = Counter(
     "Topics seen deleted and created again under the same name (a new topic ID).",
     ["topic"],
 )
+EXPORT_ATTEMPTS = Counter(
+    "courier_export_attempts",
+    "Export attempts (one write of a record, or of a batch, to the destination), by outcome: "
+    "success, retryable, permanent or unexpected.",
+    ["destination", "outcome"],
+)
+DEAD_LETTERED = Counter(
+    "courier_records_dead_lettered",
+    "Records written to their destination's dead-letter topic ((none): records without a route).",
+    ["destination"],
+)
+CONSUMER_LAG_RECORDS = Gauge(
+    "courier_consumer_lag_records",
+    "Records of the partition ingest has not handed off yet: its log end (the last stable "
+    "offset under read_committed) minus the lowest offset not handed off.",
+    ["topic", "partition"],
+)
+CONSUMER_LAG_SECONDS = Gauge(
+    "courier_consumer_lag_seconds",
+    "How far behind the partition's hand-off is: 0 without lag, else now minus the timestamp of "
+    "the oldest record read and not handed off (or, none being read yet, of the last one "
+    "handed off).",
+    ["topic", "partition"],
+)
+LAST_COMMIT = Gauge(
+    "courier_last_commit_timestamp_seconds",
+    "Unix time of ingest's last successful offset commit, or of its last commit interval that "
+    "found everything handed off already committed.",
+)
+DESTINATION_BACKLOG = Gauge(
+    "courier_destination_backlog_records",
+    "Export tasks waiting in the destination's task queue (records in per-record mode, batches "
+    "of up to batch_size records in batch mode), as Temporal reports it (approximate).",
+    ["destination"],
+)
+DESTINATION_OLDEST_PENDING = Gauge(
+    "courier_destination_oldest_pending_seconds",
+    "Age of the oldest export task waiting in the destination's task queue.",
+    ["destination"],
+)
+DESTINATION_WORKERS = Gauge(
+    "courier_destination_workers",
+    "Workers polling the destination's task queue (seen in the last minute).",
+    ["destination"],
+)
+DESTINATION_RATE_LIMIT = Gauge(
+    "courier_destination_rate_limit",
+    "The destination's effective rate limit (records/s) on its task queue: an override "
+    "(courier limit, rate control) or the workers' rate_limit; 0 when unlimited.",
+    ["destination"],
+)
+COLLECT_ERRORS = Counter(
+    "courier_collect_errors",
+    "Failures reading what a metric reports, by source: task_queue (a destination's queue from "
+    "Temporal), kafka (log end offsets for the consumer lag), temporal_sdk (the SDK's metrics "
+    "for /metrics).",
+    ["source"],
+)
+BUILD_INFO = Gauge("courier_build_info", "Always 1; the version of Courier running.", ["version"])
+
+SDK_READ_TIMEOUT_S = 1.0
+"""The longest a scrape waits for the Temporal SDK's metrics before serving without them."""
+ERROR_LOG_S = 60.0
+"""A failure to read metrics is logged at most once per this many seconds (each is counted)."""
+
+
+def version() -> str:
+    """Courier's installed version ("unknown" when run from a tree that is not installed)."""
+    try:
+        return importlib.metadata.version("courier")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO.labels(version()).set(1)
 
 
 def record_success(destination: str, *, count: int, seconds: float) -> None:
     """Count a successful export attempt."""
     EXPORTED.labels(destination).inc(count)
     EXPORT_SECONDS.labels(destination).observe(seconds)
+    EXPORT_ATTEMPTS.labels(destination, "success").inc()
 
 
 FailureKind = Literal["retryable", "permanent", "unexpected"]
 
 
 def record_failure(destination: str, *, kind: FailureKind, count: int) -> None:
-    """Count the records of a failed export attempt."""
+    """Count a failed export attempt and its records."""
     EXPORT_FAILURES.labels(destination, kind).inc(count)
+    EXPORT_ATTEMPTS.labels(destination, kind).inc()
+
+
+class ErrorLog:
+    """Logs a repeated failure at most once per ``every_s`` seconds (the rest are counted)."""
+
+    def __init__(self, every_s: float = ERROR_LOG_S) -> None:
+        self.every_s = every_s
+        self._last = -every_s
+        self._lock = threading.Lock()
+
+    def due(self, now: float | None = None) -> bool:
+        """Whether a failure now is to be logged (and, if so, the clock restarts)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if now - self._last < self.every_s:
+                return False
+            self._last = now
+            return True
+
+
+_sdk_address: str | None = None
+_sdk_errors = ErrorLog()
+
+
+def append_sdk_metrics(address: str | None) -> None:
+    """Append the Temporal SDK's metrics, read from ``host:port`` (loopback), to ``/metrics``."""
+    global _sdk_address
+    _sdk_address = address
+
+
+def _sdk_exposition(address: str) -> bytes:
+    """The SDK exporter's answer to ``GET /metrics`` at ``address``; raises if there is none."""
+    host, _, port = address.rpartition(":")
+    # http.client, not urllib: no HTTP proxy from the environment for a loopback address.
+    connection = http.client.HTTPConnection(host, int(port), timeout=SDK_READ_TIMEOUT_S)
+    try:
+        connection.request("GET", "/metrics")
+        answer = connection.getresponse()
+        body = answer.read()
+        if answer.status != 200:
+            raise OSError(f"answered {answer.status}")
+        return body
+    finally:
+        connection.close()
+
+
+def exposition() -> bytes:
+    """Courier's metrics, then the Temporal SDK's (if :func:`append_sdk_metrics` set them up)."""
+    address = _sdk_address
+    sdk = b""
+    if address is not None:
+        try:
+            sdk = _sdk_exposition(address)
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            COLLECT_ERRORS.labels("temporal_sdk").inc()
+            if _sdk_errors.due():
+                log.warning(
+                    "cannot read the Temporal SDK's metrics from %s (%s); /metrics serves "
+                    "Courier's own without them",
+                    address,
+                    err,
+                )
+    own = generate_latest(REGISTRY)
+    if sdk and not own.endswith(b"\n"):
+        own += b"\n"
+    return own + sdk
 
 
 def bind_host() -> str:
@@ -98,8 +262,8 @@ _Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def health_and_metrics_app(health: Health = HEALTH) -> _Wsgi:
-    """A WSGI app: ``/healthz``, ``/readyz`` from ``health``, anything else Prometheus metrics."""
-    metrics_app = make_wsgi_app()
+    """A WSGI app: ``/healthz``, ``/readyz`` from ``health``, anything else the metrics
+    (:func:`exposition`)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -108,8 +272,12 @@ def health_and_metrics_app(health: Health = HEALTH) -> _Wsgi:
             status = "200 OK" if check.ok else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
             return [f"{check.reason}\n".encode()]
-        result: Iterable[bytes] = metrics_app(environ, start_response)
-        return result
+        body = exposition()
+        start_response(
+            "200 OK",
+            [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4), ("Content-Length", str(len(body)))],
+        )
+        return [body]
 
     return app
 

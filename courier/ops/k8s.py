@@ -326,10 +326,7 @@ class _Builder:
         }
         if probes:
             container["command"] += ["--metrics-port", str(port)]
-            container["ports"] = [
-                {"name": "metrics", "containerPort": port},
-                {"name": "sdk-metrics", "containerPort": port + 1},
-            ]
+            container["ports"] = [{"name": "metrics", "containerPort": port}]
             container["livenessProbe"] = {
                 "httpGet": {"path": "/healthz", "port": "metrics"},
                 "initialDelaySeconds": 10,

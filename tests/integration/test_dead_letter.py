@@ -17,6 +17,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.records_to_delete import RecordsToDelete
+from prometheus_client import REGISTRY
 from temporalio.api.common.v1 import WorkflowExecution as ExecutionRef
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -186,6 +187,7 @@ async def test_a_record_gone_from_kafka_is_a_coordinates_only_dead_letter(
     tid = await topic_id(bootstrap, topic)
     query = f"CourierTopic = '{topic}'"
     records = f"{query} AND WorkflowType = 'ExportRecord'"
+    unrouted_before = dead_lettered(dl.NO_DESTINATION)
 
     # Hand off with no destination worker: the exports wait in Temporal, k0 is then deleted.
     async with courier_running(temporal_client, config, destinations=[]):
@@ -225,6 +227,19 @@ async def test_a_record_gone_from_kafka_is_a_coordinates_only_dead_letter(
     assert found[dl.CONNECT_OFFSET] == "2" and found[dl.ATTEMPTS] == "0"
     assert dl.RECORD_MISSING not in found
     assert json.loads(out.read_text())["key"] == "k1"
+    # Counted by destination (an entry written twice, its acknowledgement lost, counts twice).
+    assert dead_lettered(name) >= 1
+    assert dead_lettered(dl.NO_DESTINATION) >= unrouted_before + 1
+
+
+def dead_lettered(destination: str) -> float:
+    """``courier_records_dead_lettered_total`` of ``destination`` in this process."""
+    return (
+        REGISTRY.get_sample_value(
+            "courier_records_dead_lettered_total", {"destination": destination}
+        )
+        or 0.0
+    )
 
 
 async def test_failed_records_of_a_range_are_dead_letters_and_replay_from_there(
