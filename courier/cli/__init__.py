@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
+from typing import Annotated
 
 import typer
 
 from courier.cli import (
     codec_server,
+    common,
     config,
     deploy,
     failures,
@@ -41,6 +43,39 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(wanted: bool) -> None:
+    """``--version``: print ``courier <version>`` from the installed package's metadata, exit."""
+    if not wanted:
+        return
+    try:
+        installed = version("courier")
+    except PackageNotFoundError:
+        raise common.fail(
+            "courier's package metadata is missing (run from a source tree?); install it with "
+            "pip install ."
+        ) from None
+    typer.echo(f"courier {installed}")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version_: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            callback=_print_version,
+            is_eager=True,
+            help="Print Courier's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options of ``courier`` itself, before any command."""
+
+
 app.add_typer(config.app, name="config")
 app.add_typer(deploy.app, name="deploy")
 app.command("run")(service.run)

@@ -76,6 +76,14 @@ LogLevelOption = Annotated[
         case_sensitive=False,
     ),
 ]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print the result as one JSON object (its shape: docs/cli-json.md); errors and "
+        "warnings stay lines on stderr.",
+    ),
+]
 SinceOption = Annotated[
     str | None,
     typer.Option(help="Only exports that failed in this last period, e.g. 30m, 1h, 2h30m."),

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from courier.cli.common import DEFAULT_CONFIG_PATH, OUT, ConfigOption, load
+from courier.cli.common import DEFAULT_CONFIG_PATH, OUT, ConfigOption, JsonOption, load
 
 app = typer.Typer(help="Check the config file or print its JSON schema.", no_args_is_help=True)
 
 
 @app.command("check")
-def check(config: ConfigOption = DEFAULT_CONFIG_PATH) -> None:
+def check(config: ConfigOption = DEFAULT_CONFIG_PATH, json_: JsonOption = False) -> None:
     """Validate the config file and summarise its destinations and routes."""
     # lazy: ops.config_file (the config models) takes ~0.25 s to import
     from courier.ops import config_file
 
-    raise typer.Exit(config_file.check(load(config), config, OUT))
+    raise typer.Exit(config_file.check(load(config), config, OUT, as_json=json_))
 
 
 @app.command("temporal-dynamic-config")

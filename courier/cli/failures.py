@@ -10,6 +10,7 @@ from courier.cli.common import (
     DEFAULT_CONFIG_PATH,
     OUT,
     ConfigOption,
+    JsonOption,
     SinceOption,
     check_destination,
     finish,
@@ -25,7 +26,7 @@ def failures(
         str | None, typer.Option("--destination", "-d", help="Only this destination.")
     ] = None,
     since: SinceOption = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,
+    json_: JsonOption = False,
     dead_letter: Annotated[
         str | None,
         typer.Option(

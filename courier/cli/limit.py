@@ -10,6 +10,7 @@ from courier.cli.common import (
     DEFAULT_CONFIG_PATH,
     OUT,
     ConfigOption,
+    JsonOption,
     check_destination,
     fail,
     load,
@@ -29,6 +30,7 @@ def limit(
     reason: Annotated[
         str, typer.Option(help="Why; stored with the limit.")
     ] = "set with courier limit",
+    json_: JsonOption = False,
 ) -> None:
     """Change a destination's rate limit now, for all its workers, without a restart."""
     # lazy: ops.limits (Temporal's SDK and the config models) takes ~0.5 s to import
@@ -44,4 +46,6 @@ def limit(
         ) from None
     if value is not None and value <= 0:
         raise fail(f"rate must be greater than 0, not {rate}", 2)
-    with_client(cfg, lambda client: ops.command(client, cfg, destination, value, reason, OUT))
+    with_client(
+        cfg, lambda client: ops.command(client, cfg, destination, value, reason, OUT, as_json=json_)
+    )

@@ -10,6 +10,7 @@ from courier.cli.common import (
     DEFAULT_CONFIG_PATH,
     OUT,
     ConfigOption,
+    JsonOption,
     check_destination,
     fail,
     load,
@@ -64,7 +65,7 @@ def redrive(
             "--dry-run", help="Read and route only: print the counts and the first records."
         ),
     ] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    json_: JsonOption = False,
     config: ConfigOption = DEFAULT_CONFIG_PATH,
 ) -> None:
     """Export one destination's records again, read from Kafka from an offset or a time.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
@@ -10,6 +11,7 @@ from courier.cli.common import (
     DEFAULT_CONFIG_PATH,
     OUT,
     ConfigOption,
+    JsonOption,
     SinceOption,
     check_destination,
     fail,
@@ -66,20 +68,25 @@ def replay(
             "--dry-run", help="With --dead-letter: read and select only; print what would start."
         ),
     ] = False,
+    json_: JsonOption = False,
 ) -> None:
     """Export failed records again: reset each failed export run and retry each blocked key
     (fix the cause first); or, with --dead-letter, start the records of a dead-letter topic again.
 
-    Takes the filters of `courier failures`, shows what it will replay and asks first.
+    Takes the filters of `courier failures`, shows what it will replay and asks first (with
+    --json, on stderr).
     """
     setup_logging("WARNING")
     cfg = load(config)
+    confirm = None if yes else _confirm(on_stderr=json_)
     if destination is not None:
         check_destination(cfg, destination)
     if dead_letter is not None:
         if query is not None:
             raise fail("--query does not go with --dead-letter (it filters workflows)", 2)
-        _replay_dead_letters(cfg, dead_letter, destination, since, until, run_id, dry_run, yes)
+        _replay_dead_letters(
+            cfg, dead_letter, destination, since, until, run_id, dry_run, confirm, json_
+        )
     for flag, given in (("--until", until), ("--run-id", run_id), ("--dry-run", dry_run)):
         if given:
             raise fail(f"{flag} goes with --dead-letter TOPIC", 2)
@@ -96,10 +103,16 @@ def replay(
             since=period,
             query=query,
             reason=reason,
-            confirm=None if yes else typer.confirm,
+            confirm=confirm,
             out=OUT,
+            as_json=json_,
         ),
     )
+
+
+def _confirm(*, on_stderr: bool) -> Callable[[str], bool]:
+    """Ask the operator yes or no; on stderr when stdout carries JSON."""
+    return lambda question: typer.confirm(question, err=on_stderr)
 
 
 def _replay_dead_letters(
@@ -110,7 +123,8 @@ def _replay_dead_letters(
     until: str | None,
     run_id: str | None,
     dry_run: bool,
-    yes: bool,
+    confirm: Callable[[str], bool] | None,
+    as_json: bool,
 ) -> NoReturn:
     """``courier replay --dead-letter TOPIC``: parse its options, run it, exit with its code."""
     # lazy: the ops modules (Temporal's SDK, aiokafka) take ~0.5 s to import
@@ -136,8 +150,9 @@ def _replay_dead_letters(
             selection=selection,
             run_id=run,
             dry_run=dry_run,
-            confirm=None if yes else typer.confirm,
+            confirm=confirm,
             out=OUT,
+            as_json=as_json,
         ),
     )
 

@@ -11,6 +11,7 @@ from courier.cli.common import (
     DEFAULT_CONFIG_PATH,
     OUT,
     ConfigOption,
+    JsonOption,
     check_destination,
     fail,
     finish,
@@ -30,12 +31,13 @@ def route(
             "rules with `when`; without it those rules are skipped.",
         ),
     ] = None,
+    json_: JsonOption = False,
 ) -> None:
-    """Print which destination a key goes to and which rule decided."""
+    """Print which destination a key goes to and which rule decided (exit 1: none)."""
     # lazy: ops.route (the config models) takes ~0.25 s to import
     from courier.ops import route as ops
 
-    raise typer.Exit(ops.route(load(config), key, record, OUT))
+    raise typer.Exit(ops.route(load(config), key, record, OUT, as_json=json_))
 
 
 def map_record(
@@ -58,7 +60,7 @@ def map_record(
         ),
     ] = None,
     config: ConfigOption = DEFAULT_CONFIG_PATH,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Print exactly what a destination would receive for a record, without sending it.
 

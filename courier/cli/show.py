@@ -10,6 +10,7 @@ from courier.cli.common import (
     DEFAULT_CONFIG_PATH,
     OUT,
     ConfigOption,
+    JsonOption,
     load,
     setup_logging,
     with_client,
@@ -21,7 +22,7 @@ def show(
         str,
         typer.Argument(help="A workflow ID, or the record as TOPIC/PARTITION/OFFSET."),
     ],
-    json_: Annotated[bool, typer.Option("--json", help="Print the journey as JSON.")] = False,
+    json_: JsonOption = False,
     config: ConfigOption = DEFAULT_CONFIG_PATH,
 ) -> None:
     """Show one record's journey: the record, its route and why, attempts, receipt, UI link.

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from courier.config.lint import lint_file
-from courier.config.model import CourierConfig
+from courier.config.model import CourierConfig, RouteRule
 from courier.core.output import Output
 from courier.core.rates import format_rate
 
@@ -40,8 +40,67 @@ def rate_estimate(config: CourierConfig) -> str:
     return line
 
 
-def check(config: CourierConfig, path: Path, out: Output) -> int:
-    """Print the valid config's destinations as a table, then its routes in one line."""
+def _matcher(rule: RouteRule) -> tuple[str, str]:
+    """Which matcher a rule uses (``exact``, ``prefix``, ``regex`` or ``when``) and its text."""
+    for kind in ("exact", "prefix", "regex", "when"):
+        value = getattr(rule, kind)
+        if value is not None:
+            return kind, value
+    raise AssertionError("a rule has exactly one matcher")  # RouteRule validates it
+
+
+def check_json(config: CourierConfig, path: Path, warnings: list[str]) -> dict[str, object]:
+    """The valid config summarised for ``courier config check --json`` (docs/cli-json.md)."""
+    limited = [d.rate_limit for d in config.destinations if d.rate_limit is not None]
+    total = sum(limited) if limited else None
+    return {
+        "path": str(path),
+        "valid": True,
+        "ingest_mode": config.ingest.mode,
+        "destinations": [
+            {
+                "name": d.name,
+                "kind": d.kind,
+                "task_queue": d.task_queue,
+                "rate_limit": d.rate_limit,
+                "max_concurrency": d.max_concurrency,
+                "max_attempts": d.retry.maximum_attempts,
+                "ordering": d.ordering,
+            }
+            for d in config.destinations
+        ],
+        "routes": {
+            "rules": [
+                {"match": kind, "pattern": pattern, "destination": rule.destination}
+                for rule in config.routes.rules
+                for kind, pattern in [_matcher(rule)]
+            ],
+            "default": config.routes.default,
+            "unmatched": config.routes.unmatched,
+        },
+        "rate_limit_total": total,
+        "unlimited_destinations": len(config.destinations) - len(limited),
+        "batch_advised": config.ingest.mode == "per_record"
+        and total is not None
+        and total > PER_RECORD_ADVISED,
+        "warnings": warnings,
+    }
+
+
+def check(config: CourierConfig, path: Path, out: Output, *, as_json: bool = False) -> int:
+    """Print the valid config's destinations as a table, then its routes in one line (or all
+    of it as one JSON object); its warnings on stderr."""
+    warnings = lint_file(path, config)
+    if as_json:
+        out.write_json(check_json(config, path, warnings))
+    else:
+        _render(config, path, out)
+    for warning in warnings:
+        out.warning(warning)
+    return 0
+
+
+def _render(config: CourierConfig, path: Path, out: Output) -> None:
     table = Table(title=f"{path}: valid")
     for column in ("destination", "kind", "task queue", "rate limit", "concurrency", "retries"):
         table.add_column(column)
@@ -56,17 +115,13 @@ def check(config: CourierConfig, path: Path, out: Output) -> int:
             "forever" if attempts == 0 else f"{attempts} attempts",
         )
     out.out.print(table)
-    rules = ", ".join(
-        f"{r.exact or r.prefix or r.regex!s}→{r.destination}" for r in config.routes.rules
-    )
+    rules = ", ".join(f"{_matcher(r)[1]}→{r.destination}" for r in config.routes.rules)
     out.out.print(
         f"routes: {rules or '(none)'}; default: {config.routes.default or '(none)'}; "
-        f"unmatched: {config.routes.unmatched}"
+        f"unmatched: {config.routes.unmatched}",
+        markup=False,  # a regex's [a-z] is not a style
     )
     out.out.print(rate_estimate(config), highlight=False, markup=False)
-    for warning in lint_file(path, config):
-        out.warning(warning)
-    return 0
 
 
 def schema() -> str:

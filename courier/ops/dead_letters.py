@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,8 +39,8 @@ from temporalio.service import RPCError
 from courier.config.model import CourierConfig, KafkaConfig
 from courier.core.durations import parse_duration
 from courier.core.ids import check_run_id
-from courier.core.output import Output
-from courier.ops.failures import FailureGroup, generalise, render
+from courier.core.output import Output, iso_time
+from courier.ops.failures import FailureGroup, failures_json, generalise, render
 from ingest.dead_letter import DeadLetterEntry, parse_entry
 from ingest.handoff import TRANSIENT_STATUSES, RecordRejected, checked_input, search_attributes
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options
@@ -240,14 +239,13 @@ async def failures_command(
         return out.fail(str(err))
     latest = latest_by_identity(entries)
     groups = group_entries(latest)
+    repeats = len(entries) - len(latest)
     if as_json:
-        out.write(json.dumps([g.as_dict() for g in groups], indent=2) + "\n")
-        return 0
-    if not groups:
+        out.write_json(failures_json(groups, topic=topic, repeats=repeats, foreign=foreign))
+    elif not groups:
         out.out.print(f"no dead letters in {topic} match", highlight=False)
     else:
         render(groups, out.out)
-        repeats = len(entries) - len(latest)
         if repeats:
             out.out.print(
                 f"({repeats} more entries repeat a record listed: the latest failure counts)",
@@ -439,6 +437,37 @@ def _kafka_record(entry: DeadLetterEntry) -> KafkaRecord:
     )
 
 
+def replay_json(summary: ReplaySummary, *, entries: int, declined: bool) -> dict[str, object]:
+    """What ``courier replay --dead-letter TOPIC --json`` prints (docs/cli-json.md)."""
+    return {
+        "source": "dead_letter",
+        "topic": summary.topic,
+        "run_id": summary.run_id,
+        "dry_run": summary.dry_run,
+        "entries": entries,
+        "read": summary.read,
+        "selected": summary.selected,
+        "declined": declined,
+        "replayed": summary.started,
+        "already_present": summary.present,
+        "repeats": summary.repeats,
+        "missing": summary.missing,
+        "unroutable": summary.unroutable,
+        "foreign": summary.foreign,
+        "errors": summary.errors,
+        "first": [
+            {
+                "record": entry.coordinates,
+                "destination": destination,
+                "identity": entry.idempotency_key,
+                "failed": iso_time(entry.last_failure),
+                "reason": entry.reason,
+            }
+            for entry, destination in summary.first
+        ],
+    }
+
+
 async def replay_command(
     client: Client,
     config: CourierConfig,
@@ -449,47 +478,67 @@ async def replay_command(
     dry_run: bool,
     confirm: Callable[[str], bool] | None,
     out: Output,
+    as_json: bool = False,
 ) -> int:
     """``courier replay --dead-letter TOPIC``: export its records again with a progress bar,
-    then say what was done; exit 1 if something could not be started or the operator said no."""
+    then say what was done (``as_json``: one JSON object, no progress bar); exit 1 if something
+    could not be started or the operator said no."""
     job = DeadLetterReplay(
         client, config, topic, selection=selection, run_id=run_id, dry_run=dry_run
     )
     summary = job.summary
+    total = 0
     try:
         async with DeadLetterReader(config, topic, group=job.group) as reader:
             total = await reader.remaining()
             if total == 0:
-                out.out.print(
-                    f"nothing to replay: {topic} has no entries after run {run_id}'s position",
-                    highlight=False,
-                )
+                if as_json:
+                    out.write_json(replay_json(summary, entries=0, declined=False))
+                else:
+                    out.out.print(
+                        f"nothing to replay: {topic} has no entries after run {run_id}'s position",
+                        highlight=False,
+                    )
                 return 0
             question = (
                 f"Replay the dead letters of {topic} ({total:,} entries from run {run_id}'s "
                 "position)?"
             )
             if not dry_run and confirm is not None and not confirm(question):
+                if as_json:
+                    out.write_json(replay_json(summary, entries=total, declined=True))
                 return 1
-            with Progress(
-                *Progress.get_default_columns(),
-                TextColumn("{task.fields[counts]}"),
-                console=out.out,
-            ) as progress:
-                task = progress.add_task("replaying", total=total, counts="")
+            with contextlib.ExitStack() as stack:
+                progress = (
+                    None
+                    if as_json
+                    else stack.enter_context(
+                        Progress(
+                            *Progress.get_default_columns(),
+                            TextColumn("{task.fields[counts]}"),
+                            console=out.out,
+                        )
+                    )
+                )
+                task = progress.add_task("replaying", total=total, counts="") if progress else None
 
                 def advance(read: int) -> None:
-                    progress.update(
-                        task,
-                        advance=read,
-                        counts=f"started {summary.started:,} · present {summary.present:,}",
-                    )
+                    if progress is not None and task is not None:
+                        progress.update(
+                            task,
+                            advance=read,
+                            counts=f"started {summary.started:,} · present {summary.present:,}",
+                        )
 
                 with contextlib.suppress(DeadLetterError):  # reported below
                     await job.run(reader, advance)
     except DeadLetterError as err:
         return out.fail(str(err))
-    _report(summary, out)
+    if as_json:
+        out.write_json(replay_json(summary, entries=total, declined=False))
+        _warn(summary, out)
+    else:
+        _report(summary, out)
     return 1 if summary.errors else 0
 
 
@@ -519,6 +568,18 @@ def _report(summary: ReplaySummary, out: Output) -> None:
             + (f", repeats {summary.repeats:,}" if summary.repeats else ""),
             highlight=False,
         )
+    _warn(summary, out)
+    if not summary.dry_run:
+        print_(
+            f"run ID {summary.run_id}: run again with --run-id {summary.run_id} to resume; "
+            "nothing is started twice",
+            highlight=False,
+            markup=False,
+        )
+
+
+def _warn(summary: ReplaySummary, out: Output) -> None:
+    """The replay's warnings and errors, one line each on stderr."""
     for line in summary.missing:
         out.warning(f"cannot replay {line}: the entry has no record")
     for line in summary.unroutable:
@@ -527,10 +588,3 @@ def _report(summary: ReplaySummary, out: Output) -> None:
         out.warning(f"{summary.foreign} record(s) without Courier's failure headers, passed over")
     for line in summary.errors:
         out.error(line)
-    if not summary.dry_run:
-        print_(
-            f"run ID {summary.run_id}: run again with --run-id {summary.run_id} to resume; "
-            "nothing is started twice",
-            highlight=False,
-            markup=False,
-        )

@@ -13,7 +13,6 @@ search attributes (records by reference of a range, encrypted payloads) are read
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from courier.config.model import CourierConfig
 from courier.core import search_attributes as sa
 from courier.core.ids import parse_workflow_id
-from courier.core.output import Output
+from courier.core.output import Output, iso_time
 from ingest.fetch import KafkaRecordSource
 from workflows.types import ExportRangeResult
 
@@ -107,8 +106,8 @@ class FailureGroup:
             "reason": self.reason,
             "count": self.count,
             "workflows": len(self.workflow_ids),
-            "first_seen": self.first_seen.isoformat() if self.first_seen else None,
-            "last_seen": self.last_seen.isoformat() if self.last_seen else None,
+            "first_seen": iso_time(self.first_seen),
+            "last_seen": iso_time(self.last_seen),
             "example_id": self.example_id,
             "example_record": self.example_record,
         }
@@ -255,6 +254,34 @@ def group(failures: list[FailedExport]) -> list[FailureGroup]:
     return sorted(groups.values(), key=lambda g: (-g.count, g.destination, g.reason))
 
 
+def workflow_count(groups: list[FailureGroup]) -> int:
+    """The workflows the groups' records failed in, each counted once."""
+    return len(set().union(*(g.workflow_ids for g in groups))) if groups else 0
+
+
+def failures_json(
+    groups: list[FailureGroup],
+    *,
+    topic: str | None = None,
+    repeats: int = 0,
+    foreign: int = 0,
+) -> dict[str, object]:
+    """What ``courier failures --json`` prints (docs/cli-json.md): the groups and their totals.
+
+    ``topic``: the dead-letter topic they were read from (None: Temporal's failed workflows);
+    ``repeats``: its entries of a record counted already; ``foreign``: its records passed over.
+    """
+    return {
+        "source": "workflows" if topic is None else "dead_letter",
+        "topic": topic,
+        "records": sum(g.count for g in groups),
+        "workflows": workflow_count(groups),
+        "repeats": repeats,
+        "foreign": foreign,
+        "groups": [g.as_dict() for g in groups],
+    }
+
+
 def render(groups: list[FailureGroup], console: Console) -> None:
     """Print the groups as a table, with a total."""
     table = Table("destination", "count", "first seen", "last seen", "reason", "example")
@@ -269,8 +296,9 @@ def render(groups: list[FailureGroup], console: Console) -> None:
         )
     console.print(table)
     records = sum(g.count for g in groups)
-    workflows = len(set().union(*(g.workflow_ids for g in groups))) if groups else 0
-    console.print(f"{records} failed record(s) in {workflows} workflow(s)", highlight=False)
+    console.print(
+        f"{records} failed record(s) in {workflow_count(groups)} workflow(s)", highlight=False
+    )
 
 
 def _short(value: datetime | None) -> str:
@@ -289,7 +317,7 @@ async def command(
     """``courier failures``: the groups as a table (or JSON), or that there are none."""
     groups = group(await find_failures(client, config, destination=destination, since=since))
     if as_json:
-        out.write(json.dumps([g.as_dict() for g in groups], indent=2) + "\n")
+        out.write_json(failures_json(groups))
     elif not groups:
         out.out.print("no failed records")
     else:

@@ -38,6 +38,20 @@ async def set_limit(
     return await describe(client, dest.task_queue)
 
 
+def limit_json(
+    name: str, state: QueueState, records_per_second: float | None, reason: str
+) -> dict[str, object]:
+    """What ``courier limit --json`` prints (docs/cli-json.md)."""
+    return {
+        "destination": name,
+        "task_queue": state.task_queue,
+        "requested": records_per_second,
+        "reason": reason,
+        "rate_limit": state.rate_limit,
+        "rate_limit_source": state.rate_limit_source,
+    }
+
+
 async def command(
     client: Client,
     config: CourierConfig,
@@ -45,9 +59,14 @@ async def command(
     records_per_second: float | None,
     reason: str,
     out: Output,
+    *,
+    as_json: bool = False,
 ) -> int:
     """``courier limit``: set the limit, then print the queue's limit and where it comes from."""
     state = await set_limit(client, config, name, records_per_second, reason)
+    if as_json:
+        out.write_json(limit_json(name, state, records_per_second, reason))
+        return 0
     out.out.print(
         f"{state.task_queue}: rate limit now {format_rate(state.rate_limit)} "
         f"({state.rate_limit_source})"

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from rich.console import Console
 from rich.progress import Progress, TextColumn
 from rich.table import Table
 from temporalio.client import Client
@@ -506,8 +505,10 @@ def default_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-async def execute(redrive: Redrive, console: Console, *, as_json: bool) -> RedriveSummary:
-    """Plan and run a re-drive with a progress bar (none with ``as_json``); print its summary."""
+async def execute(redrive: Redrive, out: Output, *, as_json: bool) -> RedriveSummary:
+    """Plan and run a re-drive with a progress bar (none with ``as_json``); print its summary
+    (``as_json``: one JSON object, docs/cli-json.md)."""
+    console = out.out
     spans = await redrive.plan()
     summary = redrive.summary
     total = sum(s.size for s in spans)
@@ -537,7 +538,7 @@ async def execute(redrive: Redrive, console: Console, *, as_json: bool) -> Redri
             await redrive.run(advance)
             progress.update(task, completed=total)
     if as_json:
-        console.print_json(data=summary.as_dict())
+        out.write_json(summary.as_dict())
         return summary
     for note in summary.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
@@ -609,7 +610,7 @@ async def command(
             dry_run=dry_run,
             rate=rate,
         ) as job:
-            await execute(job, out.out, as_json=as_json)
+            await execute(job, out, as_json=as_json)
     except RedriveError as err:
         return out.fail(str(err))
     return 0

@@ -16,6 +16,7 @@ idempotency key, before the key's next records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -91,6 +92,29 @@ async def replay_all(
     return failures
 
 
+def replay_json(
+    groups: list[failures.FailureGroup],
+    *,
+    failed_exports: int,
+    blocked_keys: int,
+    declined: bool,
+    replayed: int,
+    errors: list[str],
+) -> dict[str, object]:
+    """What ``courier replay --json`` prints (docs/cli-json.md)."""
+    return {
+        "source": "workflows",
+        "dry_run": False,
+        "failed_exports": failed_exports,
+        "blocked_keys": blocked_keys,
+        "selected": failed_exports + blocked_keys,
+        "declined": declined,
+        "replayed": replayed,
+        "errors": errors,
+        "groups": [g.as_dict() for g in groups],
+    }
+
+
 async def command(
     client: Client,
     config: CourierConfig,
@@ -101,22 +125,42 @@ async def command(
     reason: str,
     confirm: Callable[[str], bool] | None,
     out: Output,
+    as_json: bool = False,
 ) -> int:
     """``courier replay``: show the failed exports and blocked keys, ask, replay them.
 
     ``confirm`` asks the operator the question it is given (None: replay without asking);
     declined, nothing is replayed and the exit code is 1, as it is when any replay failed.
+    ``as_json``: no table and no progress bar; one JSON object at the end.
     """
     exports = await failures.find_failures(
         client, config, destination=destination, since=since, extra=query
     )
     blocked = [e async for e in client.list_workflows(blocked_keys_query(destination, query))]
+    groups = failures.group(exports)
+    errors: list[str] = []
+
+    def report(*, declined: bool = False, replayed: int = 0) -> None:
+        if as_json:
+            out.write_json(
+                replay_json(
+                    groups,
+                    failed_exports=len(exports),
+                    blocked_keys=len(blocked),
+                    declined=declined,
+                    replayed=replayed,
+                    errors=errors,
+                )
+            )
+
     if not exports and not blocked:
-        out.out.print("no failed exports match")
+        if not as_json:
+            out.out.print("no failed exports match")
+        report()
         return 0
-    if exports:
-        failures.render(failures.group(exports), out.out)
-    if blocked:
+    if exports and not as_json:
+        failures.render(groups, out.out)
+    if blocked and not as_json:
         out.out.print(f"{len(blocked)} blocked key(s) of ordered destinations (courier status)")
     count = len(exports) + len(blocked)
     what = f"{len(exports)} failed export workflow(s)" if exports else ""
@@ -124,17 +168,24 @@ async def command(
         f"{len(blocked)} blocked key(s)" if blocked else ""
     )
     if confirm is not None and not confirm(f"Replay these {what}?"):
+        report(declined=True)
         return 1
-    with Progress(console=out.out) as progress:
-        task = progress.add_task("replaying", total=count)
+    with contextlib.ExitStack() as stack:
+        progress = None if as_json else stack.enter_context(Progress(console=out.out))
+        task = progress.add_task("replaying", total=count) if progress else None
 
         def done(execution: Execution, err: Exception | None) -> None:
             if err is not None:
-                out.error(f"{execution.id}: {err}")
-            progress.advance(task)
+                errors.append(f"{execution.id}: {err}")
+                out.error(errors[-1])
+            if progress is not None and task is not None:
+                progress.advance(task)
 
         failed = await replay_all(
             client, [e.execution for e in exports] + blocked, reason=reason, on_done=done
         )
-    out.out.print(f"replayed {count - failed} of {count}")
+    if as_json:
+        report(replayed=count - failed)
+    else:
+        out.out.print(f"replayed {count - failed} of {count}")
     return 1 if failed else 0

@@ -6,8 +6,9 @@ destination would receive (:mod:`courier.ops.preview`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from rich.markup import escape
 
 from courier.config.model import CourierConfig
 from courier.core.output import Output
@@ -16,11 +17,13 @@ from ingest.routing import Router
 from workflows.types import KafkaRecord
 
 
-def route(config: CourierConfig, key: str, record: Path | None, out: Output) -> int:
+def route(
+    config: CourierConfig, key: str, record: Path | None, out: Output, *, as_json: bool = False
+) -> int:
     """Print the destination of ``key`` and the rule that decided; exit 1 if it goes nowhere.
 
     ``record``: a JSON file describing the rest of the record, for rules with ``when``; without
-    it those rules are skipped, with a warning.
+    it those rules are skipped, with a warning. ``as_json``: print one JSON object instead.
     """
     router = Router(config.routes)
     whole = None
@@ -29,14 +32,25 @@ def route(config: CourierConfig, key: str, record: Path | None, out: Output) -> 
             whole = preview.record_from_file(record)
         except preview.PreviewError as err:
             return out.fail(str(err), 2)
-    elif router.needs_record:
+    skipped_when = whole is None and router.needs_record
+    if skipped_when:
         out.warning("rules with `when` need the whole record and were skipped; pass --record FILE")
     decision = router.decide(key.encode(), whole)
-    if decision.action == "export":
-        out.out.print(f"{decision.destination}\t[dim]{decision.rule}[/dim]")
-        return 0
-    out.out.print(f"({decision.action})\t[dim]{decision.rule}[/dim]")
-    return 1
+    if as_json:
+        out.write_json(
+            {
+                "key": key,
+                "action": decision.action,
+                "destination": decision.destination,
+                "rule": decision.rule,
+                "when_rules_skipped": skipped_when,
+            }
+        )
+    elif decision.action == "export":
+        out.out.print(f"{decision.destination}\t[dim]{escape(decision.rule)}[/dim]")
+    else:
+        out.out.print(f"({decision.action})\t[dim]{escape(decision.rule)}[/dim]")
+    return 0 if decision.action == "export" else 1
 
 
 async def map_record(
@@ -69,7 +83,7 @@ async def map_record(
     except preview.MappingError as err:
         return out.fail(f"{destination}: {err.reason}", 1)
     if as_json:
-        out.write(json.dumps(result, ensure_ascii=False) + "\n")
+        out.write_json(result)
     else:
         out.write(preview.render(result) + "\n")
     return 0

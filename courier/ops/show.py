@@ -628,7 +628,7 @@ async def command(
     except ShowError as err:
         return out.fail(str(err))
     if as_json:
-        out.write(json.dumps(journey.as_dict(), indent=2) + "\n")
+        out.write_json(journey.as_dict())
     else:
         render(journey, out.out)
     return 0

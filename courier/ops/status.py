@@ -14,7 +14,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from courier.config.model import CourierConfig
 from courier.core import search_attributes as sa
-from courier.core.output import Output
+from courier.core.output import Output, iso_time
 from courier.core.rates import format_rate
 from courier.core.task_queues import QueueState, describe
 from courier.ops.blocked import BlockedKey, blocked_keys
@@ -287,32 +287,185 @@ async def oldest_failure(client: Client, destination: str) -> float | None:
     return oldest
 
 
-async def command(client: Client, config: CourierConfig, out: Output) -> int:
-    """``courier status``: the destinations' table, their problems, batch ranges, blocked keys."""
+def unanswered_warning(ordered: OrderedStatus) -> str:
+    """The warning about an ordered destination's blocked keys that did not answer."""
+    return (
+        f"{ordered.name}: {ordered.unanswered} blocked key(s) did not answer; is a workflow "
+        "worker (courier worker --workflows) running?"
+    )
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Everything ``courier status`` prints, read once."""
+
+    destinations: list[DestinationStatus]
+    oldest_failures: dict[str, float]
+    """Destination: when its oldest failed record's workflow closed (Unix time)."""
+    retention_s: float | None
+    """How long the namespace keeps closed workflows (None: unknown)."""
+    ranges: RangeStatus
+    ordered: list[OrderedStatus]
+    backlog_warnings: list[str]
+    """Backlogs older than half the topics' retention (or why it cannot be read)."""
+    failure_warnings: list[str]
+    """Failed records the namespace will forget before anyone replays them."""
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every warning, in the order the text prints them."""
+        unanswered = [unanswered_warning(o) for o in self.ordered if o.unanswered]
+        return [*self.backlog_warnings, *self.failure_warnings, *unanswered]
+
+
+async def gather(client: Client, config: CourierConfig) -> StatusReport:
+    """Read every destination's state, the ranges, ordered keys and what to warn about."""
     statuses = await destination_statuses(client, config)
+    backlogs = [(d.name, d.queue.backlog_age_s) for d in statuses]
+    backlog_warnings = await retention_warnings(config.kafka, backlogs)
+    retention = await namespace_retention_s(client)
+    oldest: dict[str, float] = {}
+    for dest in statuses:
+        if dest.failed:
+            closed = await oldest_failure(client, dest.name)
+            if closed is not None:
+                oldest[dest.name] = closed
+    failures = [(d.name, d.failed, oldest.get(d.name)) for d in statuses]
+    return StatusReport(
+        destinations=statuses,
+        oldest_failures=oldest,
+        retention_s=retention,
+        ranges=await range_status(client, config),
+        ordered=await ordered_statuses(client, config),
+        backlog_warnings=backlog_warnings,
+        failure_warnings=failure_warnings(config, retention, failures),
+    )
+
+
+def connection_state(dest: DestinationStatus) -> str:
+    """``connected``, ``not_connected`` (some worker cannot open it), ``no_worker`` or
+    ``unknown`` (the reports could not be read)."""
+    if dest.workers_unknown is not None:
+        return "unknown"
+    if not dest.workers:
+        return "no_worker"
+    return "connected" if all(w.connected for w in dest.workers) else "not_connected"
+
+
+def _control_dict(control: ControlState | None) -> dict[str, object]:
+    if control is None:
+        return {"mode": "normal", "rate": None, "since": None, "reason": "", "last_error": ""}
+    return {
+        "mode": control.mode,
+        "rate": control.rate,
+        "since": iso_time(control.since) if control.since else None,
+        "reason": control.reason,
+        "last_error": control.last_error,
+        "configured_limit": control.configured_limit,
+        "operator_limit": control.operator_limit,
+        "draining": control.draining,
+    }
+
+
+def _blocked_dict(blocked: BlockedKey) -> dict[str, object]:
+    state, record = blocked.state, blocked.state.blocked
+    return {
+        "key": state.key,
+        "workflow_id": blocked.workflow_id,
+        "record_id": record.idempotency_key if record else None,
+        "topic": record.topic if record else None,
+        "partition": record.partition if record else None,
+        "offset": record.offset if record else None,
+        "reason": record.reason if record else None,
+        "since": iso_time(record.since) if record else None,
+        "waiting": max(0, state.pending - 1),
+    }
+
+
+def report_json(config: CourierConfig, report: StatusReport) -> dict[str, object]:
+    """The report for ``courier status --json`` (shape: docs/cli-json.md)."""
+    destinations = []
+    for dest in report.destinations:
+        queue = dest.queue
+        destinations.append(
+            {
+                "name": dest.name,
+                "task_queue": queue.task_queue,
+                "workers": queue.workers,
+                "backlog": queue.backlog,
+                "backlog_age_s": queue.backlog_age_s,
+                "dispatch_rate": queue.dispatch_rate,
+                "rate_limit": queue.rate_limit,
+                "rate_limit_source": queue.rate_limit_source,
+                "running": dest.running,
+                "completed": dest.completed,
+                "failed": dest.failed,
+                "oldest_failure": iso_time(report.oldest_failures.get(dest.name)),
+                "connection": connection_state(dest),
+                "workers_unknown": dest.workers_unknown,
+                "worker_reports": [
+                    {
+                        "worker": w.worker,
+                        "connected": w.connected,
+                        "reason": w.reason,
+                        "since": iso_time(w.since),
+                        "reported_at": iso_time(w.reported_at),
+                    }
+                    for w in dest.workers
+                ],
+                "rate_control": _control_dict(dest.control),
+            }
+        )
+    ranges = report.ranges
+    return {
+        "temporal": {
+            "address": config.temporal.address,
+            "namespace": config.temporal.namespace,
+            "retention_s": report.retention_s,
+        },
+        "ingest_mode": config.ingest.mode,
+        "destinations": destinations,
+        "ranges": {
+            "running": ranges.running,
+            "completed": ranges.completed,
+            "failed": ranges.failed,
+            "failed_records": ranges.failed_records,
+        },
+        "ordered": [
+            {
+                "destination": o.name,
+                "keys_in_flight": o.active,
+                "blocked": [_blocked_dict(b) for b in o.blocked],
+                "unanswered": o.unanswered,
+            }
+            for o in report.ordered
+        ],
+        "warnings": report.warnings,
+    }
+
+
+def render(config: CourierConfig, report: StatusReport, out: Output) -> None:
+    """The report for people: the table, each destination's problems, ranges, blocked keys;
+    the warnings on stderr."""
+    statuses = report.destinations
     out.out.print(destinations_table(config, statuses))
     for dest in statuses:
         if dest.connection != "connected":
             out.out.print(f"{dest.name}: {dest.connection}", highlight=False, markup=False)
         if dest.rate_control != "normal":
             out.out.print(f"{dest.name}: {dest.rate_control}", highlight=False, markup=False)
-    backlogs = [(d.name, d.queue.backlog_age_s) for d in statuses]
-    for warning in await retention_warnings(config.kafka, backlogs):
+    for warning in report.backlog_warnings:
         out.warning(warning)
-    retention = await namespace_retention_s(client)
     out.out.print(
         f"namespace {config.temporal.namespace} keeps closed workflows "
-        f"{format_retention(retention)}; failed records live on only in a dead-letter topic",
+        f"{format_retention(report.retention_s)}; failed records live on only in a dead-letter "
+        "topic",
         highlight=False,
         markup=False,
     )
-    failures = [
-        (d.name, d.failed, await oldest_failure(client, d.name) if d.failed else None)
-        for d in statuses
-    ]
-    for warning in failure_warnings(config, retention, failures):
+    for warning in report.failure_warnings:
         out.warning(warning)
-    ranges = await range_status(client, config)
+    ranges = report.ranges
     if ranges.running or ranges.completed or ranges.failed:
         failed = (
             f", {ranges.failed} failed ({ranges.failed_records} records could not be exported)"
@@ -324,7 +477,7 @@ async def command(client: Client, config: CourierConfig, out: Output) -> int:
             "a record that failed for good has its own Failed workflow (courier failures); "
             "per-destination record counts: the courier_records_exported metric"
         )
-    for ordered in await ordered_statuses(client, config):
+    for ordered in report.ordered:
         out.out.print(
             f"{ordered.name}: ordered by key, {ordered.active} keys in flight, "
             f"{len(ordered.blocked) + ordered.unanswered} blocked",
@@ -334,8 +487,19 @@ async def command(client: Client, config: CourierConfig, out: Output) -> int:
         for blocked in ordered.blocked:
             out.out.print(describe_blocked(ordered.name, blocked), highlight=False, markup=False)
         if ordered.unanswered:
-            out.warning(
-                f"{ordered.name}: {ordered.unanswered} blocked key(s) did not answer; is a "
-                "workflow worker (courier worker --workflows) running?"
-            )
+            out.warning(unanswered_warning(ordered))
+
+
+async def command(
+    client: Client, config: CourierConfig, out: Output, *, as_json: bool = False
+) -> int:
+    """``courier status``: the destinations' table, their problems, batch ranges, blocked keys
+    (or all of it as one JSON object, the warnings on stderr as well)."""
+    report = await gather(client, config)
+    if as_json:
+        out.write_json(report_json(config, report))
+        for warning in report.warnings:
+            out.warning(warning)
+    else:
+        render(config, report, out)
     return 0

@@ -311,7 +311,7 @@ async def test_failed_records_of_a_range_are_dead_letters_and_replay_from_there(
             # failures lists the 3 records, show opens one.
             code, out, err = await courier("failures", "-d", name, "--json", "-c", path)
             assert code == 0, err
-            [listed] = json.loads(out)
+            [listed] = json.loads(out)["groups"]
             assert (listed["count"], listed["workflows"]) == (3, 3) and "400" in listed["reason"]
             code, out, err = await courier("show", f"{topic}/0/250", "--json", "-c", path)
             assert code == 0, err
@@ -342,7 +342,9 @@ async def test_failed_records_of_a_range_are_dead_letters_and_replay_from_there(
                 assert found[dl.FIRST_FAILURE] == found[dl.LAST_FAILURE]
             code, out, err = await courier("failures", "--dead-letter", dead, "--json", "-c", path)
             assert code == 0, err
-            [summary] = json.loads(out)
+            summarised = json.loads(out)
+            assert (summarised["source"], summarised["topic"]) == ("dead_letter", dead)
+            [summary] = summarised["groups"]
             assert (summary["destination"], summary["count"]) == (name, 3)
 
             # Fixed: replay exports exactly those 3 again.

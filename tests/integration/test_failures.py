@@ -91,7 +91,7 @@ async def test_failures_grouped_then_replayed(
 
             code, out, _ = await courier("failures", "-d", down, "--json", "-c", path)
             assert code == 0
-            [only] = json.loads(out)
+            [only] = json.loads(out)["groups"]
             assert (only["destination"], only["count"], only["workflows"]) == (down, 4, 4)
 
             code, out, _ = await courier("replay", "-d", down, "-c", path, stdin=b"n\n")
