@@ -43,14 +43,7 @@ DASHBOARD = ROOT / "deploy" / "monitoring" / "dashboard.json"
 FOR = "2s"
 FAST_RETRY = {"initial_interval": "100ms", "maximum_interval": "1s"}
 
-PROMETHEUS = binary()
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        PROMETHEUS is None,
-        reason="no prometheus binary: run `make prometheus` (Debian's package under .tools/)",
-    ),
-]
+pytestmark = pytest.mark.integration
 T = TypeVar("T")
 
 
@@ -148,6 +141,8 @@ def alert_of(alerts: list[dict[str, Any]], name: str, destination: str) -> dict[
 async def scenario(
     stack_settings: Any, temporal_client: Client, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Scenario]:
+    if binary() is None:
+        pytest.skip("no prometheus binary: run `make prometheus` (Debian's package under .tools/)")
     unique = uuid.uuid4().hex[:10]
     name = f"api-{unique}"
     workdir = tmp_path_factory.mktemp("prometheus")
