@@ -76,6 +76,28 @@ class DestinationScaling(_Strict):
         return self
 
 
+class Monitoring(_Strict):
+    """Resources for the cluster's Prometheus Operator and Grafana (each off by default)."""
+
+    prometheus_rules: bool = Field(
+        default=False,
+        description="Add a PrometheusRule (monitoring.coreos.com/v1, the Prometheus Operator) "
+        "with Courier's alert rules (deploy/monitoring/alerts.yml; see docs/monitoring.md).",
+    )
+    grafana_dashboard: bool = Field(
+        default=False,
+        description="Add a ConfigMap holding Courier's Grafana dashboard "
+        '(deploy/monitoring/dashboard.json), labelled grafana_dashboard: "1" for Grafana\'s '
+        "dashboard sidecar.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra labels on those resources: what your Prometheus selects rules by "
+        "(its ruleSelector, e.g. release: kube-prometheus-stack) or your Grafana sidecar "
+        "looks for.",
+    )
+
+
 class KubernetesConfig(_Strict):
     """Kubernetes manifests made by ``courier deploy k8s``: images, replicas, scaling, secrets."""
 
@@ -153,6 +175,11 @@ class KubernetesConfig(_Strict):
     destinations: dict[str, DestinationScaling] = Field(
         default_factory=dict,
         description="Per destination name: the fields that differ from destination_defaults.",
+    )
+    monitoring: Monitoring = Field(
+        default_factory=Monitoring,
+        description="Alert rules and dashboard as Kubernetes resources (Prometheus Operator, "
+        "Grafana sidecar).",
     )
 
     def scaling(self, destination: str) -> DestinationScaling:

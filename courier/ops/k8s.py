@@ -9,7 +9,10 @@ One config file in, one multi-document YAML out (``kubectl apply -f``):
 - per destination a Deployment of ``courier worker --destination NAME`` and a KEDA
   ``ScaledObject`` with the ``temporal`` scaler on its task queue; a kind's ``deployment_needs``
   add a PersistentVolumeClaim per data directory and, for a single writer, at most one pod
-  (file destinations need both).
+  (file destinations need both);
+- with ``kubernetes.monitoring``: a PrometheusRule carrying Courier's alert rules and a
+  ConfigMap with its Grafana dashboard (:data:`MONITORING`, shipped with the package and linked
+  from ``deploy/monitoring/``).
 
 Placeholders named in ``kubernetes.env`` become plain environment variables; every other one is
 read from the Secret ``kubernetes.secret_name`` (key = the placeholder's name, optional when the
@@ -25,6 +28,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -46,6 +50,19 @@ RUN_AS_USER = 10001
 """The Dockerfile's ``courier`` user."""
 KEDA_POLLING_S = 15
 KEDA_COOLDOWN_S = 300
+MONITORING = files("courier.ops") / "monitoring"
+"""Courier's alert rules (``alerts.yml``) and Grafana dashboard (``dashboard.json``)."""
+
+
+def alert_rules() -> dict[str, Any]:
+    """Courier's Prometheus rule file, parsed (its ``groups``)."""
+    rules: dict[str, Any] = yaml.safe_load((MONITORING / "alerts.yml").read_text())
+    return rules
+
+
+def dashboard() -> str:
+    """Courier's Grafana dashboard (JSON text)."""
+    return (MONITORING / "dashboard.json").read_text()
 
 
 class DeployError(Exception):
@@ -257,6 +274,7 @@ class _Builder:
             docs.append(auth)
         for dest in self.cfg.destinations:
             docs += self._destination(dest, auth is not None)
+        docs += self._monitoring()
         return Manifests(docs, self.secret_keys, self.notes)
 
     # -- pieces -------------------------------------------------------------------------------
@@ -408,6 +426,40 @@ class _Builder:
             "metadata": self._meta(name, component, destination),
             "spec": spec,
         }
+
+    def _monitoring(self) -> list[dict[str, Any]]:
+        """The PrometheusRule and the dashboard ConfigMap, as ``kubernetes.monitoring`` asks."""
+        k8s = self.k8s
+        wanted = k8s.monitoring
+        docs: list[dict[str, Any]] = []
+        if wanted.prometheus_rules:
+            meta = self._meta(f"{k8s.name}-alerts", "monitoring")
+            meta["labels"] |= wanted.labels
+            docs.append(
+                {
+                    "apiVersion": "monitoring.coreos.com/v1",
+                    "kind": "PrometheusRule",
+                    "metadata": meta,
+                    "spec": {"groups": alert_rules()["groups"]},
+                }
+            )
+            self.notes.append(
+                "the PrometheusRule needs the Prometheus Operator, a Prometheus whose "
+                "ruleSelector matches its labels (kubernetes.monitoring.labels) and a scrape of "
+                f"the pods' metrics port {k8s.metrics_port} (e.g. a PodMonitor)"
+            )
+        if wanted.grafana_dashboard:
+            meta = self._meta(f"{k8s.name}-dashboard", "monitoring")
+            meta["labels"] |= {"grafana_dashboard": "1", **wanted.labels}
+            docs.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": meta,
+                    "data": {"courier.json": dashboard()},
+                }
+            )
+        return docs
 
     def _codec_server(self) -> list[dict[str, Any]]:
         """With encryption: ``courier codec-server`` and a ClusterIP Service in front of it."""

@@ -2,7 +2,8 @@
 
 Kubernetes kinds are checked with the schemas bundled in ``kubernetes-validate`` (strict: an
 unknown field is an error); KEDA's ScaledObject and TriggerAuthentication with their CRDs'
-schemas vendored in ``tests/k8s_schemas`` (KEDA v2.20.1). No cluster is needed.
+schemas vendored in ``tests/k8s_schemas`` (KEDA v2.20.1), the PrometheusRule with the Prometheus
+Operator's (v0.82.2). No cluster is needed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +24,18 @@ from typer.testing import CliRunner
 from courier.cli import app
 from courier.config.model import parse_config
 from courier.ops.k8s import GRACE_MARGIN_S, DeployError, generate, k8s_name
+from courier_devtools.prometheus import binary
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "config" / "example.yaml"
 SCHEMAS = ROOT / "tests" / "k8s_schemas"
 KUBERNETES_VERSION = "1.33.0"
-KEDA_SCHEMAS = {
+CRD_SCHEMAS = {
     "ScaledObject": SCHEMAS / "scaledobject-keda-v1alpha1.json",
     "TriggerAuthentication": SCHEMAS / "triggerauthentication-keda-v1alpha1.json",
+    "PrometheusRule": SCHEMAS / "prometheusrule-monitoring-v1.json",
 }
+CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
 # The temporal scaler's metadata keys (KEDA v2.20.1, pkg/scalers/temporal_scaler.go).
 TEMPORAL_TRIGGER_KEYS = {
     "endpoint",
@@ -51,8 +56,8 @@ runner = CliRunner()
 
 def validate(doc: dict[str, Any]) -> None:
     """Raise if ``doc`` does not validate against its kind's schema (none may be missing)."""
-    if doc["apiVersion"].startswith("keda.sh/"):
-        schema = json.loads(KEDA_SCHEMAS[doc["kind"]].read_text())
+    if doc["apiVersion"].startswith(CRD_GROUPS):
+        schema = json.loads(CRD_SCHEMAS[doc["kind"]].read_text())
         jsonschema.Draft202012Validator(schema).validate(doc)
     else:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
@@ -474,3 +479,56 @@ def test_files_without_their_secret_are_one_clear_error(
 ) -> None:
     with pytest.raises(DeployError, match=re.escape(message)):
         generate(TLS_CONFIG.replace(*change))
+
+
+MONITORING = ROOT / "deploy" / "monitoring"
+
+
+def test_no_monitoring_resources_unless_asked(docs: list[dict[str, Any]]) -> None:
+    assert not [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert set(by_kind(docs, "ConfigMap")) == {"courier-config"}
+
+
+def with_monitoring(text: str) -> str:
+    return text + (
+        "  monitoring:\n"
+        "    prometheus_rules: true\n"
+        "    grafana_dashboard: true\n"
+        "    labels: {release: kube-prometheus-stack}\n"
+    )
+
+
+def test_prometheus_rule_and_dashboard_when_asked(tmp_path: Path) -> None:
+    manifests = generate(with_monitoring(CONFIG))
+    docs = documents(manifests.render())
+    for doc in docs:
+        validate(doc)
+    [rule] = by_kind(docs, "PrometheusRule").values()
+    assert rule["metadata"]["name"] == "courier-alerts"
+    assert rule["metadata"]["namespace"] == "courier-prod"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # The rules as deploy/monitoring has them, through the YAML the manifests are written in.
+    assert rule["spec"] == yaml.safe_load((MONITORING / "alerts.yml").read_text())
+    dashboard = by_kind(docs, "ConfigMap")["courier-dashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert json.loads(dashboard["data"]["courier.json"]) == json.loads(
+        (MONITORING / "dashboard.json").read_text()
+    )
+    assert any("PrometheusRule needs the Prometheus Operator" in n for n in manifests.notes)
+
+
+@pytest.mark.skipif(binary("promtool") is None, reason="no promtool: run `make prometheus`")
+def test_the_prometheus_rule_is_a_valid_rule_file(tmp_path: Path) -> None:
+    docs = documents(generate(with_monitoring(CONFIG)).render())
+    [rule] = by_kind(docs, "PrometheusRule").values()
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    promtool = binary("promtool")
+    assert promtool is not None
+    checked = subprocess.run(
+        [str(promtool), "check", "rules", str(rules)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    count = sum(len(g["rules"]) for g in rule["spec"]["groups"])
+    assert f"SUCCESS: {count} rules found" in checked.stdout
