@@ -152,6 +152,9 @@ COLLECT_ERRORS = Counter(
     "for /metrics).",
     ["source"],
 )
+COLLECT_SOURCES = ("task_queue", "kafka", "temporal_sdk")
+for _source in COLLECT_SOURCES:  # at 0 from the start, so rate() and increase() see the first
+    COLLECT_ERRORS.labels(_source)
 BUILD_INFO = Gauge("courier_build_info", "Always 1; the version of Courier running.", ["version"])
 
 SDK_READ_TIMEOUT_S = 1.0

@@ -1,4 +1,4 @@
-"""The metrics table of docs/operations.md names exactly what a scrape of Courier's port shows."""
+"""The metrics table of docs/monitoring.md names exactly what a scrape of Courier's port shows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from courier.core import metrics
 
-DOC = Path(__file__).parents[2] / "docs" / "operations.md"
+DOC = Path(__file__).parents[2] / "docs" / "monitoring.md"
 BEGIN, END = "<!-- metrics:begin -->", "<!-- metrics:end -->"
 PROBE = "metric-docs-probe"
 

@@ -13,30 +13,13 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from courier.core import metrics
 from courier.ops.k8s import MONITORING
-from courier_devtools.metrics_table import BEGIN, END, replace_between_markers, table
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy" / "monitoring"
-# TODO(integrator): metrics added on another branch; delete each name once merged (the tests
-# here and in tests/integration/test_alerts.py say which).
-PENDING_METRICS = {
-    "courier_consumer_lag_records",
-    "courier_consumer_lag_seconds",
-    "courier_destination_backlog_records",
-    "courier_destination_oldest_pending_seconds",
-    "courier_destination_workers",
-    "courier_destination_rate_limit",
-    "courier_export_attempts_total",
-    "courier_records_dead_lettered_total",
-    "courier_last_commit_timestamp_seconds",
-    "courier_build_info",
-    "courier_collect_errors_total",
-}
 _SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "info": ["_info"]}
 
 
@@ -82,17 +65,12 @@ def test_every_alert_says_how_bad_what_it_means_and_what_to_do() -> None:
 
 
 def test_rules_and_panels_name_only_metrics_courier_has() -> None:
-    known = exposed() | PENDING_METRICS
+    known = exposed()
     exprs = [rule["expr"] for rule in rules()] + [
         target["expr"] for panel in dashboard()["panels"] for target in panel.get("targets", [])
     ]
     unknown = {name for expr in exprs for name in referenced(expr)} - known
     assert not unknown, f"no such metric: {sorted(unknown)}"
-
-
-def test_pending_metrics_are_not_exposed_yet() -> None:
-    merged = PENDING_METRICS & exposed()
-    assert not merged, f"now in courier.core.metrics: remove {sorted(merged)} from PENDING_METRICS"
 
 
 def test_the_dashboard_takes_its_datasource_and_destinations_as_variables() -> None:
@@ -126,27 +104,3 @@ def test_no_two_panels_overlap() -> None:
         assert not cells & taken, f"{panel['title']} overlaps another panel"
         assert pos["x"] + pos["w"] <= 24, panel["title"]
         taken |= cells
-
-
-def test_the_metric_table_is_made_from_an_exposition() -> None:
-    registry = CollectorRegistry()
-    Counter("courier_things", "Things done.", ["destination"], registry=registry).labels("a").inc()
-    Histogram("courier_took_seconds", "Time | taken.", registry=registry).observe(0.1)
-    Gauge("courier_idle", "Nothing yet.", ["topic"], registry=registry)
-    Counter("other_total", "Not Courier's.", registry=registry)
-    text = table(generate_latest(registry).decode())
-    assert text.splitlines() == [
-        "| metric | type | labels | meaning |",
-        "|---|---|---|---|",
-        "| `courier_idle` | gauge | (no series in this scrape) | Nothing yet. |",
-        "| `courier_things_total` | counter | `destination` | Things done. |",
-        "| `courier_took_seconds_bucket`, `courier_took_seconds_sum`, "
-        "`courier_took_seconds_count` | histogram |  | Time \\| taken. |",
-    ]
-
-
-def test_the_metric_table_replaces_only_what_is_between_its_markers() -> None:
-    text = f"intro\n{BEGIN}\nold\n{END}\nafter\n"
-    assert replace_between_markers(text, "new") == f"intro\n{BEGIN}\nnew\n{END}\nafter\n"
-    with pytest.raises(SystemExit, match="markers"):
-        replace_between_markers("no markers", "new")
