@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -99,6 +100,18 @@ def test_a_process_waiting_for_temporal_is_live_but_not_ready(tmp_path: Path) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    lines: list[str] = []
+    failed_attempt = threading.Event()
+
+    def read_stderr() -> None:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            lines.append(raw.decode())
+            if "cannot reach Temporal" in lines[-1]:
+                failed_attempt.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 30
         answer: tuple[int, str] | None = None
@@ -109,11 +122,13 @@ def test_a_process_waiting_for_temporal_is_live_but_not_ready(tmp_path: Path) ->
             except OSError:
                 time.sleep(0.2)
         assert answer == (503, f"connecting to Temporal at 127.0.0.1:{temporal_port}\n")
-        time.sleep(2)  # a few failed connection attempts later
+        # After a failed connection attempt (by then SIGTERM is the process's to handle: on a
+        # loaded machine a fixed sleep could signal it before its handlers were installed).
+        assert failed_attempt.wait(30), "".join(lines)
         assert get(metrics_port, "/healthz") == (200, "live\n")
         assert get(metrics_port, "/readyz")[0] == 503
     finally:
         process.send_signal(signal.SIGTERM)
-        stderr = process.communicate(timeout=20)[1].decode()
-    assert process.returncode == 0, stderr
-    assert "cannot reach Temporal" in stderr
+        process.wait(timeout=20)
+        reader.join(timeout=5)
+    assert process.returncode == 0, "".join(lines)
