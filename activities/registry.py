@@ -17,7 +17,7 @@ from typing import Annotated, Any, get_args
 from pydantic import Discriminator, GetCoreSchemaHandler
 from pydantic_core import CoreSchema
 
-from activities import files, postgres, rest
+from activities import files, kafka, postgres, rest
 from activities.base import Destination, DestinationConfig
 
 DISCRIMINATOR = "kind"
@@ -97,3 +97,4 @@ def create_destination(config: DestinationConfig) -> Destination:
 register(rest.RestConfig)
 register(files.FileConfig)
 register(postgres.PostgresConfig)
+register(kafka.KafkaDestinationConfig)
