@@ -27,7 +27,7 @@ from typing import Annotated, Any, cast, get_args
 from pydantic import Discriminator, GetCoreSchemaHandler
 from pydantic_core import CoreSchema, PydanticCustomError, PydanticKnownError, core_schema
 
-from activities import files, postgres, rest
+from activities import files, kafka, postgres, rest
 from activities.base import Destination, DestinationConfig
 
 DISCRIMINATOR = "kind"
@@ -162,6 +162,7 @@ def create_destination(config: DestinationConfig) -> Destination:
 register(rest.RestConfig)
 register(files.FileConfig)
 register(postgres.PostgresConfig)
+register(kafka.KafkaDestinationConfig)
 
 BUILT_IN = frozenset(KINDS)
 """The kinds that ship with Courier (registered above, before any plugin)."""

@@ -32,6 +32,7 @@ from activities.registry import (
 from courier.config.kubernetes import KubernetesConfig
 from courier.core.durations import Duration
 from courier.core.encryption import EncryptionConfig
+from courier.core.kafka_security import KafkaSecurity as KafkaSecurity  # re-exported for ingest
 from courier.core.tracing import TracingConfig
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -48,34 +49,6 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class KafkaSecurity(_Strict):
-    """How ingest authenticates to Kafka (TLS and SASL); plaintext by default."""
-
-    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        default="PLAINTEXT", description="Kafka security protocol."
-    )
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        default=None, description="SASL mechanism; required with a SASL protocol."
-    )
-    sasl_username: str | None = Field(default=None, description="SASL user name.")
-    sasl_password: SecretStr | None = Field(
-        default=None, description="SASL password; use ${ENV} rather than writing it here."
-    )
-    ssl_cafile: Path | None = Field(default=None, description="CA bundle to verify brokers.")
-    ssl_certfile: Path | None = Field(default=None, description="Client certificate (mTLS).")
-    ssl_keyfile: Path | None = Field(default=None, description="Client private key (mTLS).")
-
-    @model_validator(mode="after")
-    def _sasl_complete(self) -> KafkaSecurity:
-        if self.protocol.startswith("SASL") and not (
-            self.sasl_mechanism and self.sasl_username and self.sasl_password
-        ):
-            raise ValueError(
-                f"protocol {self.protocol} needs sasl_mechanism, sasl_username and sasl_password"
-            )
-        return self
 
 
 class KafkaConfig(_Strict):

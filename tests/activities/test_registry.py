@@ -11,6 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from activities.base import Destination
 from activities.files import FileDestination
+from activities.kafka import KafkaDestination
 from activities.postgres import PostgresDestination
 from activities.registry import KINDS, AnyDestinationConfig, create_destination
 from activities.rest import RestDestination
@@ -21,6 +22,7 @@ VALID: dict[str, dict[str, Any]] = {
     "rest": {"url": "http://api.test/orders/{key}"},
     "file": {"path": "/tmp/courier-out.jsonl"},
     "postgres": {"dsn": "postgresql://u:p@127.0.0.1/db", "table": "exports.orders"},
+    "kafka": {"bootstrap_servers": "127.0.0.1:9092", "topic": "orders-out"},
 }
 
 
@@ -31,14 +33,19 @@ def errors_of(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def test_each_kind_is_registered_under_its_own_literal() -> None:
-    assert set(KINDS) == {"rest", "file", "postgres"}
+    assert set(KINDS) == {"rest", "file", "postgres", "kafka"}
     for name, config in KINDS.items():
         assert typing.get_args(config.model_fields["kind"].annotation) == (name,)
 
 
 @pytest.mark.parametrize(
     ("kind", "cls"),
-    [("rest", RestDestination), ("file", FileDestination), ("postgres", PostgresDestination)],
+    [
+        ("rest", RestDestination),
+        ("file", FileDestination),
+        ("postgres", PostgresDestination),
+        ("kafka", KafkaDestination),
+    ],
 )
 def test_create_destination_builds_each_kind(kind: str, cls: type) -> None:
     config = ADAPTER.validate_python({"name": f"d-{kind}", "kind": kind, **VALID[kind]})
@@ -53,7 +60,7 @@ def test_create_destination_builds_each_kind(kind: str, cls: type) -> None:
 def test_unknown_kind_names_kind_and_the_known_ones() -> None:
     [(_loc, msg)] = errors_of({"name": "x", "kind": "smtp"})
     assert "'kind'" in msg and "'smtp'" in msg
-    assert "'rest', 'file', 'postgres'" in msg
+    assert "'rest', 'file', 'postgres', 'kafka'" in msg
 
 
 def test_bad_url_template_names_the_destination_field_and_placeholder() -> None:

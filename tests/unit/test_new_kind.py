@@ -192,11 +192,14 @@ def test_a_forgotten_kind_is_gone_from_the_config(config: str) -> None:
     registry.register(OutboxConfig)
     registry.unregister("outbox")
 
-    assert list(registry.KINDS) == ["rest", "file", "postgres"]
+    assert list(registry.KINDS) == ["rest", "file", "postgres", "kafka"]
     assert "outbox" not in render()
     result = runner.invoke(app, ["config", "check", "-c", config])
     assert result.exit_code == 2
-    assert "unknown destination kind 'outbox'; known: 'rest', 'file', 'postgres'" in result.output
+    assert (
+        "unknown destination kind 'outbox'; known: 'rest', 'file', 'postgres', 'kafka'"
+        in result.output
+    )
 
 
 def test_a_kind_registers_once_under_a_name_of_its_own() -> None:
@@ -207,7 +210,7 @@ def test_a_kind_registers_once_under_a_name_of_its_own() -> None:
 
     with pytest.raises(ValueError, match="'rest' is already registered"):
         registry.register(Clash)
-    assert list(registry.KINDS) == ["rest", "file", "postgres"]
+    assert list(registry.KINDS) == ["rest", "file", "postgres", "kafka"]
 
 
 def test_a_kind_without_a_preview_hook_shows_each_field_as_json() -> None:
