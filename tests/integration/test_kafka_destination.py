@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,15 +57,23 @@ class Produced:
 async def produce_records(
     bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]
 ) -> list[RecordMetadata]:
-    """Produce ``(key, value, headers)`` records; their metadata once all are acknowledged."""
+    """Produce ``(key, value, headers)`` records; their metadata once all are acknowledged.
+
+    Each gets its own explicit timestamp, put in its metadata: aiokafka's metadata gives every
+    record of a batch the batch's first timestamp, not the record's.
+    """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
+    now_ms = int(time.time() * 1000)
     try:
         futures = [
-            await producer.send(topic, key=key, value=value, headers=headers)
-            for key, value, headers in records
+            await producer.send(
+                topic, key=key, value=value, headers=headers, timestamp_ms=now_ms + i
+            )
+            for i, (key, value, headers) in enumerate(records)
         ]
-        return list(await asyncio.gather(*futures))
+        sent = await asyncio.gather(*futures)
+        return [meta._replace(timestamp=now_ms + i) for i, meta in enumerate(sent)]
     finally:
         await producer.stop()
 
