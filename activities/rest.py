@@ -4,6 +4,9 @@ Every request carries ``Idempotency-Key: <idempotency key>`` (the workflow ID), 
 that honours the header sees one effect per record however often Temporal retries. With
 ``tracing.enabled`` it also carries the export activity's span as W3C ``traceparent`` (and
 ``tracestate``), unless the destination's ``headers`` set a ``traceparent`` of their own.
+With ``auth`` it carries an OAuth2 bearer token, and with ``signing: standard-webhooks`` the
+Standard Webhooks headers (``activities.rest_auth``); a 401 answer to a request with a token
+gets one new token and the request is sent once more.
 
 What is sent is shaped by the config: the URL and header values are templates with
 ``{expression}`` pieces (``activities.mapping``; URL pieces are percent-encoded), and the body
@@ -44,6 +47,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SecretStr,
     Tag,
     field_validator,
     model_validator,
@@ -58,6 +62,12 @@ from activities.mapping import (
     Template,
     check_mappings,
     record_data,
+)
+from activities.rest_auth import (
+    RestAuth,
+    TokenSource,
+    WebhookSigner,
+    webhook_secret_bytes,
 )
 from courier.core import tracing
 from courier.core.durations import Duration, format_duration
@@ -121,6 +131,8 @@ SENSITIVE_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-auth-token"}
 )
 """Request headers (lower case) whose values are credentials."""
+WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+"""Set by ``signing: standard-webhooks``."""
 
 
 class RestConfig(DestinationConfig):
@@ -193,6 +205,23 @@ class RestConfig(DestinationConfig):
         description="Statuses that are retried with backoff (honouring Retry-After); every "
         "status in neither list fails the record permanently.",
     )
+    auth: RestAuth | None = Field(
+        default=None,
+        description="Authentication beyond static headers (section destinations[].auth): "
+        "`oauth2_client_credentials` sends an OAuth2 bearer token as Authorization.",
+    )
+    signing: Literal["standard-webhooks"] | None = Field(
+        default=None,
+        description="`standard-webhooks`: every request is signed the Standard Webhooks way: "
+        "webhook-id (the record's idempotency key, with . and % percent-encoded), "
+        "webhook-timestamp (when it is sent, in seconds) and webhook-signature (v1, HMAC-SHA256 "
+        "of id.timestamp.body with signing_secret).",
+    )
+    signing_secret: SecretStr | None = Field(
+        default=None,
+        description="The Standard Webhooks secret of `signing` (whsec_ followed by base64, "
+        "24 to 64 bytes), from the environment: ${WEBHOOK_SECRET}.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -243,6 +272,32 @@ class RestConfig(DestinationConfig):
                     f'{spec!r} is neither a status code (100-599) nor a class like "5xx"'
                 )
         return normalized
+
+    @model_validator(mode="after")
+    def _check_auth_and_signing(self) -> RestConfig:
+        given = {name.lower() for name in self.headers}
+        if self.auth is not None and "authorization" in given:
+            raise ValueError(
+                "headers.Authorization and auth both set Authorization; remove one of them"
+            )
+        if self.signing is None and self.signing_secret is not None:
+            raise ValueError(
+                "signing_secret is set without signing; add signing: standard-webhooks or remove it"
+            )
+        if self.signing is not None:
+            if self.signing_secret is None:
+                raise ValueError(
+                    "signing: standard-webhooks needs signing_secret (from the environment: "
+                    "signing_secret: ${WEBHOOK_SECRET})"
+                )
+            try:
+                webhook_secret_bytes(self.signing_secret.get_secret_value())
+            except ValueError as err:
+                raise ValueError(f"signing_secret {err}") from None
+            clash = sorted(given & set(WEBHOOK_HEADERS))
+            if clash:
+                raise ValueError(f"signing sets {', '.join(clash)}; remove it from headers")
+        return self
 
     @model_validator(mode="after")
     def _check_overlap(self) -> RestConfig:
@@ -360,6 +415,16 @@ class RestDestination:
             if isinstance(body, BodyMapping) and body.template is not None
             else None
         )
+        auth = config.auth
+        self._tokens = (
+            TokenSource(auth.oauth2_client_credentials, name=config.name) if auth else None
+        )
+        self._token_client: httpx.AsyncClient | None = None
+        self._signer = (
+            WebhookSigner(config.signing_secret)
+            if config.signing is not None and config.signing_secret is not None
+            else None
+        )
         self._needs_data = (
             not self._legacy_url
             or self._body_mapping is not None
@@ -376,15 +441,26 @@ class RestDestination:
         # them, to arrive together with the second.
         if not self._clients:
             self._idle.append(self._new_client())
+        if self._tokens is not None and self._token_client is None:
+            self._token_client = httpx.AsyncClient(
+                transport=self._transport,
+                verify=self._ssl or True,
+                timeout=self._timeout,
+                headers={"User-Agent": "courier"},
+                follow_redirects=False,
+            )
         await anyio.lowlevel.checkpoint()
         self._opened = True
 
     async def close(self) -> None:
         """Close the HTTP clients and their connections."""
         clients, self._clients, self._idle = self._clients, [], []
+        token_client, self._token_client = self._token_client, None
         self._opened = False
         for client in clients:
             await client.aclose()
+        if token_client is not None:
+            await token_client.aclose()
 
     @contextlib.asynccontextmanager
     async def _lane(self) -> AsyncIterator[httpx.AsyncClient]:
@@ -519,6 +595,11 @@ class RestDestination:
     def preview(self, item: OutgoingRecord) -> dict[str, object]:
         """What this record's request would be, without sending it (``courier map``)."""
         request = self.build_request(None, item)
+        if self._tokens is not None:
+            shown_token = f"<token from {self._tokens.shown_url}>"
+            request.headers["Authorization"] = f"Bearer {shown_token}"
+        if self._signer is not None:
+            request.headers.update(self._signer.headers(item.idempotency_key, request.content))
         body = request.content
         try:
             shown: object = body.decode("utf-8")
@@ -543,17 +624,13 @@ class RestDestination:
                 f"{r.topic}/{r.partition}/{r.offset}: {err.reason}", reached=False
             ) from err
         tracing.inject_traceparent(request.headers, self.config.headers)
+        token = await self._authorize(request, item)
         try:
-            response = await client.send(request, stream=True)
-            try:
-                verdict = self.config.classify(response.status_code)
-                body = b""
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > _BODY_READ_BYTES:
-                        break
-            finally:
-                await response.aclose()
+            response, body = await self._exchange(client, request)
+            if response.status_code == 401 and token is not None:
+                # The token may have been revoked or expired early: one new token, one more try.
+                token = await self._authorize(request, item, refused=token)
+                response, body = await self._exchange(client, request)
         except httpx.TransportError as err:
             reason = _transport_reason(err, self.config)
             raise RetryableExportError(
@@ -561,10 +638,13 @@ class RestDestination:
             ) from err
 
         status = response.status_code
+        verdict = self.config.classify(status)
         if verdict == "success":
             return status
         answered = f"{_shown(request)} answered {status} {response.reason_phrase}".rstrip()
         excerpt = _excerpt(body[:_BODY_EXCERPT_BYTES])
+        if token is not None:
+            excerpt = excerpt.replace(token, "***")
         if verdict == "fail":
             raise PermanentExportError(f"{answered}: {excerpt}" if excerpt else answered)
         retry_after = retry_after_seconds(response.headers.get("Retry-After"))
@@ -575,6 +655,40 @@ class RestDestination:
             reason += f": {excerpt}"
         cause: Cause = "throttled" if status == 429 else "unavailable" if status >= 500 else "other"
         raise RetryableExportError(reason, retry_after=retry_after, cause=cause)
+
+    async def _authorize(
+        self, request: httpx.Request, item: OutgoingRecord, *, refused: str | None = None
+    ) -> str | None:
+        """Put the bearer token (a new one if ``refused``) and the signature on the request;
+        return the token (None without ``auth``). Token endpoint errors are retryable."""
+        token = None
+        if self._tokens is not None:
+            if self._token_client is None:
+                raise RuntimeError("RestDestination used before open()")
+            if refused is None:
+                token = await self._tokens.token(self._token_client)
+            else:
+                token = await self._tokens.refresh(self._token_client, refused)
+            request.headers["Authorization"] = f"Bearer {token}"
+        if self._signer is not None:  # signed when sent: the timestamp is the attempt's
+            request.headers.update(self._signer.headers(item.idempotency_key, request.content))
+        return token
+
+    @staticmethod
+    async def _exchange(
+        client: httpx.AsyncClient, request: httpx.Request
+    ) -> tuple[httpx.Response, bytes]:
+        """Send the request; its response and (the start of) its body, read and closed."""
+        response = await client.send(request, stream=True)
+        try:
+            body = b""
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > _BODY_READ_BYTES:
+                    break
+        finally:
+            await response.aclose()
+        return response, body
 
 
 class _NotSent(Exception):
