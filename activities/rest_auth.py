@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import json
 import time
+from time import monotonic
 from typing import Literal
 from urllib.parse import quote
 
@@ -126,7 +127,7 @@ class TokenSource:
         self.name = name
         self._lock = asyncio.Lock()
         self._token: str | None = None
-        self._expires: float | None = None  # time.monotonic() after which it is not used
+        self._expires: float | None = None  # monotonic() after which it is not used
         self._failure: RetryableExportError | None = None
         self._failed_at = 0.0
         self.fetches = 0
@@ -140,7 +141,7 @@ class TokenSource:
     async def token(self, client: httpx.AsyncClient) -> str:
         """A valid access token: the cached one, or one fetched now."""
         token = self._token
-        if token is not None and (self._expires is None or time.monotonic() < self._expires):
+        if token is not None and (self._expires is None or monotonic() < self._expires):
             return token
         return await self._fetch_once(client, stale=token)
 
@@ -150,7 +151,7 @@ class TokenSource:
         return await self._fetch_once(client, stale=stale)
 
     async def _fetch_once(self, client: httpx.AsyncClient, *, stale: str | None) -> str:
-        asked = time.monotonic()
+        asked = monotonic()
         async with self._lock:
             if self._token is not None and self._token != stale:
                 return self._token  # fetched while this request waited for the lock
@@ -165,9 +166,9 @@ class TokenSource:
             try:
                 token, expires_in = await self._fetch(client)
             except RetryableExportError as err:
-                self._failure, self._failed_at = err, time.monotonic()
+                self._failure, self._failed_at = err, monotonic()
                 raise
-            now = time.monotonic()
+            now = monotonic()
             self._token = token
             self._expires = (
                 None

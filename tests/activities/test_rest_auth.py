@@ -141,7 +141,7 @@ async def test_a_token_is_fetched_again_shortly_before_it_expires(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(rest_auth.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(rest_auth, "monotonic", lambda: now[0])
     tokens = TokenServer(expires_in=120)
     api = Api(tokens)
     destination = await opened(tokens, api)
@@ -257,7 +257,7 @@ async def test_a_refused_client_is_a_visible_retryable_config_problem(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(rest_auth.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(rest_auth, "monotonic", lambda: now[0])
     tokens = TokenServer()
     tokens.answers.append(
         httpx.Response(
