@@ -406,3 +406,23 @@ def test_the_signature_is_the_specs_hmac() -> None:
         "webhook-timestamp": "1614265330",
         "webhook-signature": expected,
     }
+
+
+def test_secrets_written_into_the_file_are_found() -> None:
+    from courier.config.lint import written_secrets
+
+    entry = {
+        "name": "api",
+        "kind": "rest",
+        "url": "http://api.test/orders",
+        "auth": oauth(),
+        "signing": "standard-webhooks",
+        "signing_secret": SIGNING_SECRET,
+    }
+    tree = {"destinations": [entry], "routes": {"default": "api"}}
+    assert {s.field for s in written_secrets(tree)} == {
+        "destinations[0].auth.oauth2_client_credentials.client_secret",
+        "destinations[0].signing_secret",
+    }
+    from_env = entry | {"signing_secret": "${WEBHOOK_SECRET}", "auth": oauth(client_secret="${S}")}
+    assert written_secrets({"destinations": [from_env], "routes": {"default": "api"}}) == []
