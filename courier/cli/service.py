@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 MetricsPort = Annotated[
     int | None,
     typer.Option(
-        help="Serve Courier's Prometheus metrics on 127.0.0.1:PORT/metrics (liveness /healthz, "
-        "readiness /readyz on the same port), and the Temporal SDK's (activity "
-        "schedule-to-start latency per task queue, polls, slots) on PORT+1. COURIER_METRICS_HOST "
-        "sets the address to bind (e.g. 0.0.0.0 in a container).",
+        help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics: Courier's and the Temporal "
+        "SDK's (activity schedule-to-start latency per task queue, polls, slots), with "
+        "liveness /healthz and readiness /readyz on the same port. COURIER_METRICS_HOST sets "
+        "the address to bind (e.g. 0.0.0.0 in a container).",
         envvar="COURIER_METRICS_PORT",
     ),
 ]
