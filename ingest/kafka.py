@@ -30,7 +30,6 @@ from contextvars import ContextVar
 import aiokafka.client
 from aiokafka import errors as kafka_errors
 from aiokafka.conn import collect_hosts, create_conn
-from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
 from courier.config.model import KafkaConfig, KafkaSecurity
@@ -57,27 +56,17 @@ def consumer_options(kafka: KafkaConfig, *, group: bool = True) -> dict[str, obj
 
     ``group``: add the options of a group member (poll interval, rebalance timeout).
     """
-    sec = kafka.security
     options: dict[str, object] = {
         "bootstrap_servers": kafka.bootstrap_servers,
-        "security_protocol": sec.protocol,
         "isolation_level": kafka.isolation_level,
         "metadata_max_age_ms": int(kafka.metadata_refresh.total_seconds() * 1000),
+        **kafka.security.client_options(),
     }
     if group:
         poll_interval_ms = int(kafka.max_poll_interval.total_seconds() * 1000)
         options["max_poll_interval_ms"] = poll_interval_ms
         # As the Java client: members have as long to finish a revoke as between polls.
         options["rebalance_timeout_ms"] = poll_interval_ms
-    context = _ssl_context(sec)
-    if context is not None:
-        options["ssl_context"] = context
-    if sec.protocol.startswith("SASL"):
-        options["sasl_mechanism"] = sec.sasl_mechanism
-        options["sasl_plain_username"] = sec.sasl_username
-        options["sasl_plain_password"] = (
-            sec.sasl_password.get_secret_value() if sec.sasl_password else None
-        )
     return options
 
 
@@ -86,17 +75,6 @@ def producer_options(kafka: KafkaConfig) -> dict[str, object]:
     options = consumer_options(kafka, group=False)
     del options["isolation_level"]  # a consumer's read semantics
     return options
-
-
-def _ssl_context(sec: KafkaSecurity) -> ssl.SSLContext | None:
-    if sec.protocol not in ("SSL", "SASL_SSL"):
-        return None
-    context: ssl.SSLContext = create_ssl_context(
-        cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None,
-        certfile=str(sec.ssl_certfile) if sec.ssl_certfile else None,
-        keyfile=str(sec.ssl_keyfile) if sec.ssl_keyfile else None,
-    )
-    return context
 
 
 CHECK_TIMEOUT_S = 5.0
@@ -130,7 +108,7 @@ async def _check_broker(host: str, port: int, sec: KafkaSecurity, timeout: float
     connected = False
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, ssl=_ssl_context(sec))
+            reader, writer = await asyncio.open_connection(host, port, ssl=sec.ssl_context())
             connected = True
             writer.write(_api_versions_request(correlation_id=7))
             await writer.drain()
@@ -237,7 +215,7 @@ async def _check_login(host: str, port: int, sec: KafkaSecurity, timeout: float)
                 port,
                 client_id="courier-check",
                 request_timeout_ms=int(timeout * 1000),
-                ssl_context=_ssl_context(sec),
+                ssl_context=sec.ssl_context(),
                 security_protocol=sec.protocol,
                 sasl_mechanism=sec.sasl_mechanism,
                 sasl_plain_username=sec.sasl_username,
