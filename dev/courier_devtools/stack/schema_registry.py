@@ -3,19 +3,23 @@
 Built once with Maven from ``stack/schema-registry/`` (Maven Central has the registry's classes
 but no runnable jar, so Quarkus' build step makes one) into ``.stack/schema-registry/app``, and
 run as ``java -jar``. Clients use :attr:`StackSettings.schema_registry_url`
-(``http://127.0.0.1:8081/apis/ccompat/v7``). Schemas live in memory: a restart forgets them.
+(``http://127.0.0.1:8081/apis/ccompat/v7``). Schemas are kept in an H2 file under
+``.stack/schema-registry/data``, so a restart keeps them and their IDs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
-from courier_devtools.stack.errors import MissingToolError
+from courier_devtools.stack.errors import MissingToolError, StackError
 from courier_devtools.stack.processes import Echo, _port_open, _run, _Service
-from courier_devtools.stack.settings import REPO_ROOT
+from courier_devtools.stack.settings import REPO_ROOT, StackSettings
 
 SOURCE = REPO_ROOT / "stack" / "schema-registry"
 """The Maven project that builds the registry."""
@@ -89,6 +93,7 @@ class _SchemaRegistry(_Service):
     def prepare(self, echo: Echo) -> None:
         logs = self.root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        (self.home / "data").mkdir(parents=True, exist_ok=True)
         if self.built():
             return
         echo("schema-registry: building Apicurio Registry from Maven Central (once)")
@@ -125,6 +130,8 @@ class _SchemaRegistry(_Service):
             "-XX:+ExitOnOutOfMemoryError",
             f"-Dquarkus.http.host={self.s.host}",
             f"-Dquarkus.http.port={self.port}",
+            # Schemas in an H2 file under the stack, so a restart keeps their IDs.
+            f"-DREGISTRY_DATASOURCE_URL=jdbc:h2:file:{self.home / 'data' / 'registry'}",
             "-jar",
             str(self.app / RUNNER),
         ]
@@ -138,3 +145,51 @@ class _SchemaRegistry(_Service):
         async with httpx.AsyncClient(timeout=5) as client:
             response = await client.get(f"{self.url}/subjects")
             response.raise_for_status()
+
+
+class PrivateSchemaRegistry:
+    """A second registry for one test: its own port and data, the stack's build, stopped by PID.
+
+    The stack's registry must have been built (``courier stack start`` did it); stopping this
+    one never touches the stack's.
+    """
+
+    def __init__(self, settings: StackSettings, directory: Path, port: int) -> None:
+        self._svc = _SchemaRegistry(
+            dataclasses.replace(settings, stack_dir=directory, schema_registry_port=port)
+        )
+        shared = _SchemaRegistry(settings)
+        if not shared.built():
+            raise StackError("the stack's schema registry is not built: courier stack start")
+        self._svc.home.mkdir(parents=True, exist_ok=True)
+        if not self._svc.app.exists():
+            self._svc.app.symlink_to(shared.app, target_is_directory=True)
+            shutil.copy(shared.home / "app.sha256", self._svc.home / "app.sha256")
+        self._pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of its Confluent-compatible API."""
+        return self._svc.url
+
+    async def start(self, timeout: float = 120.0) -> None:
+        """Launch it (keeping the schemas of an earlier run) and wait until it answers."""
+        self._svc.prepare(lambda _msg: None)
+        self._pid = self._svc.launch()
+        self._svc.write_pid(self._pid)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self._svc.probe()
+                return
+            except Exception as err:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise StackError(f"private schema registry not ready: {err!r}") from err
+            await asyncio.sleep(0.25)
+
+    def stop(self) -> None:
+        """Stop it by PID (no-op if it is not running)."""
+        if self._pid is not None:
+            self._svc.terminate(self._pid)
+            self._pid = None
