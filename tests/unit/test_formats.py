@@ -26,6 +26,7 @@ from activities.formats import (
     wire_format,
 )
 from activities.mapping import record_data
+from courier.config.lint import WrittenSecret, written_secrets
 from courier.config.model import ConfigError, parse_config
 from workflows.types import Blob, KafkaRecord, OutgoingRecord
 
@@ -378,3 +379,15 @@ def test_config_errors_name_the_field(kafka: dict[str, Any], message: str) -> No
     with pytest.raises(ConfigError) as err:
         parse_config(config(**kafka), environ={})
     assert message in str(err.value)
+
+
+def test_a_registry_password_written_in_the_file_is_a_written_secret() -> None:
+    data = config(
+        formats={"orders": {"value": "avro"}},
+        schema_registry={"url": URL, "username": "u", "password": "hunter2"},
+    )
+    assert written_secrets(data) == [
+        WrittenSecret(("kafka", "schema_registry", "password"), password=False, default_of=None)
+    ]
+    data["kafka"]["schema_registry"]["password"] = "${SR_PASSWORD}"
+    assert written_secrets(data) == []
