@@ -7,9 +7,11 @@ activity on the records it is about to write, inline or read back by reference):
 - ``json`` (values' default): today's reading: JSON when it parses, else text (or base64);
 - ``text`` (keys' default): UTF-8 text, never parsed (base64 when not UTF-8);
 - ``bytes``: always base64;
-- ``avro``, ``json-schema``: the schema-registry wire format (magic byte 0, a 4-byte big-endian
-  schema ID, the payload); the schema is fetched from the registry by ID once per process
-  (an LRU cache) and the payload decoded to JSON (Avro types: see :func:`avro_to_json`).
+- ``avro``, ``json-schema``, ``protobuf``: the schema-registry wire format (magic byte 0, a
+  4-byte big-endian schema ID, the payload; for Protobuf, message indexes before the message);
+  the schema is fetched from the registry by ID once per process (an LRU cache) and the payload
+  decoded to JSON (Avro types: see :func:`avro_to_json`; Protobuf: proto3's JSON mapping, see
+  :func:`decode_protobuf`; a ``.proto`` schema is compiled with protoc from grpcio-tools).
 
 The decoded value replaces the blob's reading only (:class:`activities.encoding.DecodedBlob`):
 its original bytes stay, so a destination that writes records as they are still writes them.
@@ -45,10 +47,10 @@ from activities.errors import PermanentExportError, RetryableExportError
 from courier.core.durations import Duration
 from workflows.types import Blob, KafkaRecord, OutgoingRecord
 
-FormatName = Literal["json", "text", "bytes", "avro", "json-schema"]
+FormatName = Literal["json", "text", "bytes", "avro", "json-schema", "protobuf"]
 """How a key or value is read."""
 
-REGISTRY_FORMATS: frozenset[str] = frozenset({"avro", "json-schema"})
+REGISTRY_FORMATS: frozenset[str] = frozenset({"avro", "json-schema", "protobuf"})
 """Formats in the schema-registry wire format (they need ``kafka.schema_registry``)."""
 
 DEFAULT_TOPIC = "*"
@@ -70,7 +72,7 @@ class TopicFormat(_Strict):
 
 
 class SchemaRegistryConfig(_Strict):
-    """The schema registry that `avro` and `json-schema` records name by schema ID."""
+    """The schema registry that `avro`, `json-schema` and `protobuf` records name by schema ID."""
 
     url: str = Field(
         description="Base URL of its Confluent-compatible API, e.g. `https://registry:8081` "
@@ -166,6 +168,8 @@ class RegisteredSchema:
     schema_type: str
     text: str
     avro: Any = None
+    protobuf: Any = None
+    """For Protobuf: the compiled file's ``FileDescriptor``."""
 
 
 class SchemaRegistryClient:
@@ -270,7 +274,15 @@ class SchemaRegistryClient:
                     f"schema id {schema_id} in the registry at {self.url} is not a valid Avro "
                     f"schema: {err}"
                 ) from err
-        return RegisteredSchema(schema_id, schema_type, text, avro)
+        protobuf = None
+        if schema_type == "PROTOBUF":
+            if body.get("references"):
+                raise UndecodableError(
+                    f"schema id {schema_id} imports other registered schemas (references), "
+                    "which Courier does not resolve yet"
+                )
+            protobuf = await asyncio.to_thread(compile_proto, text, schema_id)
+        return RegisteredSchema(schema_id, schema_type, text, avro, protobuf)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -363,6 +375,12 @@ class RecordDecoder:
                     f"schema id {schema_id} is a {schema.schema_type} schema, not Avro"
                 )
             return decode_avro(payload, schema)
+        if fmt == "protobuf":
+            if schema.protobuf is None:
+                raise UndecodableError(
+                    f"schema id {schema_id} is a {schema.schema_type} schema, not Protobuf"
+                )
+            return decode_protobuf(payload, schema)
         if schema.schema_type != "JSON":
             raise UndecodableError(
                 f"schema id {schema_id} is a {schema.schema_type} schema, not JSON Schema"
@@ -395,3 +413,100 @@ def decode_avro(payload: bytes, schema: RegisteredSchema) -> Any:
             f"{len(payload) - stream.tell()} bytes left over"
         )
     return avro_to_json(value)
+
+
+# ----------------------------------------------------------------------------- Protobuf
+def compile_proto(text: str, schema_id: int) -> Any:
+    """The ``FileDescriptor`` of a ``.proto`` schema text, compiled by protoc (grpcio-tools) into
+    a pool of its own (versions of one schema may reuse message names); the well-known types
+    (``google/protobuf/*.proto``) may be imported."""
+    import importlib.resources
+    import tempfile
+
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from grpc_tools import protoc
+
+    include = str(importlib.resources.files("grpc_tools") / "_proto")
+    with tempfile.TemporaryDirectory(prefix="courier-proto-") as tmp:
+        source, out = Path(tmp) / "schema.proto", Path(tmp) / "schema.pb"
+        source.write_text(text)
+        status = protoc.main(
+            [
+                "protoc",
+                f"-I{tmp}",
+                f"-I{include}",
+                "--include_imports",
+                f"--descriptor_set_out={out}",
+                str(source),
+            ]
+        )
+        if status != 0 or not out.exists():
+            raise UndecodableError(f"schema id {schema_id} is not a .proto file protoc compiles")
+        files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    return pool.FindFileByName("schema.proto")
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A zigzag varint at ``pos`` (as the wire format writes message indexes) and the next pos."""
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def message_indexes(data: bytes) -> tuple[list[int], bytes]:
+    """The message indexes that start a Protobuf payload in the wire format, and the message.
+
+    A count, then that many indexes (zigzag varints); a count of 0 means ``[0]``: the first
+    message of the file.
+    """
+    try:
+        count, pos = _varint(data, 0)
+        if count == 0:
+            return [0], data[pos:]
+        if not 0 < count <= 100:
+            raise ValueError(f"{count} message indexes")
+        indexes = []
+        for _ in range(count):
+            index, pos = _varint(data, pos)
+            indexes.append(index)
+    except (IndexError, ValueError) as err:
+        raise UndecodableError(f"Protobuf message indexes do not decode: {err}") from err
+    return indexes, data[pos:]
+
+
+def decode_protobuf(payload: bytes, schema: RegisteredSchema) -> Any:
+    """A Protobuf payload (after the wire-format header) as JSON: proto3's JSON mapping, with
+    the field names of the schema and fields at their default values included."""
+    from google.protobuf import json_format, message_factory
+    from google.protobuf.message import DecodeError
+
+    indexes, message = message_indexes(payload)
+    try:
+        descriptor = list(schema.protobuf.message_types_by_name.values())[indexes[0]]
+        for index in indexes[1:]:
+            descriptor = descriptor.nested_types[index]
+    except IndexError:
+        raise UndecodableError(
+            f"message indexes {indexes} name no message of schema id {schema.schema_id}"
+        ) from None
+    value = message_factory.GetMessageClass(descriptor)()
+    try:
+        value.ParseFromString(message)
+    except DecodeError as err:
+        raise UndecodableError(
+            f"Protobuf payload does not decode as {descriptor.full_name} (schema id "
+            f"{schema.schema_id}): {err}"
+        ) from err
+    return json_format.MessageToDict(
+        value, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )

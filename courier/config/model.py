@@ -104,12 +104,12 @@ class KafkaConfig(_Strict):
     formats: dict[str, TopicFormat] = Field(
         default_factory=dict,
         description="How each topic's keys and values are read, by topic name (`*`: every "
-        "other topic): `json`, `text`, `bytes`, or `avro` / `json-schema` in the "
+        "other topic): `json`, `text`, `bytes`, or `avro` / `json-schema` / `protobuf` in the "
         "schema-registry wire format. Unset: keys `text`, values `json`.",
     )
     schema_registry: SchemaRegistryConfig | None = Field(
         default=None,
-        description="The registry `avro` and `json-schema` records are decoded with "
+        description="The registry `avro`, `json-schema` and `protobuf` records are decoded with "
         "(section kafka.schema_registry).",
     )
 

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import io
 import json
+import re
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -391,3 +392,94 @@ def test_a_registry_password_written_in_the_file_is_a_written_secret() -> None:
     ]
     data["kafka"]["schema_registry"]["password"] = "${SR_PASSWORD}"
     assert written_secrets(data) == []
+
+
+# ------------------------------------------------------------------------------- Protobuf
+PROTO = """
+syntax = "proto3";
+package shop;
+import "google/protobuf/timestamp.proto";
+message Ping { string id = 1; }
+message Order {
+  int64 id = 1;
+  string customer = 2;
+  bytes blob = 3;
+  enum State { NEW = 0; PAID = 1; }
+  State state = 4;
+  google.protobuf.Timestamp at = 5;
+  message Line { string sku = 1; int32 count = 2; }
+  repeated Line lines = 6;
+  double total = 7;
+  optional string note = 8;
+}
+"""
+
+
+def proto_registry() -> Registry:
+    return Registry({7: {"schema": PROTO, "schemaType": "PROTOBUF", "references": []}})
+
+
+def proto_message(name: str) -> Any:
+    from google.protobuf import message_factory
+
+    from activities.formats import compile_proto
+
+    file = compile_proto(PROTO, 7)
+    return message_factory.GetMessageClass(file.pool.FindMessageTypeByName(name))()
+
+
+async def test_protobuf_is_decoded_with_the_proto3_json_mapping() -> None:
+    order_message = proto_message("shop.Order")
+    order_message.id, order_message.customer, order_message.blob = 5, "c-5", b"\x00\xff"
+    order_message.state = 1
+    order_message.at.FromSeconds(1_700_000_000)
+    order_message.lines.add(sku="a", count=2)
+    # Index [1]: the second message of the file (Order), written as count 1, index 1 (zigzag).
+    raw = wire_format(7, b"\x02\x02" + order_message.SerializeToString())
+    dec = RecordDecoder({"*": TopicFormat(value="protobuf")}, proto_registry().client())
+    out = await dec.decode(item(raw))
+    assert record_envelope(out.record)["value"] == {
+        "id": "5",
+        "customer": "c-5",
+        "blob": "AP8=",
+        "state": "PAID",
+        "at": "2023-11-14T22:13:20Z",
+        "lines": [{"sku": "a", "count": 2}],
+        "total": 0.0,
+    }
+
+
+async def test_protobuf_message_indexes_pick_nested_and_first_messages() -> None:
+    line = proto_message("shop.Order.Line")
+    line.sku = "b"
+    ping = proto_message("shop.Ping")
+    ping.id = "p"
+    dec = RecordDecoder({"*": TopicFormat(value="protobuf")}, proto_registry().client())
+    nested = wire_format(7, b"\x04\x02\x00" + line.SerializeToString())  # [1, 0]: Order.Line
+    first = wire_format(7, b"\x00" + ping.SerializeToString())  # 0: the first message
+    assert record_envelope((await dec.decode(item(nested))).record)["value"] == {
+        "sku": "b",
+        "count": 0,
+    }
+    assert record_envelope((await dec.decode(item(first))).record)["value"] == {"id": "p"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\x02\x0a", "message indexes [5] name no message of schema id 7"),
+        (b"\x02", "message indexes do not decode"),
+        (b"\x02\x02\x0a\x05ab", "does not decode as shop.Order"),
+    ],
+)
+async def test_bad_protobuf_payloads_fail(payload: bytes, reason: str) -> None:
+    dec = RecordDecoder({"*": TopicFormat(value="protobuf")}, proto_registry().client())
+    with pytest.raises(PermanentExportError, match=re.escape(reason)):
+        await dec.decode(item(wire_format(7, payload)))
+
+
+async def test_a_schema_protoc_cannot_compile_fails_the_record() -> None:
+    reg = Registry({8: {"schema": "syntax = nope", "schemaType": "PROTOBUF"}})
+    dec = RecordDecoder({"*": TopicFormat(value="protobuf")}, reg.client())
+    with pytest.raises(PermanentExportError, match="schema id 8 is not a .proto file protoc"):
+        await dec.decode(item(wire_format(8, b"\x00")))
