@@ -39,6 +39,17 @@ class DecodedBlob(Blob):
     encoding: str = "json"
 
 
+def as_read(blob: Blob | None) -> Blob | None:
+    """The blob as its format reads it: a :class:`DecodedBlob` becomes the JSON text, text or
+    base64 it decoded to (for a sink that stores text, e.g. a PostgreSQL column); any other
+    blob stays as it is."""
+    if not isinstance(blob, DecodedBlob):
+        return blob
+    if blob.encoding == "json":
+        return Blob(json.dumps(blob.data, ensure_ascii=False))
+    return Blob(str(blob.data), base64=blob.encoding == "base64")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 

@@ -483,3 +483,22 @@ async def test_a_schema_protoc_cannot_compile_fails_the_record() -> None:
     dec = RecordDecoder({"*": TopicFormat(value="protobuf")}, reg.client())
     with pytest.raises(PermanentExportError, match="schema id 8 is not a .proto file protoc"):
         await dec.decode(item(wire_format(8, b"\x00")))
+
+
+# ------------------------------------------------------------------------------- PostgreSQL
+async def test_the_postgres_table_stores_the_decoded_value() -> None:
+    from activities.postgres import COLUMNS, PostgresConfig, row_columns
+
+    reg = registry()
+    raw = wire_format(1, avro_bytes(ORDER, ORDER_VALUE))
+    dec = RecordDecoder({"orders": TopicFormat(key="bytes", value="avro")}, reg.client())
+    out = await dec.decode(item(raw, key=b"k-1"))
+    table = PostgresConfig.model_validate(
+        {"name": "pg", "kind": "postgres", "dsn": "postgresql://u@127.0.0.1/db", "table": "t"}
+    )
+    columns = row_columns(table, [out])
+    names = [c for c in COLUMNS if c != "exported_at"]
+    row = {c: col[0] for c, col in zip(names, columns, strict=True)}
+    assert json.loads(row["value"]) == ORDER_JSON  # the jsonb column
+    assert row["value_bytes"] is None
+    assert (row["key"], row["key_bytes"]) == (None, b"k-1")
