@@ -10,7 +10,10 @@
 
 ``*_encoding`` says how to read the field next to it: ``json`` (the value was JSON and is
 embedded as such; values only), ``text`` (UTF-8 text) or ``base64`` (bytes that are not UTF-8).
-A null key or value has no encoding field. The REST ``json`` body and the file sink's lines are
+A null key or value has no encoding field. A key or value read by its topic's format
+(``kafka.formats``, see ``activities.formats``) is a :class:`DecodedBlob`: the envelope carries
+what it decoded to (``json`` for Avro and JSON Schema, ``json``/``text``/``base64`` for the plain
+formats). The REST ``json`` body and the file sink's lines are
 this envelope; the PostgreSQL sink stores its ``headers`` list, built with ``nul_as_base64``:
 there text containing NUL (which PostgreSQL text and jsonb cannot hold) is ``base64`` too, and
 a header name containing NUL is base64 with ``"name_encoding": "base64"``.
@@ -21,9 +24,30 @@ from __future__ import annotations
 import base64
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from workflows.types import Blob, KafkaRecord
+
+
+@dataclass(frozen=True)
+class DecodedBlob(Blob):
+    """A key or value decoded by its topic's format: ``data`` is what the envelope and
+    mappings see, read as ``encoding``; ``text``/``base64`` keep the original bytes."""
+
+    data: Any = None
+    encoding: str = "json"
+
+
+def as_read(blob: Blob | None) -> Blob | None:
+    """The blob as its format reads it: a :class:`DecodedBlob` becomes the JSON text, text or
+    base64 it decoded to (for a sink that stores text, e.g. a PostgreSQL column); any other
+    blob stays as it is."""
+    if not isinstance(blob, DecodedBlob):
+        return blob
+    if blob.encoding == "json":
+        return Blob(json.dumps(blob.data, ensure_ascii=False))
+    return Blob(str(blob.data), base64=blob.encoding == "base64")
 
 
 def _reject_constant(name: str) -> Any:
@@ -62,6 +86,8 @@ def blob_field(
     """
     if blob is None:
         return {name: None}
+    if isinstance(blob, DecodedBlob):
+        return {name: blob.data, f"{name}_encoding": blob.encoding}
     if blob.base64:
         return {name: blob.text, f"{name}_encoding": "base64"}
     if nul_as_base64 and "\0" in blob.text:

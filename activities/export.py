@@ -34,6 +34,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.base import Destination, Pace
 from activities.errors import ExportError, PermanentExportError, RetryableExportError
+from activities.formats import RecordDecoder
 from activities.pacing import Pacer
 from activities.source import Fetched, RecordSource
 from courier.core import metrics
@@ -138,11 +139,15 @@ class ExportActivity:
         source: RecordSource | None = None,
         *,
         skip_tombstones: bool = False,
+        decoder: RecordDecoder | None = None,
     ) -> None:
         self.name = name
         self.destination = destination
         self.source = source
         self.skip_tombstones = skip_tombstones
+        self.decoder = decoder
+        """Reads keys and values by their topic's format before they are written (None: as
+        they are)."""
         self.outcomes = AttemptOutcomes()
         self.pacer = Pacer()
         self._unpaced_logged = -UNPACED_LOG_S
@@ -437,6 +442,8 @@ class ExportActivity:
         attempt = activity.info().attempt
         started = time.perf_counter()
         try:
+            if self.decoder is not None:
+                records = await self.decoder.decode_all(records)
             detail = await self.destination.write(records, pace=pace)
         except ExportError as err:
             if confirmed is not None:

@@ -40,7 +40,7 @@ from typing import Any
 
 import jsonatapy
 
-from activities.encoding import parse_json_text
+from activities.encoding import DecodedBlob, parse_json_text
 from activities.jsonata_paths import Read, record_reads
 from workflows.types import Blob, OutgoingRecord
 
@@ -325,6 +325,8 @@ def _closing_brace(text: str, start: int) -> int:
 def _blob_data(blob: Blob | None, *, parse_json: bool) -> tuple[Any, str | None]:
     if blob is None:
         return None, None
+    if isinstance(blob, DecodedBlob):
+        return blob.data, blob.encoding
     if blob.base64:
         return blob.text, "base64"
     if parse_json:

