@@ -20,12 +20,17 @@ Failures: a record whose schema ID the registry does not know, or whose payload 
 decode, fails alone (:class:`PermanentExportError`); a registry that cannot be reached, answers
 5xx or refuses the credentials is a transient error (:class:`RetryableExportError`): the
 records wait and are decoded once it is back.
+
+Routing rules (``when``) see decoded values too: ingest calls :meth:`RecordDecoder.prefetch` on
+the records it fetched (its records wait while the registry cannot answer), then routes each
+with :meth:`RecordDecoder.decode_now`, which decodes with cached schemas only and never waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import io
 import json
@@ -33,7 +38,7 @@ import math
 import ssl
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
@@ -286,6 +291,10 @@ class SchemaRegistryClient:
 
 
 # ----------------------------------------------------------------------------- decoding
+def _where(record: KafkaRecord, name: str) -> str:
+    return f"{name} of {record.topic}/{record.partition}/{record.offset}"
+
+
 class RecordDecoder:
     """Decodes the keys and values of records by their topic's format (one per process)."""
 
@@ -296,6 +305,8 @@ class RecordDecoder:
     ) -> None:
         self.formats = formats
         self.registry = registry
+        self._unknown: dict[int, None] = {}
+        """Schema IDs the registry said it does not have (oldest first, as many as cached)."""
 
     @classmethod
     def of(
@@ -332,13 +343,71 @@ class RecordDecoder:
             return item
         return replace(item, record=replace(record, key=key, value=value))
 
-    async def decode_record(self, record: KafkaRecord) -> KafkaRecord:
-        """A record decoded (for routing rules that look at the value)."""
-        return (await self.decode(OutgoingRecord(idempotency_key="", record=record))).record
-
     async def _field(
         self, record: KafkaRecord, name: str, blob: Blob | None, fmt: FormatName
     ) -> Blob | None:
+        if blob is not None and not isinstance(blob, DecodedBlob) and fmt in REGISTRY_FORMATS:
+            try:
+                await self._fetch_schema(blob)
+            except UndecodableError as err:
+                raise PermanentExportError(f"{_where(record, name)}: {err}", reached=False) from err
+            except RegistryUnavailableError as err:
+                raise RetryableExportError(f"{_where(record, name)} waits: {err}") from err
+        try:
+            return self._field_now(record, name, blob, fmt)
+        except UndecodableError as err:
+            raise PermanentExportError(str(err), reached=False) from err
+
+    async def _fetch_schema(self, blob: Blob) -> None:
+        """Have the schema of a wire-format blob cached (UndecodableError: it has none)."""
+        if self.registry is None:  # the config model requires one; a decoder built by hand
+            raise UndecodableError("registry formats need kafka.schema_registry")
+        schema_id, _ = split_wire_format(blob.to_bytes())
+        await self.registry.schema(schema_id)
+
+    async def prefetch(self, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
+        """Fetch the schemas that ``(topic, key, value)`` records in the wire format name and
+        that are not cached, so :meth:`decode_now` can decode them; RegistryUnavailableError
+        when the registry cannot answer (try again later).
+
+        A schema the registry does not have is skipped: :meth:`decode_now` fails its records.
+        """
+        if self.registry is None:
+            return
+        wanted: set[int] = set()
+        for topic, key, value in records:
+            fmt = format_of(self.formats, topic)
+            if fmt is None:
+                continue
+            for data, name in ((key, fmt.key), (value, fmt.value)):
+                if data is not None and name in REGISTRY_FORMATS:
+                    with contextlib.suppress(UndecodableError):
+                        wanted.add(split_wire_format(data)[0])
+        for schema_id in sorted(wanted):
+            if self.registry.cached(schema_id) is None and schema_id not in self._unknown:
+                try:
+                    await self.registry.schema(schema_id)
+                except UndecodableError:
+                    self._unknown[schema_id] = None
+                    while len(self._unknown) > self.registry.config.cache_size:
+                        del self._unknown[next(iter(self._unknown))]
+
+    def decode_now(self, record: KafkaRecord) -> KafkaRecord:
+        """A record decoded with the schemas cached now (routing rules that look at the value,
+        after :meth:`prefetch`); UndecodableError naming the field when it cannot be."""
+        fmt = format_of(self.formats, record.topic)
+        if fmt is None:
+            return record
+        key = self._field_now(record, "key", record.key, fmt.key)
+        value = self._field_now(record, "value", record.value, fmt.value)
+        if key is record.key and value is record.value:
+            return record
+        return replace(record, key=key, value=value)
+
+    def _field_now(
+        self, record: KafkaRecord, name: str, blob: Blob | None, fmt: FormatName
+    ) -> Blob | None:
+        """The field decoded with cached schemas only (registry formats: fetch them first)."""
         if blob is None or isinstance(blob, DecodedBlob):
             return blob
         if fmt == "json":
@@ -355,20 +424,21 @@ class RecordDecoder:
                 return DecodedBlob(blob.text, True, data=blob.text, encoding="base64")
             data = base64.b64encode(blob.text.encode("utf-8")).decode("ascii")
             return DecodedBlob(blob.text, data=data, encoding="base64")
-        where = f"{name} of {record.topic}/{record.partition}/{record.offset}"
         try:
-            decoded = await self._registry_format(blob.to_bytes(), fmt)
+            decoded = self._registry_format(blob.to_bytes(), fmt)
         except UndecodableError as err:
-            raise PermanentExportError(f"{where}: {err}", reached=False) from err
-        except RegistryUnavailableError as err:
-            raise RetryableExportError(f"{where} waits: {err}") from err
+            raise UndecodableError(f"{_where(record, name)}: {err}") from err
         return DecodedBlob(blob.text, blob.base64, data=decoded, encoding="json")
 
-    async def _registry_format(self, data: bytes, fmt: FormatName) -> Any:
+    def _registry_format(self, data: bytes, fmt: FormatName) -> Any:
         if self.registry is None:  # the config model requires one; a decoder built by hand
             raise UndecodableError(f"format {fmt} needs kafka.schema_registry")
         schema_id, payload = split_wire_format(data)
-        schema = await self.registry.schema(schema_id)
+        schema = self.registry.cached(schema_id)
+        if schema is None:
+            raise UndecodableError(
+                f"schema id {schema_id} not found in the registry at {self.registry.url}"
+            )
         if fmt == "avro":
             if schema.avro is None:
                 raise UndecodableError(

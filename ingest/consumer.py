@@ -49,12 +49,14 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError
 from temporalio.client import Client
 
+from activities.formats import RegistryUnavailableError
 from courier.config.model import CourierConfig
 from courier.core import metrics
 from courier.core.stopping import unless_stopped
@@ -119,6 +121,7 @@ class Ingest:
         self._missing_logged: dict[str, float] = {}
         self._topics_checked = -MISSING_TOPIC_LOG_S
         self._ids_checked = 0.0
+        self._registry_logged = -math.inf
         self._ids_failure_logged = -MISSING_TOPIC_LOG_S
         self._moved = True
         """Whether the last dispatch started or gathered anything (else waiting records are
@@ -222,8 +225,24 @@ class Ingest:
         if fetched or (any(self._buffers.values()) and now - self._ids_checked >= 1.0):
             self._ids_checked = now
             await self._check_topic_ids(consumer)
-        self._dispatch()
+        if await self._schemas_ready():
+            self._dispatch()
         self._pause_buffered(consumer)
+
+    async def _schemas_ready(self) -> bool:
+        """Whether routing has the schemas it needs to decode the buffered records (``when``
+        rules on topics with registry formats); while the registry cannot answer, the records
+        wait in their buffers (one warning every 30 s)."""
+        try:
+            await self.hand_offs.prefetch_schemas(self._buffers)
+        except RegistryUnavailableError as err:
+            now = time.monotonic()
+            if now - self._registry_logged >= MISSING_TOPIC_LOG_S:
+                self._registry_logged = now
+                log.warning("records wait for the schema registry: %s", err)
+            self._moved = False
+            return False
+        return True
 
     def _dispatch(self) -> None:
         """Let the strategy take buffered records; note whether anything moved."""

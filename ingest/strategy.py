@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from aiokafka import ConsumerRecord, TopicPartition
 from temporalio.client import Client
 
+from activities.formats import RecordDecoder, UndecodableError
 from courier.config.model import CourierConfig
 from ingest.handoff import to_kafka_record
 from ingest.offsets import OffsetTracker
@@ -68,6 +69,12 @@ class HandOffs:
         self.config = config
         self.client = client
         self.router = Router(config.routes)
+        self.decoder = (
+            RecordDecoder.of(config.kafka.formats, config.kafka.schema_registry)
+            if self.router.needs_record
+            else None
+        )
+        """Decodes values for ``when`` rules (topics with formats); the loop prefetches schemas."""
         self.tracker = tracker
         self.counts = counts
         self.topic_id = gate
@@ -123,8 +130,25 @@ class HandOffs:
                     task.cancel()
 
     def route_input(self, record: ConsumerRecord, topic_id: str) -> bytes | RouteDecision | None:
-        """The record's key, or its decision already made when a rule needs the whole record."""
+        """The record's key, or its decision already made when a rule needs the whole record
+        (decoded by its topic's format: a record that cannot be decoded fails alone)."""
         if not self.router.needs_record:
             key: bytes | None = record.key
             return key  # only the key is kept, as a batch range does
-        return self.router.decide(record.key, to_kafka_record(record, topic_id))
+        whole = to_kafka_record(record, topic_id)
+        if self.decoder is not None:
+            try:
+                whole = self.decoder.decode_now(whole)
+            except UndecodableError as err:
+                return RouteDecision("fail", None, f"cannot route: {err}")
+        return self.router.decide(record.key, whole)
+
+    async def prefetch_schemas(self, buffers: Buffers) -> None:
+        """Have the schemas cached that routing needs to decode the buffered records;
+        RegistryUnavailableError when the registry cannot answer (the records wait)."""
+        if self.decoder is not None:
+            await self.decoder.prefetch(
+                (tp.topic, record.key, record.value)
+                for tp, buffered in buffers.items()
+                for record in buffered
+            )

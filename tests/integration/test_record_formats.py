@@ -21,7 +21,7 @@ import fastavro
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
 from activities.formats import wire_format
 from courier.config.model import CourierConfig
@@ -33,6 +33,7 @@ from tests.integration.harness import (
     courier_running,
     eventually,
     file_config,
+    pipeline_config,
     statuses,
     wait_for_workflows,
 )
@@ -282,3 +283,67 @@ async def test_records_wait_while_the_registry_is_down_and_flow_when_it_is_back(
         await wait_for_workflows(temporal_client, query, 3, timeout=120)
 
     assert {e["offset"]: e["value"] for e in lines(out)} == {n: order_json(n) for n in range(3)}
+
+
+@pytest.mark.parametrize("mode", ["per_record", "batch"])
+async def test_when_rules_route_on_the_decoded_value(
+    stack: StackSettings, temporal_client: Client, unique: str, tmp_path: Path, mode: str
+) -> None:
+    """Ingest decodes Avro values for a `when` rule; a value it cannot decode fails alone."""
+    paid_out, other_out = tmp_path / "paid.jsonl", tmp_path / "other.jsonl"
+    paid, other = f"paid-{unique}", f"other-{unique}"
+    config = pipeline_config(
+        stack,
+        unique,
+        destinations=[
+            {"name": paid, "kind": "file", "path": str(paid_out)},
+            {"name": other, "kind": "file", "path": str(other_out)},
+        ],
+        routes={
+            "rules": [{"when": 'value.state = "PAID"', "destination": paid}],
+            "default": other,
+        },
+        ingest=BATCH if mode == "batch" else None,
+    )
+    config = with_formats(config, stack.schema_registry_url)
+    topic, bootstrap = config.kafka.topics[0], stack.kafka_bootstrap
+    schema_id = await register(stack.schema_registry_url, f"{topic}-value", ORDER)
+    await create_topic(bootstrap, topic, partitions=1)
+    await produce(
+        bootstrap,
+        topic,
+        [
+            (b"k0", avro(schema_id, order(0))),
+            (b"k1", avro(schema_id, {**order(1), "state": "NEW"})),
+            (b"k2", avro(schema_id, order(2))),
+            (b"k3", wire_format(UNKNOWN_ID, b"\x02")),
+        ],
+    )
+
+    async def exported() -> bool:
+        return len(lines(paid_out)) == 2 and len(lines(other_out)) == 1
+
+    async with courier_running(temporal_client, config):
+        await eventually(exported, timeout=60)
+        query = f"CourierTopic = '{topic}' AND WorkflowType = 'ExportRecord'"
+        await wait_for_workflows(temporal_client, query, 1, status=FAILED)
+        reason = await failure_of(temporal_client, f"{query} AND ExecutionStatus = 'Failed'")
+
+    assert [e["offset"] for e in lines(paid_out)] == [0, 2]
+    assert [(e["offset"], e["value"]["state"]) for e in lines(other_out)] == [(1, "NEW")]
+    assert f"value of {topic}/0/3: schema id {UNKNOWN_ID} not found" in reason, reason
+
+
+async def failure_of(client: Client, query: str) -> str:
+    """The failure messages (cause chain) of the one workflow ``query`` finds."""
+    [execution] = [e async for e in client.list_workflows(query)]
+    handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+    try:
+        await handle.result()
+    except WorkflowFailureError as err:
+        messages, cause = [], err.cause
+        while cause is not None:
+            messages.append(str(cause))
+            cause = cause.__cause__
+        return " / ".join(messages)
+    raise AssertionError(f"{execution.id} did not fail")

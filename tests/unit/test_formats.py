@@ -19,6 +19,7 @@ from activities.encoding import DecodedBlob, record_envelope
 from activities.errors import PermanentExportError, RetryableExportError
 from activities.formats import (
     RecordDecoder,
+    RegistryUnavailableError,
     SchemaRegistryClient,
     SchemaRegistryConfig,
     TopicFormat,
@@ -502,3 +503,32 @@ async def test_the_postgres_table_stores_the_decoded_value() -> None:
     assert json.loads(row["value"]) == ORDER_JSON  # the jsonb column
     assert row["value_bytes"] is None
     assert (row["key"], row["key_bytes"]) == (None, b"k-1")
+
+
+# ------------------------------------------------------------------------- routing (ingest)
+async def test_routing_decodes_with_prefetched_schemas_and_a_registry_outage_holds_records() -> (
+    None
+):
+    reg = registry()
+    dec = decoder(reg)
+    raw = wire_format(1, avro_bytes(ORDER, ORDER_VALUE))
+    unknown = wire_format(99, b"\x02")
+    records = [("orders", b"k", raw), ("orders", b"k", unknown), ("other", None, raw)]
+    with pytest.raises(UndecodableError, match="schema id 1 not found"):
+        dec.decode_now(item(raw).record)  # nothing fetched yet: routing must prefetch first
+
+    reg.down = True
+    with pytest.raises(RegistryUnavailableError, match="unreachable"):
+        await dec.prefetch(records)
+    reg.down = False
+    await dec.prefetch(records)
+    fetched = len(reg.requests)
+    await dec.prefetch(records)  # cached, and 99 known to be unknown: no request
+    assert len(reg.requests) == fetched
+
+    value = dec.decode_now(item(raw).record).value
+    decoded = (await dec.decode(item(raw))).record.value  # as the workers decode it
+    assert isinstance(value, DecodedBlob) and isinstance(decoded, DecodedBlob)
+    assert value.data == decoded.data and value.data is not None
+    with pytest.raises(UndecodableError, match="value of orders/0/5: schema id 99 not found"):
+        dec.decode_now(item(unknown).record)
