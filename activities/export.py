@@ -466,9 +466,12 @@ class ExportActivity:
             else:
                 self.outcomes.not_reached += 1
             log.warning("%s: permanent failure: %s", self.name, err.reason)
+            # No cause chain: the reason says it all, and the chain's stack traces could take
+            # the failure past the server's limit for a pending activity's last failure (4 KB
+            # on the dev server), which then shows "Failure exceeds size limit." instead.
             raise ApplicationError(
                 err.reason, type=PERMANENT_ERROR_TYPE, non_retryable=True
-            ) from err
+            ) from None
         if isinstance(err, RetryableExportError):
             metrics.record_failure(self.name, kind="retryable", count=len(records))
             if err.cause == "throttled":
@@ -480,7 +483,7 @@ class ExportActivity:
             delay = timedelta(seconds=err.retry_after) if err.retry_after is not None else None
             raise ApplicationError(
                 err.reason, type=RETRYABLE_ERROR_TYPE, next_retry_delay=delay
-            ) from err
+            ) from None
         raise err
 
     async def _write_isolating_failures(

@@ -351,7 +351,7 @@ class DeadLetters:
             raise ApplicationError(
                 f"cannot write {where} to dead-letter topic {topic}: {type(err).__name__}: {err}",
                 type=DEAD_LETTER_ERROR_TYPE,
-            ) from err
+            ) from None  # the message says it all; a chain could pass the failure size limit
         metrics.DEAD_LETTERED.labels(letter.destination or NO_DESTINATION).inc()
         log.info(
             "%s: written to dead-letter topic %s as %s%s",

@@ -9,6 +9,8 @@ from datetime import timedelta
 
 import pytest
 from temporalio.activity import ActivityCancellationDetails
+from temporalio.api.failure.v1 import Failure
+from temporalio.converter import DataConverter, DefaultFailureConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -65,6 +67,45 @@ async def test_retryable_error_carries_retry_after_as_next_delay() -> None:
         await ActivityEnvironment().run(activity.export, batch())
     assert not err.value.non_retryable and err.value.type == "RetryableExportError"
     assert err.value.next_retry_delay == timedelta(seconds=2)
+
+
+def deep_error(error: type[RetryableExportError | PermanentExportError]) -> Exception:
+    """``error`` raised from a chain of library errors with long stack traces (as httpx's)."""
+
+    def fail(depth: int) -> None:
+        if depth:
+            fail(depth - 1)
+        raise ConnectionError("All connection attempts failed")
+
+    try:
+        try:
+            fail(60)
+        except ConnectionError as low:
+            raise OSError("connect failed") from low
+    except OSError as err:
+        try:
+            raise error("token endpoint http://t/oauth/token could not be reached") from err
+        except error as raised:
+            return raised
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("error", [RetryableExportError, PermanentExportError])
+async def test_a_failure_stays_small_however_long_its_cause_chain(
+    error: type[RetryableExportError | PermanentExportError],
+) -> None:
+    # The dev server replaces a pending activity's last failure over 4 KB with "Failure
+    # exceeds size limit.": the reason must survive, so no chain of stack traces travels.
+    activity = ExportActivity("dest", FakeDestination(deep_error(error)))
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activity.export, batch())
+    failure = Failure()
+    DefaultFailureConverter().to_failure(
+        err.value, DataConverter.default.payload_converter, failure
+    )
+    assert failure.message == "token endpoint http://t/oauth/token could not be reached"
+    assert not failure.HasField("cause"), failure.cause.message
+    assert failure.ByteSize() < 4096, failure.ByteSize()
 
 
 async def test_a_batch_for_another_destination_is_refused() -> None:
