@@ -467,8 +467,8 @@ class ExportActivity:
                 self.outcomes.not_reached += 1
             log.warning("%s: permanent failure: %s", self.name, err.reason)
             # No cause chain: the reason says it all, and the chain's stack traces could take
-            # the failure past the server's limit for a pending activity's last failure (4 KB
-            # on the dev server), which then shows "Failure exceeds size limit." instead.
+            # the failure past the server's size limit for a pending activity's last failure,
+            # which then shows "Failure exceeds size limit." instead (seen with httpx's chain).
             raise ApplicationError(
                 err.reason, type=PERMANENT_ERROR_TYPE, non_retryable=True
             ) from None

@@ -94,7 +94,7 @@ def deep_error(error: type[RetryableExportError | PermanentExportError]) -> Exce
 async def test_a_failure_stays_small_however_long_its_cause_chain(
     error: type[RetryableExportError | PermanentExportError],
 ) -> None:
-    # The dev server replaces a pending activity's last failure over 4 KB with "Failure
+    # The server replaces a pending activity's last failure past its size limit with "Failure
     # exceeds size limit.": the reason must survive, so no chain of stack traces travels.
     activity = ExportActivity("dest", FakeDestination(deep_error(error)))
     with pytest.raises(ApplicationError) as err:
