@@ -15,18 +15,15 @@ failures have none, so a retry of a failed request is not a duplicate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from types import TracebackType
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from courier_devtools.loopback import LoopbackServer
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 
@@ -71,26 +68,16 @@ class ReceivedRequest:
         return not self.duplicate and 200 <= self.status < 300
 
 
-class _QuietServer(uvicorn.Server):
-    """A uvicorn server that leaves the host process's signal handlers alone."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class Receiver:
-    """The recording HTTP receiver and its in-process uvicorn server."""
+class Receiver(LoopbackServer):
+    """The recording HTTP receiver, served in-process."""
 
     def __init__(self, *, port: int = 0) -> None:
-        self.port = port
+        super().__init__(port=port)
         self.requests: list[ReceivedRequest] = []
         self.arrivals: list[str] = []
         """Paths of requests as they arrive, before any scripted delay or answer."""
         self._scripts: dict[str, Script] = {}
         self._effects: dict[str, ReceivedRequest] = {}  # by idempotency key
-        self._server: _QuietServer | None = None
-        self._task: asyncio.Task[None] | None = None
         self.app = Starlette(
             routes=[
                 Route(
@@ -175,40 +162,3 @@ class Receiver:
         if not matches:
             return self._scripts.setdefault("", Script())
         return self._scripts[max(matches, key=len)]
-
-    async def start(self) -> None:
-        """Serve on 127.0.0.1 (``port=0``: a free port) until :meth:`stop`."""
-        # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets
-        # that say they are TCP, and an answer's body, written after its headers, would wait for
-        # the client's delayed ACK (40 ms) on every request of a kept-alive connection.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
-        self._server = _QuietServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                await self._task  # raises why the server did not start
-                raise RuntimeError("receiver stopped before it started")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        """Stop serving and wait for the server to finish."""
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-        self._server = self._task = None
-
-    async def __aenter__(self) -> Receiver:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

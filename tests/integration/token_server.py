@@ -10,16 +10,13 @@ Usage::
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import secrets
 import socket
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
-import uvicorn
 from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Request
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
@@ -29,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from courier_devtools.receiver import _QuietServer
+from courier_devtools.loopback import LoopbackServer
 
 
 @dataclass
@@ -102,20 +99,18 @@ class _Server(AuthorizationServer):  # type: ignore[misc]
         pass
 
 
-class TokenServer:
+class TokenServer(LoopbackServer):
     """The token endpoint at ``url``; ``clients`` maps client IDs to secrets (changeable)."""
 
     def __init__(self, clients: dict[str, str], *, expires_in: int = 3600, port: int = 0) -> None:
         self.clients = dict(clients)
         self.expires_in = expires_in
-        self.port = port
         self.issued: list[str] = []
         self.answers: list[int] = []
         """Status of each request answered, in order."""
         self._oauth = _Server(self)
-        self._server: _QuietServer | None = None
-        self._task: asyncio.Task[None] | None = None
         self.app = Starlette(routes=[Route("/oauth/token", self._token, methods=["POST"])])
+        super().__init__(port=port)
 
     @property
     def url(self) -> str:
@@ -129,40 +124,6 @@ class TokenServer:
         status, body, headers = self._oauth.create_token_response(oauth_request)
         self.answers.append(status)
         return JSONResponse(body, status_code=status, headers=dict(headers))
-
-    async def start(self) -> None:
-        """Serve on 127.0.0.1 (``port=0``: a free port) until :meth:`stop`."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
-        self._server = _QuietServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-                raise RuntimeError("token server stopped before it started")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        """Stop serving."""
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-            self._server = self._task = None
-
-    async def __aenter__(self) -> TokenServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def free_port() -> int:
