@@ -49,7 +49,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
 import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -59,6 +58,7 @@ from temporalio.client import Client
 from activities.formats import RegistryUnavailableError
 from courier.config.model import CourierConfig
 from courier.core import metrics
+from courier.core.logs import Throttle
 from courier.core.stopping import unless_stopped
 from ingest.incarnations import commit_metadata, fetch_committed
 from ingest.kafka import KafkaUnreachable, check_brokers, consumer_options, never_create_topics
@@ -121,7 +121,7 @@ class Ingest:
         self._missing_logged: dict[str, float] = {}
         self._topics_checked = -MISSING_TOPIC_LOG_S
         self._ids_checked = 0.0
-        self._registry_logged = -math.inf
+        self._registry_log = Throttle(MISSING_TOPIC_LOG_S)
         self._ids_failure_logged = -MISSING_TOPIC_LOG_S
         self._moved = True
         """Whether the last dispatch started or gathered anything (else waiting records are
@@ -134,7 +134,7 @@ class Ingest:
         self._reposition: set[TopicPartition] = set()
         """Partitions restarted after their topic's ID changed, to be positioned anew."""
         self.lag = LagMeter()
-        self._lag_errors = metrics.ErrorLog()
+        self._lag_errors = Throttle()
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this ingest owns right now."""
@@ -236,9 +236,7 @@ class Ingest:
         try:
             await self.hand_offs.prefetch_schemas(self._buffers)
         except RegistryUnavailableError as err:
-            now = time.monotonic()
-            if now - self._registry_logged >= MISSING_TOPIC_LOG_S:
-                self._registry_logged = now
+            if self._registry_log.due():
                 log.warning("records wait for the schema registry: %s", err)
             self._moved = False
             return False

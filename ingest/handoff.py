@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -52,6 +51,7 @@ from courier.config.model import CourierConfig
 from courier.core import metrics, tracing
 from courier.core import search_attributes as sa
 from courier.core.ids import workflow_id
+from courier.core.logs import Throttle
 from ingest.routing import RouteDecision, key_text
 from workflows.export_record import ExportRecord
 from workflows.types import Blob, ExportRecordInput, Header, KafkaRecord
@@ -61,7 +61,6 @@ log = logging.getLogger("courier.ingest")
 T = TypeVar("T")
 
 _SEARCH_KEY_LIMIT = 256
-_REPEAT_LOG_S = 60.0
 _REASON_LIMIT = 2_000
 
 TRANSIENT_STATUSES = frozenset(
@@ -260,16 +259,14 @@ class ThrottledLog:
     """Logs a repeating condition at most once a minute, saying how often it recurred."""
 
     def __init__(self) -> None:
-        self._last = -_REPEAT_LOG_S
+        self._throttle = Throttle()
         self._repeats = 0
 
     def log(self, level: int, message: str, *args: object) -> None:
-        now = time.monotonic()
         self._repeats += 1
-        if now - self._last >= _REPEAT_LOG_S:
+        if self._throttle.due():
             suffix = f" ({self._repeats} times so far)" if self._repeats > 1 else ""
             log.log(level, message + suffix, *args)
-            self._last = now
 
 
 async def hand_off(

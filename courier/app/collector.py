@@ -19,6 +19,7 @@ from temporalio.client import Client
 
 from courier.config.model import CourierConfig
 from courier.core import metrics
+from courier.core.logs import Throttle
 from courier.core.task_queues import QueueState, describe
 
 log = logging.getLogger("courier.metrics")
@@ -56,7 +57,7 @@ class DestinationCollector:
         self.queues = {d.name: d.task_queue for d in config.destinations}
         self.interval_s = interval_s
         self._describe = describe_queue
-        self._errors = metrics.ErrorLog()
+        self._errors = Throttle()
 
     async def collect(self) -> int:
         """Read each destination's queue once, side by side; how many reads failed."""

@@ -308,3 +308,26 @@ def flush_summaries() -> None:
     """Emit every pending summary now (call before exiting)."""
     if _flusher is not None:
         _flusher.summarizer.flush(force=True)
+
+
+REPEAT_LOG_S = 60.0
+"""A repeated condition is logged at most once per this many seconds by default."""
+
+
+class Throttle:
+    """Says when a repeated condition is due to be logged again: at most once per ``every_s``
+    seconds (thread-safe: the metrics server's threads use it too)."""
+
+    def __init__(self, every_s: float = REPEAT_LOG_S) -> None:
+        self.every_s = every_s
+        self._last = -every_s
+        self._lock = threading.Lock()
+
+    def due(self, now: float | None = None) -> bool:
+        """Whether the condition is to be logged now (and, if so, the clock restarts)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if now - self._last < self.every_s:
+                return False
+            self._last = now
+            return True

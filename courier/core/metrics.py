@@ -25,7 +25,6 @@ import logging
 import os
 import socketserver
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -34,6 +33,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_late
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from courier.core.health import HEALTH, Health
+from courier.core.logs import Throttle
 
 log = logging.getLogger("courier.metrics")
 
@@ -159,8 +159,6 @@ BUILD_INFO = Gauge("courier_build_info", "Always 1; the version of Courier runni
 
 SDK_READ_TIMEOUT_S = 1.0
 """The longest a scrape waits for the Temporal SDK's metrics before serving without them."""
-ERROR_LOG_S = 60.0
-"""A failure to read metrics is logged at most once per this many seconds (each is counted)."""
 
 
 def version() -> str:
@@ -190,26 +188,8 @@ def record_failure(destination: str, *, kind: FailureKind, count: int) -> None:
     EXPORT_ATTEMPTS.labels(destination, kind).inc()
 
 
-class ErrorLog:
-    """Logs a repeated failure at most once per ``every_s`` seconds (the rest are counted)."""
-
-    def __init__(self, every_s: float = ERROR_LOG_S) -> None:
-        self.every_s = every_s
-        self._last = -every_s
-        self._lock = threading.Lock()
-
-    def due(self, now: float | None = None) -> bool:
-        """Whether a failure now is to be logged (and, if so, the clock restarts)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            if now - self._last < self.every_s:
-                return False
-            self._last = now
-            return True
-
-
 _sdk_address: str | None = None
-_sdk_errors = ErrorLog()
+_sdk_errors = Throttle()
 
 
 def append_sdk_metrics(address: str | None) -> None:

@@ -13,7 +13,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from courier.app import collector as collector_module
 from courier.app.collector import DestinationCollector
 from courier.config.model import CourierConfig, parse_config
-from courier.core.metrics import ErrorLog
+from courier.core.logs import Throttle
 from courier.core.task_queues import QueueState
 
 
@@ -144,7 +144,7 @@ async def test_a_read_that_hangs_times_out(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_error_log_lets_one_line_through_per_window() -> None:
-    limit = ErrorLog(every_s=60)
+    limit = Throttle(every_s=60)
     assert limit.due(now=1000.0)
     assert not limit.due(now=1030.0)
     assert not limit.due(now=1059.9)
