@@ -50,8 +50,9 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Iterable, Mapping
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError
 from temporalio.client import Client
 
@@ -122,6 +123,8 @@ class Ingest:
         self._topics_checked = -MISSING_TOPIC_LOG_S
         self._ids_checked = 0.0
         self._registry_log = Throttle(MISSING_TOPIC_LOG_S)
+        self._schemas_missing = False
+        """Whether buffered records may name schemas not fetched yet (the registry failed)."""
         self._ids_failure_logged = -MISSING_TOPIC_LOG_S
         self._moved = True
         """Whether the last dispatch started or gathered anything (else waiting records are
@@ -225,21 +228,26 @@ class Ingest:
         if fetched or (any(self._buffers.values()) and now - self._ids_checked >= 1.0):
             self._ids_checked = now
             await self._check_topic_ids(consumer)
-        if await self._schemas_ready():
+        if await self._schemas_ready(self._buffers if self._schemas_missing else batches):
             self._dispatch()
         self._pause_buffered(consumer)
 
-    async def _schemas_ready(self) -> bool:
+    async def _schemas_ready(
+        self, records: Mapping[TopicPartition, Iterable[ConsumerRecord]]
+    ) -> bool:
         """Whether routing has the schemas it needs to decode the buffered records (``when``
-        rules on topics with registry formats); while the registry cannot answer, the records
-        wait in their buffers (one warning every 30 s)."""
+        rules on topics with registry formats), given ``records``: those just fetched, or all
+        buffered while an earlier fetch's are missing; while the registry cannot answer, the
+        records wait in their buffers (one warning every 30 s)."""
         try:
-            await self.hand_offs.prefetch_schemas(self._buffers)
+            await self.hand_offs.prefetch_schemas(records)
         except RegistryUnavailableError as err:
             if self._registry_log.due():
                 log.warning("records wait for the schema registry: %s", err)
+            self._schemas_missing = True
             self._moved = False
             return False
+        self._schemas_missing = False
         return True
 
     def _dispatch(self) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -143,12 +143,14 @@ class HandOffs:
                 return RouteDecision("fail", None, f"cannot route: {err}")
         return self.router.decide(record.key, whole)
 
-    async def prefetch_schemas(self, buffers: Buffers) -> None:
-        """Have the schemas cached that routing needs to decode the buffered records;
+    async def prefetch_schemas(
+        self, records: Mapping[TopicPartition, Iterable[ConsumerRecord]]
+    ) -> None:
+        """Have the schemas cached that routing needs to decode ``records``;
         RegistryUnavailableError when the registry cannot answer (the records wait)."""
         if self.decoder is not None:
             await self.decoder.prefetch(
                 (tp.topic, record.key, record.value)
-                for tp, buffered in buffers.items()
-                for record in buffered
+                for tp, some in records.items()
+                for record in some
             )
