@@ -67,6 +67,7 @@ from activities.rest_auth import (
     RestAuth,
     TokenSource,
     WebhookSigner,
+    check_http_url,
     webhook_secret_bytes,
 )
 from courier.core import tracing
@@ -230,12 +231,8 @@ class RestConfig(DestinationConfig):
             template = Template(url, "url")
         except ValueError:
             return url  # reported with the destination's name by _mappings_compile
-        try:
-            parsed, other = httpx.URL(template.sample("x")), httpx.URL(template.sample("y"))
-        except (ValueError, httpx.InvalidURL) as err:
-            raise ValueError(f"not a valid URL: {err}") from None
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError("must be an absolute http:// or https:// URL")
+        sample = check_http_url(template.sample("x"))
+        parsed, other = httpx.URL(sample), httpx.URL(template.sample("y"))
         if (parsed.scheme, parsed.host, parsed.port) != (other.scheme, other.host, other.port):
             raise ValueError(
                 "the scheme, host and port must be written out: {…} pieces may fill the path "
