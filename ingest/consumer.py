@@ -184,6 +184,8 @@ class Ingest:
                 async with asyncio.timeout(STOP_KAFKA_S):
                     await consumer.stop()
             self.lag.forget_all()
+            if self.hand_offs.decoder is not None:
+                await self.hand_offs.decoder.close()
             log.info(
                 "ingest stopped: %d started, %d already started, %d failed, %d skipped",
                 self.counts["started"],
