@@ -329,7 +329,7 @@ async def test_when_rules_route_on_the_decoded_value(
         await wait_for_workflows(temporal_client, query, 1, status=FAILED)
         reason = await failure_of(temporal_client, f"{query} AND ExecutionStatus = 'Failed'")
 
-    assert [e["offset"] for e in lines(paid_out)] == [0, 2]
+    assert sorted(e["offset"] for e in lines(paid_out)) == [0, 2]  # per record: any order
     assert [(e["offset"], e["value"]["state"]) for e in lines(other_out)] == [(1, "NEW")]
     assert f"value of {topic}/0/3: schema id {UNKNOWN_ID} not found" in reason, reason
 
